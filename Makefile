@@ -1,0 +1,48 @@
+# edgeprune: `make demo` runs the whole path on an embedded default; `make test` runs the tests.
+# Both install everything they need into .venv first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+DEMO    := runs/demo
+
+.PHONY: install data calibration demo test bench clean
+
+install: $(STAMP)
+
+# torch goes in first, pinned to the local CPU build: any other torch spec pulls gigabytes of CUDA
+# wheels. The check after the install fails loudly if a dependency dragged CUDA in anyway.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	@if $(BIN)/pip list 2>/dev/null | grep -qiE '^nvidia-|^triton '; then \
+		echo "error: a CUDA package was installed; torch must stay the CPU build"; exit 1; fi
+	@touch $(STAMP)
+
+# Fashion-MNIST comes from Debian's package; installing it needs root.
+data: $(FMNIST)
+$(FMNIST):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "error: Fashion-MNIST missing: run 'sudo apt-get install -y dataset-fashion-mnist'"; exit 1; fi
+
+calibration: install data
+	$(BIN)/python calibration/make_calibration.py --force
+
+demo: install data
+	$(BIN)/edgeprune train --arch zoo:lenet300 --data fashion-mnist --epochs 3 -o $(DEMO)/model.pt --force
+	$(BIN)/edgeprune compress $(DEMO)/model.pt --method magnitude --sparsity 0.9 --finetune-epochs 2 -o $(DEMO)/pruned.pt --force
+	$(BIN)/edgeprune export $(DEMO)/pruned.pt -o $(DEMO)/pruned.onnx --force
+	$(BIN)/edgeprune deploy $(DEMO)/pruned.pt --target host-cpu --baseline $(DEMO)/model.pt -o $(DEMO)/run --force
+	@echo "run directory: $(DEMO)/run (report.md, report.json, latency.png)"
+
+test: install data
+	$(BIN)/python -m pytest -q --timeout 900
+
+bench: install data
+	$(BIN)/python benchmarks/bench_e2e.py --out benchmarks/results
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

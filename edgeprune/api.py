@@ -1,0 +1,256 @@
+"""The public Python API: train, compress, export, deploy, profile. The CLI is a thin shell over it."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import ArrayDataset, load_dataset, train_val_split
+from .errors import InputError
+from .export import DEFAULT_OPSET, ExportResult
+from .export import export as export_onnx
+from .model_io import ArchRef, Checkpoint, LoadedModel, file_digest, load_model, new_checkpoint, save_checkpoint
+from .pruning.masks import sparsity_report
+from .pruning.schedule import prune
+from .pruning.base import PruneSpec
+from .training import TrainConfig, evaluate, train as train_loop
+
+DEFAULT_DATA = "fashion-mnist"
+PARITY_SAMPLES = 256
+
+
+@dataclass
+class DataOptions:
+    """Where data comes from: a name (fashion-mnist, mnist, digits) or an .npz path."""
+
+    data: str = DEFAULT_DATA
+    data_dir: str | None = None
+    limit: int | None = None        # use a seeded subset of the training split (quick runs, tests)
+    test_limit: int | None = None
+
+    def train_val(self) -> tuple[ArrayDataset, ArrayDataset]:
+        return train_val_split(load_dataset(self.data, "train", self.data_dir, self.limit))
+
+    def test(self) -> ArrayDataset:
+        return load_dataset(self.data, "test", self.data_dir, self.test_limit)
+
+
+def _check_output(out: Path, force: bool) -> Path:
+    out = Path(out)
+    if out.exists() and not force:
+        raise InputError(f"output {out} exists (use --force to overwrite)")
+    return out
+
+
+def _check_fits(loaded: LoadedModel, ds: ArrayDataset) -> None:
+    want = tuple(loaded.checkpoint.input_shape)
+    if tuple(ds.input_shape) != want:
+        raise InputError(f"data set {ds.name} has inputs of shape {tuple(ds.input_shape)} but the model expects {want}")
+
+
+# ---------------------------------------------------------------- train
+@dataclass
+class TrainResult:
+    path: str
+    arch: str
+    data: str
+    epochs: float
+    val_accuracy: float
+    test_accuracy: float
+    params: int
+    seconds: float
+
+
+def train(arch: str, out: Path, *, data: DataOptions | None = None, epochs: float = 5, lr: float = 1e-3,
+          batch_size: int = 128, l1: float = 0.0, seed: int = 0, arch_kwargs: dict[str, Any] | None = None,
+          force: bool = False, progress: bool = True) -> TrainResult:
+    """Train a reference architecture from scratch and save an edgeprune checkpoint."""
+    data = data or DataOptions()
+    out = _check_output(out, force)
+    if epochs <= 0:
+        raise InputError("--epochs must be positive")
+    tr, val = data.train_val()
+    te = data.test()
+    kwargs = {"in_channels": tr.input_shape[0], "image_size": tr.input_shape[1],
+              "num_classes": max(tr.num_classes, te.num_classes), **(arch_kwargs or {})}
+    ref = ArchRef(arch if ":" in arch else f"zoo:{arch}", kwargs)
+    torch.manual_seed(seed)
+    model = ref.build()
+    log = train_loop(model, tr, TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, l1=l1, seed=seed),
+                     val_set=val, progress=progress, description=f"train {ref.ref}")
+    val_acc, test_acc = evaluate(model, val), evaluate(model, te)
+    meta = {"method": "dense", "sparsity": 0.0, "data": data.data, "epochs": epochs, "l1": l1, "seed": seed,
+            "val_accuracy": val_acc, "test_accuracy": test_acc, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    save_checkpoint(new_checkpoint(model, ref, tr.input_shape, meta), out, force=force)
+    return TrainResult(str(out), ref.ref, data.data, epochs, val_acc, test_acc,
+                       sum(p.numel() for p in model.parameters()), log.seconds)
+
+
+# ---------------------------------------------------------------- compress
+@dataclass
+class CompressResult:
+    path: str
+    method: str
+    granularity: str
+    scope: str
+    schedule: str
+    target_sparsity: float
+    sparsity: float                      # achieved fraction of prunable weights removed
+    dense_val_accuracy: float
+    pruned_val_accuracy: float           # before fine-tuning
+    finetuned_val_accuracy: float
+    accuracy_drop_pt: float              # dense - fine-tuned, validation split
+    finetune_epochs: float
+    params_before: int
+    params_after: int                    # nonzero parameters
+    macs_before: int
+    macs_after: int
+    prune_seconds: float
+    total_seconds: float
+    layers: list[dict] = field(default_factory=list)
+
+
+def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions | None = None,
+             finetune_epochs: float = 2.0, lr: float = 5e-4, batch_size: int = 128, trust_pickle: bool = False,
+             force: bool = False, progress: bool = True) -> CompressResult:
+    """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint."""
+    t0 = time.perf_counter()
+    spec.validate()
+    out = _check_output(out, force)
+    if finetune_epochs < 0:
+        raise InputError("--finetune-epochs must be >= 0")
+    loaded = load_model(model_path, trust_pickle=trust_pickle)
+    ckpt = loaded.checkpoint
+    if data is None:
+        data = DataOptions(data=str(ckpt.meta.get("data", DEFAULT_DATA)))
+    tr, val = data.train_val()
+    _check_fits(loaded, tr)
+    if spec.granularity == "channel" and ckpt.kind != "module" and ckpt.kind != "pickle":
+        raise InputError(f"channel pruning needs an nn.Module (zoo:, package.module:factory or a pickle); "
+                         f"this {ckpt.kind} model supports --granularity weight")
+    model, example = loaded.model, loaded.example_input
+    before = sparsity_report(model, example)
+    dense_val = evaluate(model, val)
+
+    def finetune(m: torch.nn.Module, masks: dict[str, torch.Tensor] | None, share: float) -> None:
+        if finetune_epochs * share > 0:
+            train_loop(m, tr, TrainConfig(epochs=finetune_epochs * share, lr=lr, batch_size=batch_size,
+                                          seed=spec.seed), masks=masks, progress=progress, description="fine-tune")
+
+    calib = [torch.from_numpy(tr.x[i:i + 256]) for i in range(0, min(len(tr), 2048), 256)]
+    pruned_acc: list[float] = []
+
+    def finetune_logged(m, masks, share):
+        pruned_acc.append(evaluate(m, val))
+        finetune(m, masks, share)
+
+    result = prune(model, spec, example, finetune=finetune_logged, batches=calib)
+    after = sparsity_report(model, example)
+    ft_val = evaluate(model, val)
+    meta = {**{k: v for k, v in ckpt.meta.items() if k not in ("report",)},
+            "method": spec.method, "sparsity": after.sparsity, "target_sparsity": spec.sparsity,
+            "granularity": spec.granularity, "scope": spec.scope, "schedule": spec.schedule, "data": data.data,
+            "finetune_epochs": finetune_epochs, "source_path": str(Path(model_path).resolve()),
+            "source_sha256": file_digest(Path(model_path)), "dense_val_accuracy": dense_val,
+            "val_accuracy": ft_val, "spec": asdict(spec), "report": after.to_dict(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "edgeprune_version": __version__}
+    new = Checkpoint(kind=ckpt.kind, input_shape=ckpt.input_shape, arch=ckpt.arch, program=ckpt.program,
+                     plan=list(ckpt.plan) + list(result.plan), masks=result.masks,
+                     state_dict={k: v.detach().clone() for k, v in model.state_dict().items()}, meta=meta)
+    save_checkpoint(new, out, force=force)
+    return CompressResult(
+        path=str(out), method=spec.method, granularity=spec.granularity, scope=spec.scope, schedule=spec.schedule,
+        target_sparsity=spec.sparsity, sparsity=after.sparsity, dense_val_accuracy=dense_val,
+        pruned_val_accuracy=pruned_acc[0] if pruned_acc else ft_val, finetuned_val_accuracy=ft_val,
+        accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs,
+        params_before=before.params_nonzero, params_after=after.params_nonzero, macs_before=before.macs,
+        macs_after=after.macs, prune_seconds=result.seconds, total_seconds=time.perf_counter() - t0,
+        layers=after.to_dict()["layers"])
+
+
+# ---------------------------------------------------------------- export
+def export(model_path: Path, out: Path, *, opset: int = DEFAULT_OPSET, data: DataOptions | None = None,
+           check: bool = True, trust_pickle: bool = False, force: bool = False) -> ExportResult:
+    """Export a model file to ONNX; parity-checked on real test inputs unless ``check`` is False."""
+    loaded = load_model(model_path, trust_pickle=trust_pickle)
+    x = None
+    if check:
+        x = _parity_inputs(loaded, data)
+    return export_onnx(loaded, Path(out), opset=opset, check_inputs=x, force=force)
+
+
+def _parity_inputs(loaded: LoadedModel, data: DataOptions | None) -> np.ndarray:
+    data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
+    te = DataOptions(data.data, data.data_dir, test_limit=PARITY_SAMPLES).test()
+    _check_fits(loaded, te)
+    return te.x
+
+
+# ---------------------------------------------------------------- deploy / profile
+def _prepare_dir(out_dir: Path, force: bool) -> Path:
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not force:
+            raise InputError(f"run directory {out_dir} is not empty (use --force to overwrite)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def profile(baseline_onnx: Path, pruned_onnx: Path, target: str, *, data: DataOptions | None = None,
+            out_dir: Path | None = None, method: str | None = None, sparsity: float | None = None,
+            force: bool = False, progress: bool = True):
+    """Measure dense and pruned ONNX models side by side on ``target``; returns a Report."""
+    from .profiling import profile_pair
+    from .report.schema import write_report
+    from .targets import load_target
+
+    tgt = load_target(target)
+    for p in (baseline_onnx, pruned_onnx):
+        if not Path(p).is_file():
+            raise InputError(f"ONNX file not found: {p}")
+    te = (data or DataOptions()).test()
+    import tempfile
+
+    work = _prepare_dir(out_dir, force) if out_dir else Path(tempfile.mkdtemp(prefix="edgeprune-"))
+    report = profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
+                          method=method, sparsity=sparsity, progress=progress)
+    if out_dir:
+        write_report(report, work)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path | None = None,
+           data: DataOptions | None = None, opset: int = DEFAULT_OPSET, trust_pickle: bool = False,
+           force: bool = False, progress: bool = True):
+    """Export dense and pruned models, build engines for ``target``, profile both, write the run directory."""
+    from .targets import load_target
+
+    tgt = load_target(target)
+    if tgt.backend != "onnxruntime":
+        raise InputError(f"target {tgt.name} uses backend '{tgt.backend}', which this version cannot build yet")
+    pruned = load_model(pruned_path, trust_pickle=trust_pickle)
+    if baseline_path is None:
+        src = pruned.checkpoint.meta.get("source_path")
+        if not src or not Path(src).exists():
+            raise InputError("no dense baseline: pass --baseline model.pt")
+        baseline_path = Path(src)
+    dense = load_model(baseline_path, trust_pickle=trust_pickle)
+    data = data or DataOptions(data=str(pruned.checkpoint.meta.get("data", DEFAULT_DATA)))
+    out_dir = _prepare_dir(out_dir, force)
+    exports = {}
+    for name, loaded in (("dense", dense), ("pruned", pruned)):
+        exports[name] = export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset,
+                                    check_inputs=_parity_inputs(loaded, data), force=True)
+    meta = pruned.checkpoint.meta
+    return profile(exports["dense"].path, exports["pruned"].path, target, data=data, out_dir=out_dir,
+                   method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
+                   force=True, progress=progress)

@@ -1,0 +1,254 @@
+"""The `edgeprune` command line: parse, call edgeprune.api, render with rich. No logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Optional
+
+import typer
+# Typer 0.29 vendors Click; its exception types live here.
+from typer._click import exceptions as click_exc
+from rich.console import Console
+from rich.table import Table
+
+from . import api
+from .errors import EdgepruneError, InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Prune a trained PyTorch model, export it, build an engine for an edge device, "
+                       "and measure it side by side with the dense model.")
+out = Console()
+
+DataOpt = typer.Option(None, "--data", help="Data set name (fashion-mnist, mnist, digits) or an .npz path.")
+DataDirOpt = typer.Option(None, "--data-dir", help="Folder with the IDX files (default /usr/share/datasets/NAME).")
+LimitOpt = typer.Option(None, "--limit", help="Use a seeded subset of this many training samples.")
+TestLimitOpt = typer.Option(None, "--test-limit", help="Use a seeded subset of this many test samples.")
+ForceOpt = typer.Option(False, "--force", help="Overwrite an existing output.")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+PickleOpt = typer.Option(False, "--trust-pickle", help="Allow loading a full pickle (runs code from the file).")
+
+
+def _data(data: Optional[str], data_dir: Optional[str], limit: Optional[int] = None,
+          test_limit: Optional[int] = None) -> Optional[api.DataOptions]:
+    if data is None and data_dir is None and limit is None and test_limit is None:
+        return None
+    return api.DataOptions(data or api.DEFAULT_DATA, data_dir, limit, test_limit)
+
+
+def _emit_json(obj) -> None:
+    if is_dataclass(obj):
+        obj = obj.to_dict() if hasattr(obj, "to_dict") else asdict(obj)
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _sparsity(value: str) -> float:
+    try:
+        s = float(value)
+    except ValueError:
+        raise InputError(f"--sparsity must be a number in [0, 1), got '{value}'") from None
+    if not 0.0 <= s < 1.0:
+        raise InputError(f"--sparsity must be in [0, 1), got {s}")
+    return s
+
+
+@app.command()
+def train(
+    arch: str = typer.Option("zoo:lenet300", "--arch", help="zoo:NAME or package.module:factory."),
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write."),
+    data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, limit: Optional[int] = LimitOpt,
+    epochs: float = typer.Option(5.0, "--epochs"), lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    l1: float = typer.Option(0.0, "--l1", help="L1 penalty on Conv/Linear weights."),
+    seed: int = typer.Option(0, "--seed"), force: bool = ForceOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Train a reference model from scratch.
+
+    Example: edgeprune train --arch zoo:lenet300 --data fashion-mnist --epochs 5 -o model.pt
+    """
+    r = api.train(arch, output, data=_data(data, data_dir, limit), epochs=epochs, lr=lr, batch_size=batch_size,
+                  l1=l1, seed=seed, force=force, progress=not as_json)
+    if as_json:
+        return _emit_json(r)
+    out.print(f"trained [bold]{r.arch}[/] on {r.data} for {r.epochs:g} epochs in {r.seconds:.1f} s: "
+              f"val {r.val_accuracy:.2f} %, test {r.test_accuracy:.2f} %, {r.params:,} params -> {r.path}")
+
+
+@app.command()
+def compress(
+    model: Path = typer.Argument(..., help="Model file (edgeprune checkpoint, TorchScript, .pt2)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Pruned checkpoint to write."),
+    method: str = typer.Option("magnitude", "--method", help="Pruning method (magnitude, random)."),
+    sparsity: str = typer.Option("0.5", "--sparsity", help="Fraction of prunable weights removed, in [0, 1)."),
+    granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured) or channel (physical removal)."),
+    scope: str = typer.Option("global", "--scope", help="global or layer."),
+    schedule: str = typer.Option("oneshot", "--schedule", help="oneshot or iterative (cubic)."),
+    steps: int = typer.Option(5, "--steps", help="Prune steps for --schedule iterative."),
+    budget: str = typer.Option("params", "--budget", help="Channel pruning: --sparsity counts params or macs."),
+    round_to: int = typer.Option(8, "--round-to", help="Channel pruning: keep widths multiples of this."),
+    finetune_epochs: float = typer.Option(2.0, "--finetune-epochs", help="Fine-tune budget (epochs, in all)."),
+    lr: float = typer.Option(5e-4, "--lr", help="Fine-tune learning rate (Adam, cosine decay)."),
+    data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, limit: Optional[int] = LimitOpt,
+    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Prune a model, fine-tune it and say what it cost in accuracy.
+
+    Example: edgeprune compress model.pt --method magnitude --sparsity 0.9 -o pruned.pt
+    """
+    from .pruning.base import PruneSpec
+
+    spec = PruneSpec(method=method, sparsity=_sparsity(sparsity), granularity=granularity, scope=scope,
+                     schedule=schedule, steps=steps, budget=budget, round_to=round_to, seed=seed)
+    r = api.compress(model, spec, output, data=_data(data, data_dir, limit), finetune_epochs=finetune_epochs,
+                     lr=lr, trust_pickle=trust_pickle, force=force, progress=not as_json)
+    if as_json:
+        return _emit_json(r)
+    t = Table(title=f"{r.method} {r.granularity} pruning, {r.scope} scope, {r.schedule}")
+    for col in ("layer", "shape", "weights", "kept", "sparsity"):
+        t.add_column(col, justify="right" if col != "layer" else "left")
+    for L in r.layers:
+        t.add_row(L["name"], "x".join(map(str, L["shape"])), f"{L['total']:,}", f"{L['nonzero']:,}",
+                  f"{1 - L['nonzero'] / max(L['total'], 1):.1%}")
+    out.print(t)
+    s = Table(show_header=True, title="what it cost")
+    for col in ("", "dense", "pruned", "ratio"):
+        s.add_column(col, justify="right")
+    s.add_row("val accuracy %", f"{r.dense_val_accuracy:.2f}", f"{r.finetuned_val_accuracy:.2f}",
+              f"{-r.accuracy_drop_pt:+.2f} pt")
+    s.add_row("params (nonzero)", f"{r.params_before:,}", f"{r.params_after:,}",
+              f"{r.params_after / max(r.params_before, 1):.3f}")
+    s.add_row("MACs", f"{r.macs_before:,}", f"{r.macs_after:,}", f"{r.macs_after / max(r.macs_before, 1):.3f}")
+    out.print(s)
+    out.print(f"sparsity {r.sparsity:.2%} of prunable weights (target {r.target_sparsity:.2%}); "
+              f"before fine-tuning val {r.pruned_val_accuracy:.2f} %; fine-tuned {r.finetune_epochs:g} epochs; "
+              f"{r.total_seconds:.1f} s -> {r.path}")
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Model file to export."),
+    output: Path = typer.Option(..., "-o", "--output", help="ONNX file to write."),
+    opset: int = typer.Option(17, "--opset"),
+    data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt,
+    check: bool = typer.Option(True, "--check/--no-check", help="Parity check against PyTorch on real inputs."),
+    trust_pickle: bool = PickleOpt, force: bool = ForceOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Export a model to ONNX, checked against PyTorch on real test inputs.
+
+    Example: edgeprune export pruned.pt -o pruned.onnx
+    """
+    r = api.export(model, output, opset=opset, data=_data(data, data_dir), check=check,
+                   trust_pickle=trust_pickle, force=force)
+    if as_json:
+        return _emit_json(r)
+    p = r.parity
+    parity = (f"parity on {p.samples} test inputs: max |diff| {p.max_abs_diff:.2e}, top-1 agreement "
+              f"{p.top1_agreement:.2%}" if p else "parity not checked")
+    out.print(f"wrote {r.path} (opset {r.opset}, {r.size_bytes:,} bytes); {parity}")
+
+
+def _show_report(report, out_dir: Optional[Path], as_json: bool) -> None:
+    from .report.render import console_table
+
+    if as_json:
+        return _emit_json(report.to_dict())
+    out.print(console_table(report))
+    for note in report.notes:
+        out.print(f"- {note}")
+    if out_dir:
+        out.print(f"report: {out_dir / 'report.json'}, {out_dir / 'report.md'}, {out_dir / 'latency.png'}")
+
+
+@app.command()
+def deploy(
+    model: Path = typer.Argument(..., help="Pruned checkpoint."),
+    target: str = typer.Option("host-cpu", "--target", help="Target name (see `edgeprune targets`) or a .toml path."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Dense model (default: the pruned model's source)."),
+    output: Path = typer.Option(Path("runs/latest"), "-o", "--output", help="Run directory."),
+    data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
+    opset: int = typer.Option(17, "--opset"), trust_pickle: bool = PickleOpt, force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Export, build and profile dense and pruned models on a target; write the run directory.
+
+    Example: edgeprune deploy pruned.pt --target host-cpu --baseline model.pt -o runs/demo
+    """
+    report = api.deploy(model, target, output, baseline_path=baseline, data=_data(data, data_dir, None, test_limit),
+                        opset=opset, trust_pickle=trust_pickle, force=force, progress=not as_json)
+    _show_report(report, output, as_json)
+
+
+@app.command()
+def profile(
+    model: Path = typer.Argument(..., help="Pruned ONNX model."),
+    baseline: Path = typer.Option(..., "--baseline", help="Dense ONNX model."),
+    target: str = typer.Option("host-cpu", "--target"),
+    data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report to this file."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write report.json/.md/.png here."),
+    force: bool = ForceOpt,
+) -> None:
+    """Measure latency, memory, size and accuracy of two ONNX models side by side.
+
+    Example: edgeprune profile --target host-cpu --baseline model.onnx pruned.onnx --data fashion-mnist --json out.json
+    """
+    from .model_io import atomic_write_bytes
+
+    if json_out is not None and json_out.exists() and not force:
+        raise InputError(f"output {json_out} exists (use --force to overwrite)")
+    report = api.profile(baseline, model, target, data=_data(data, data_dir, None, test_limit), out_dir=output,
+                         force=force)
+    if json_out is not None:
+        text = json.dumps(report.to_dict(), indent=2).encode()
+        atomic_write_bytes(json_out, lambda f: f.write(text), force=True)
+    _show_report(report, output, False)
+    if json_out is not None:
+        out.print(f"JSON report: {json_out}")
+
+
+@app.command()
+def targets(as_json: bool = JsonOpt) -> None:
+    """List the targets in targets/*.toml with their backend and status.
+
+    Example: edgeprune targets
+    """
+    from .targets import list_targets, target_status
+
+    rows = [(t, target_status(t)) for t in list_targets()]
+    if as_json:
+        return _emit_json([{"name": t.name, "backend": t.backend, "description": t.description, "status": s}
+                           for t, s in rows])
+    table = Table(title="targets")
+    for col in ("name", "backend", "status", "description"):
+        table.add_column(col)
+    for t, s in rows:
+        table.add_row(t.name, t.backend, s, t.description)
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors become `error: <one line>` and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgeprune", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except EdgepruneError as e:
+        print(f"error: {e}", file=sys.stderr)
+    except click_exc.NoArgsIsHelpError as e:
+        print(e.ctx.get_help() if e.ctx else str(e))
+        return 0
+    except click_exc.ClickException as e:  # usage errors, bad parameter values, unreadable files
+        print(f"error: {e.format_message()}", file=sys.stderr)
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 130
+    except typer.Exit as e:
+        return e.exit_code
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

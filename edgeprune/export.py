@@ -1,0 +1,138 @@
+"""ONNX export with a parity check against PyTorch on real inputs, and edgeprune metadata.
+
+The dynamo exporter (``torch.export`` based) is used for ``nn.Module`` inputs: the TorchScript-based
+exporter is deprecated and slated for removal. TorchScript models can only go through the latter.
+Weights are exported as they are (masks already applied), as one self-contained file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import InputError, ParityError
+from .model_io import LoadedModel, atomic_write_bytes
+
+DEFAULT_OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass
+class Parity:
+    """How closely ONNX Runtime reproduces PyTorch on ``samples`` real inputs."""
+
+    samples: int
+    max_abs_diff: float
+    top1_agreement: float   # fraction of samples with the same arg-max
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= self.tolerance and self.top1_agreement >= 0.999
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    opset: int
+    size_bytes: int
+    parity: Parity | None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporters print progress and deprecation chatter; a CLI user needs none of it."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def to_onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Export with a dynamic batch dimension; raises InputError with the exporter's first line on failure."""
+    model = model.eval()
+    example = (torch.zeros(2, *input_shape),)
+    try:
+        with _quiet(), torch.no_grad():
+            if isinstance(model, torch.jit.ScriptModule):
+                buf = io.BytesIO()
+                torch.onnx.export(model, example, buf, dynamo=False, opset_version=opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                return onnx.load_from_string(buf.getvalue())
+            program = torch.onnx.export(model, example, None, dynamo=True, opset_version=opset, external_data=False,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], optimize=True,
+                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
+            return program.model_proto
+    except Exception as e:  # the exporters raise many unrelated types
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"ONNX export failed: {msg}") from None
+
+
+def parity_check(model: nn.Module, onnx_bytes: bytes, x: np.ndarray, rtol: float = 1e-4) -> Parity:
+    """Compare ONNX Runtime (CPU, all optimisations) with PyTorch on real inputs ``x``."""
+    import onnxruntime as ort
+
+    from .training import predict
+
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i:i + 256]})[0] for i in range(0, len(x), 256)])
+    ref = predict(model, x)
+    scale = max(1.0, float(np.abs(ref).max()))
+    return Parity(samples=len(x), max_abs_diff=float(np.abs(got - ref).max()),
+                  top1_agreement=float((got.argmax(1) == ref.argmax(1)).mean()), tolerance=rtol * scale * 10)
+
+
+def export(loaded: LoadedModel, out: Path, *, opset: int = DEFAULT_OPSET, check_inputs: np.ndarray | None = None,
+           force: bool = False, extra_metadata: dict[str, str] | None = None) -> ExportResult:
+    """Write ``loaded``'s model as ONNX to ``out`` (atomically), after a parity check on ``check_inputs``."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise InputError(f"output {out} exists (use --force to overwrite)")
+    if not 7 <= opset <= 23:
+        raise InputError(f"opset {opset} is outside the supported range 7-23")
+    ckpt = loaded.checkpoint
+    proto = to_onnx_model(loaded.model, ckpt.input_shape, opset)
+    meta = {
+        "edgeprune.version": __version__,
+        "edgeprune.method": str(ckpt.meta.get("method", "dense")),
+        "edgeprune.sparsity": f"{float(ckpt.meta.get('sparsity', 0.0)):.6f}",
+        "edgeprune.granularity": str(ckpt.meta.get("granularity", "none")),
+        "edgeprune.arch": ckpt.arch.ref if ckpt.arch else ckpt.kind,
+        "edgeprune.input_shape": ",".join(map(str, ckpt.input_shape)),
+        "edgeprune.source_sha256": str(ckpt.meta.get("sha256") or ckpt.meta.get("source_sha256") or ""),
+        **(extra_metadata or {}),
+    }
+    onnx.helper.set_model_props(proto, meta)
+    proto.producer_name, proto.producer_version = "edgeprune", __version__
+    data = proto.SerializeToString()
+    parity = None
+    if check_inputs is not None and len(check_inputs):
+        parity = parity_check(loaded.model, data, check_inputs)
+        if not parity.ok:
+            raise ParityError(f"ONNX output differs from PyTorch: max |diff| {parity.max_abs_diff:.3g} "
+                              f"(tolerance {parity.tolerance:.3g}), top-1 agreement {parity.top1_agreement:.2%}")
+    atomic_write_bytes(out, lambda f: f.write(data), force=force)
+    return ExportResult(path=out, opset=proto.opset_import[0].version, size_bytes=len(data), parity=parity)

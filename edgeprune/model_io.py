@@ -1,0 +1,266 @@
+"""Load models safely and save/load edgeprune checkpoints.
+
+An edgeprune checkpoint is a plain dict of tensors, strings and numbers (loadable with
+``weights_only=True``): the base architecture reference, the pruning plan (removed channel indices,
+in order) and masks, the state_dict, the input shape and metadata. A compacted model is rebuilt by
+constructing the base architecture, replaying the plan through Torch-Pruning, then loading weights.
+
+Accepted inputs: edgeprune checkpoints, TorchScript archives, ``torch.export`` programs (.pt2), and,
+only with ``trust_pickle=True``, fully pickled ``nn.Module`` files. TorchScript/export/pickle sources
+are embedded as bytes in the checkpoint, so a pruned checkpoint never depends on the original file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import InputError, UnknownNameError, UnsafeFileError
+from .zoo import build_zoo
+
+FORMAT = "edgeprune.checkpoint/1"
+# Kinds of base architecture a checkpoint can name.
+MODULE, TORCHSCRIPT, EXPORTED, PICKLE = "module", "torchscript", "exported", "pickle"
+
+
+@dataclass
+class ArchRef:
+    """``zoo:NAME`` or ``package.module:factory`` with JSON-able kwargs."""
+
+    ref: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        if self.ref.startswith("zoo:"):
+            return build_zoo(self.ref[4:], **self.kwargs)
+        mod_name, sep, attr = self.ref.partition(":")
+        if not sep or not mod_name or not attr:
+            raise InputError(f"architecture reference '{self.ref}' must be zoo:NAME or package.module:factory")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise UnknownNameError(f"cannot import architecture '{self.ref}': {e}") from None
+        try:
+            return factory(**self.kwargs)
+        except TypeError as e:
+            raise InputError(f"cannot build '{self.ref}' with {self.kwargs}: {e}") from None
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to rebuild a (possibly pruned) model on a fresh machine."""
+
+    kind: str                                   # module | torchscript | exported | pickle
+    input_shape: tuple[int, ...]                # C, H, W (no batch)
+    state_dict: dict[str, torch.Tensor]
+    arch: ArchRef | None = None                 # for kind == module
+    program: bytes | None = None                # embedded source for the other kinds
+    plan: list[dict] = field(default_factory=list)
+    masks: dict[str, torch.Tensor] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "edgeprune_version": __version__, "kind": self.kind,
+            "input_shape": list(self.input_shape),
+            "arch": {"ref": self.arch.ref, "kwargs": self.arch.kwargs} if self.arch else None,
+            "program": torch.frombuffer(bytearray(self.program), dtype=torch.uint8) if self.program else None,
+            "plan": self.plan, "masks": self.masks, "state_dict": self.state_dict, "meta": self.meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: Path) -> "Checkpoint":
+        try:
+            arch = ArchRef(d["arch"]["ref"], dict(d["arch"].get("kwargs") or {})) if d.get("arch") else None
+            program = bytes(d["program"].numpy().tobytes()) if d.get("program") is not None else None
+            return cls(kind=d["kind"], input_shape=tuple(d["input_shape"]), state_dict=d["state_dict"], arch=arch,
+                       program=program, plan=list(d.get("plan") or []), masks=d.get("masks"), meta=dict(d.get("meta") or {}))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"{source} is an edgeprune checkpoint with a missing or malformed field ({e})") from None
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    checkpoint: Checkpoint
+    path: Path
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(1, *self.checkpoint.input_shape)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, write, force: bool = False) -> Path:
+    """Write through ``write(fileobj)`` to a temp file beside ``path``, then rename over it.
+
+    Refuses to replace an existing file unless ``force``; a failed write leaves no partial file.
+    """
+    path = Path(path)
+    if path.exists() and not force:
+        raise InputError(f"output {path} exists (use --force to overwrite)")
+    if path.is_dir():
+        raise InputError(f"output {path} is a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(ckpt: Checkpoint, path: Path, force: bool = False) -> Path:
+    return atomic_write_bytes(path, lambda f: torch.save(ckpt.to_dict(), f), force=force)
+
+
+def _zip_names(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return []
+
+
+def _sniff(path: Path) -> str:
+    names = _zip_names(path)
+    if any(n.endswith("/models/model.json") for n in names) or any(n.endswith("archive_format") for n in names):
+        return EXPORTED
+    if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+        return TORCHSCRIPT
+    return "torch.save"
+
+
+def _corrupt(path: Path, why: object) -> InputError:
+    return InputError(f"cannot read model file {path}: not an edgeprune checkpoint, TorchScript or "
+                      f"torch.export file ({str(why).splitlines()[0][:120] if str(why) else type(why).__name__})")
+
+
+def _program_module(kind: str, program: bytes) -> nn.Module:
+    buf = io.BytesIO(program)
+    if kind == TORCHSCRIPT:
+        return torch.jit.load(buf, map_location="cpu")
+    if kind == EXPORTED:
+        return torch.export.load(buf).module()
+    if kind == PICKLE:
+        return torch.load(buf, weights_only=False, map_location="cpu")
+    raise InputError(f"unknown checkpoint kind '{kind}'")
+
+
+def _input_shape_of_exported(ep: Any) -> tuple[int, ...] | None:
+    for node in ep.graph.nodes:
+        if node.op == "placeholder" and node.name in ep.graph_signature.user_inputs:
+            val = node.meta.get("val")
+            if val is not None:
+                return tuple(int(d) for d in val.shape[1:])
+    return None
+
+
+def build_model(ckpt: Checkpoint, trust_pickle: bool = False) -> nn.Module:
+    """Rebuild the model a checkpoint describes: base architecture, then the plan, then the weights."""
+    if ckpt.kind == MODULE:
+        if ckpt.arch is None:
+            raise InputError("checkpoint has no architecture reference")
+        model = ckpt.arch.build()
+    else:
+        if ckpt.kind == PICKLE and not trust_pickle:
+            raise UnsafeFileError("this checkpoint's base model is a full pickle; loading it can run arbitrary code "
+                                  "(re-run with --trust-pickle if you trust its source)")
+        model = _program_module(ckpt.kind, ckpt.program or b"")
+    if ckpt.plan:
+        from .pruning.structured import replay_plan
+
+        replay_plan(model, torch.zeros(1, *ckpt.input_shape), ckpt.plan)
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as e:
+        raise InputError(f"weights do not fit the architecture: {str(e).splitlines()[0][:200]}") from None
+    return model.eval()
+
+
+def load_model(path: str | Path, trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """Load any accepted model file; TorchScript and full pickles need ``input_shape`` if they do not carry one."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"model file not found: {path}")
+    if path.is_dir():
+        raise InputError(f"model path {path} is a directory, expected a file")
+    kind = _sniff(path)
+    if kind in (TORCHSCRIPT, EXPORTED):
+        program = path.read_bytes()
+        try:
+            if kind == EXPORTED:
+                ep = torch.export.load(io.BytesIO(program))
+                model, shape = ep.module(), _input_shape_of_exported(ep)
+            else:
+                model, shape = torch.jit.load(io.BytesIO(program), map_location="cpu"), None
+        except Exception as e:  # torch raises many types for a damaged archive
+            raise _corrupt(path, e) from None
+        shape = shape or input_shape
+        if shape is None:
+            raise InputError(f"{path} is a {kind} model without an input shape: pass --input-shape C,H,W")
+        ckpt = Checkpoint(kind=kind, input_shape=tuple(shape), program=program,
+                          state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+                          meta={"source": path.name, "source_sha256": file_digest(path)})
+        return LoadedModel(model.eval(), ckpt, path)
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise _corrupt(path, e) from None
+        if not trust_pickle:
+            raise UnsafeFileError(f"{path} is a full pickle; loading it can run arbitrary code "
+                                  "(re-run with --trust-pickle if you trust its source)") from None
+        return _load_pickle(path, input_shape)
+    except Exception as e:
+        raise _corrupt(path, e) from None
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        ckpt = Checkpoint.from_dict(obj, path)
+        return LoadedModel(build_model(ckpt, trust_pickle), ckpt, path)
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"{path} is a bare state_dict without an architecture; save it with "
+                         "edgeprune.model_io.Checkpoint (arch zoo:NAME or package.module:factory)")
+    raise _corrupt(path, f"unrecognised content of type {type(obj).__name__}")
+
+
+def _load_pickle(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel:
+    try:
+        model = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as e:
+        raise _corrupt(path, e) from None
+    if not isinstance(model, nn.Module):
+        raise InputError(f"{path} holds a {type(model).__name__}, not an nn.Module")
+    if input_shape is None:
+        raise InputError(f"{path} is a pickled model without an input shape: pass --input-shape C,H,W")
+    ckpt = Checkpoint(kind=PICKLE, input_shape=tuple(input_shape), program=path.read_bytes(),
+                      state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
+                      meta={"source": path.name, "source_sha256": file_digest(path)})
+    return LoadedModel(model.eval(), ckpt, path)
+
+
+def new_checkpoint(model: nn.Module, arch: ArchRef, input_shape: tuple[int, ...], meta: dict[str, Any]) -> Checkpoint:
+    return Checkpoint(kind=MODULE, input_shape=tuple(input_shape), arch=arch,
+                      state_dict={k: v.detach().clone() for k, v in model.state_dict().items()}, meta=meta)

@@ -1,0 +1,114 @@
+"""Train, fine-tune and evaluate on in-memory arrays. Seeded and deterministic on CPU.
+
+Masks stay enforced during fine-tuning: pruned weights are re-zeroed after every optimizer step, so
+Adam's momentum cannot regrow them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import ArrayDataset
+from .pruning.masks import apply_masks, prunable_layers
+from .progress import progress_bar
+
+
+@dataclass
+class TrainConfig:
+    """How to train: Adam with a cosine decay to zero over the whole run (fine-tuning too)."""
+
+    epochs: float = 5.0
+    lr: float = 1e-3
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    l1: float = 0.0          # L1 penalty on Conv/Linear weights (LOMP-style training)
+    seed: int = 0
+    cosine: bool = True
+
+
+@dataclass
+class TrainLog:
+    steps: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)   # mean loss per epoch (or per partial epoch)
+    val_accuracy: list[float] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _tensors(ds: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(ds.x), torch.from_numpy(ds.y)
+
+
+def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_set: ArrayDataset | None = None,
+          masks: dict[str, torch.Tensor] | None = None, progress: bool = True, description: str = "train") -> TrainLog:
+    """Train ``model`` in place for ``cfg.epochs`` epochs (fractional epochs run that share of the batches)."""
+    seed_everything(cfg.seed)
+    x, y = _tensors(train_set)
+    n = len(y)
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = max(1, int(round(cfg.epochs * per_epoch)))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.cosine else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    l1_params = [m.weight for m in prunable_layers(model).values()] if cfg.l1 > 0 else []
+    loss_fn = nn.CrossEntropyLoss()
+    log = TrainLog()
+    t0 = time.perf_counter()
+    model.train()
+    step, running, count = 0, 0.0, 0
+    with progress_bar(description, total=total, enabled=progress) as advance:
+        while step < total:
+            order = torch.randperm(n, generator=gen)
+            for b in range(per_epoch):
+                if step >= total:
+                    break
+                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(x[idx]), y[idx])
+                if l1_params:
+                    loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
+                loss.backward()
+                opt.step()
+                if sched:
+                    sched.step()
+                if masks:
+                    apply_masks(model, masks)
+                running += loss.item()
+                count += 1
+                step += 1
+                advance(1)
+            log.losses.append(running / max(count, 1))
+            running, count = 0.0, 0
+            if val_set is not None:
+                log.val_accuracy.append(evaluate(model, val_set))
+                model.train()
+    model.eval()
+    log.steps = total
+    log.seconds = time.perf_counter() - t0
+    return log
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Logits for every row of ``x`` (model switched to eval mode)."""
+    model.eval()
+    out = [model(torch.from_numpy(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def evaluate(model: nn.Module, ds: ArrayDataset, batch_size: int = 1024) -> float:
+    """Top-1 accuracy in percent."""
+    if len(ds) == 0:
+        return float("nan")
+    logits = predict(model, ds.x, batch_size)
+    return float((logits.argmax(1) == ds.y).mean() * 100.0)
