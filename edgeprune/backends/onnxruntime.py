@@ -1,0 +1,198 @@
+"""ONNX Runtime backend: the engine is the graph ONNX Runtime optimised at the target's level.
+
+Building = loading the model once with `optimized_model_filepath` set, so the saved file is the
+graph the runtime would execute (fusions, constant folding, and at level "all" on x86 the NCHWc
+layouts, which is why an "all" engine built here is for this host only). Opening = a session with
+the target's threads, spinning and arena settings, and an explicit check that the providers asked
+for are the ones the session got: ONNX Runtime otherwise falls back to the CPU without a word.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edgeprune.backends.base import Engine
+from edgeprune.errors import InputError, ShapeError
+from edgeprune.targets import version_in_range
+
+if TYPE_CHECKING:
+    from edgeprune.targets import BuildPolicy, Target
+
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "layout": getattr(ort.GraphOptimizationLevel, "ORT_ENABLE_LAYOUT", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
+
+
+class OrtSession:
+    """An ONNX Runtime session fed one input, returning the first output."""
+
+    def __init__(self, sess: ort.InferenceSession):
+        self.inner = sess
+        inp = sess.get_inputs()[0]
+        self.input_name: str = inp.name
+        self.input_shape: list[int | str | None] = list(inp.shape)
+        self.input_dtype = _NP_TYPES.get(inp.type, np.float32)
+        self.output_names: list[str] = [sess.get_outputs()[0].name]
+        self.providers: list[str] = list(sess.get_providers())
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        if x.dtype != self.input_dtype:
+            x = x.astype(self.input_dtype)
+        try:
+            return self.inner.run(self.output_names, {self.input_name: x})[0]
+        except (ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.Fail) as e:
+            if "dimension" in str(e).lower() or "rank" in str(e).lower() or "shape" in str(e).lower():
+                raise ShapeError(
+                    f"input of shape {tuple(x.shape)} does not fit the model's input "
+                    f"'{self.input_name}' {self.input_shape}"
+                ) from None
+            raise
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def validate(self, onnx_path: Path, target: Target) -> list[str]:
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise InputError(f"ONNX file not found: {path}")
+        problems: list[str] = []
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            problems.append(f"onnx.checker: {_first_line(e)}")
+        except Exception as e:  # noqa: BLE001 - protobuf decode errors for corrupt files
+            problems.append(f"not a readable ONNX model: {_first_line(e)}")
+            return problems
+        model = onnx.load(str(path), load_external_data=False)
+        opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
+        max_opset = target.stack.get("max_opset")
+        if max_opset is not None and opset > max_opset:
+            problems.append(f"opset {opset} is above the target's max_opset {max_opset}; re-export with opset <= {max_opset}")
+        if target.build.precision != "fp32":
+            problems.append(f"precision '{target.build.precision}' is not implemented by the onnxruntime backend (use fp32)")
+        wanted = target.stack.get("onnxruntime")
+        # A remote target's stack is checked on the device; only a local one is this process's.
+        if wanted and target.ssh is None and not version_in_range(ort.__version__, wanted):
+            problems.append(f"installed onnxruntime {ort.__version__} is outside the target's range '{wanted}'")
+        return problems
+
+    def build(self, onnx_path: Path, target: Target, out_dir: Path) -> Engine:
+        src = Path(onnx_path)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        suffix = ".ort" if target.build.model_format == "ort" else ".onnx"
+        final = out / f"{src.stem}.{target.name}{suffix}"
+        tmp = out / f".{final.stem}.{os.getpid()}.tmp{suffix}"
+        so = session_options(target.build)
+        so.optimized_model_filepath = str(tmp)
+        so.add_session_config_entry("session.save_model_format", "ORT" if suffix == ".ort" else "ONNX")
+        t0 = time.perf_counter()
+        try:
+            self._create(src, so, target.build)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return Engine(
+            path=final,
+            backend=self.name,
+            target=target.name,
+            source=src,
+            build_seconds=time.perf_counter() - t0,
+            extra={"graph_optimization_level": target.build.graph_optimization_level, "onnxruntime": ort.__version__},
+        )
+
+    def open(self, engine: Engine, target: Target) -> OrtSession:
+        so = session_options(target.build)
+        return OrtSession(self._create(Path(engine.path), so, target.build))
+
+    def stack(self, target: Target) -> dict[str, str]:
+        b = target.build
+        return {
+            "backend": self.name,
+            "onnxruntime": ort.__version__,
+            "cpu": cpu_name(),
+            "cpu_count": str(os.cpu_count() or 0),
+            "threads": str(b.threads),
+            "inter_op_threads": str(b.inter_op_threads),
+            "execution_providers": ",".join(b.execution_providers),
+            "graph_optimization_level": b.graph_optimization_level,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "platform": platform.platform(),
+        }
+
+    def _create(self, path: Path, so: ort.SessionOptions, build: BuildPolicy) -> ort.InferenceSession:
+        asked = list(build.execution_providers)
+        available = ort.get_available_providers()
+        missing = [p for p in asked if p not in available]
+        if missing:
+            raise InputError(
+                f"execution provider '{missing[0]}' is not available in this onnxruntime build "
+                f"(available: {', '.join(available)})"
+            )
+        try:
+            sess = ort.InferenceSession(str(path), sess_options=so, providers=asked)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
+            raise InputError(f"onnxruntime cannot load {path.name}: {_first_line(e)}") from None
+        got = sess.get_providers()
+        lost = [p for p in asked if p not in got]
+        if lost:
+            raise InputError(
+                f"execution provider '{lost[0]}' was asked for but the session runs on {', '.join(got)}"
+            )
+        return sess
+
+
+def session_options(build: BuildPolicy) -> ort.SessionOptions:
+    """SessionOptions for a build policy: sequential execution, fixed threads, spinning as asked."""
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _LEVELS[build.graph_optimization_level]
+    so.intra_op_num_threads = build.threads
+    so.inter_op_num_threads = build.inter_op_threads
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    spin = "1" if build.spinning else "0"
+    so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    so.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    so.enable_cpu_mem_arena = build.cpu_mem_arena
+    so.log_severity_level = 3
+    if "CPUExecutionProvider" not in build.execution_providers:
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    return so
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") or line.startswith("Model"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]

@@ -1,0 +1,175 @@
+"""What an ONNX file holds: parameter counts, zeros, multiply-accumulates, size raw and xz.
+
+MACs are what a dense backend executes: ONNX Runtime and TensorRT multiply by zero weights just
+like by any other, so a 90 %-zero model has the dense model's MACs. Only physically removed
+neurons/channels lower them.
+"""
+
+from __future__ import annotations
+
+import lzma
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgeprune.errors import InputError
+
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
+# Same preset as the `xz` command line (-6), so users can reproduce the figure with `xz -k`.
+XZ_PRESET = 6
+
+
+@dataclass
+class ModelStats:
+    """`params`: elements of float initializers (zeros included); `nonzero_params`: the nonzero
+    ones; `macs`: multiply-accumulates of Conv/ConvTranspose/Gemm/MatMul at batch 1 (symbolic
+    dims taken as 1); `size_bytes`: the file; `size_xz_bytes`: the file compressed with xz -6."""
+
+    params: int
+    nonzero_params: int
+    macs: int
+    size_bytes: int
+    size_xz_bytes: int
+    opset: int
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of float parameters that are exactly zero."""
+        return 1.0 - self.nonzero_params / self.params if self.params else 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_stats(onnx_path: str | Path) -> ModelStats:
+    path = Path(onnx_path)
+    model = _load(path)
+    params, nonzero = count_params(model)
+    raw = path.read_bytes()
+    return ModelStats(
+        params=params,
+        nonzero_params=nonzero,
+        macs=count_macs(model),
+        size_bytes=len(raw),
+        size_xz_bytes=len(lzma.compress(raw, format=lzma.FORMAT_XZ, preset=XZ_PRESET)),
+        opset=opset_of(model),
+    )
+
+
+def read_metadata(onnx_path: str | Path) -> dict[str, str]:
+    """The model's `metadata_props` (the exporter writes `edgeprune.method`, `edgeprune.sparsity`, ...)."""
+    model = _load(Path(onnx_path), external=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return int(imp.version)
+    return 0
+
+
+def count_params(model: onnx.ModelProto) -> tuple[int, int]:
+    """(elements, nonzero elements) over float initializers and sparse initializers."""
+    total = nonzero = 0
+    for init in model.graph.initializer:
+        if init.data_type not in _FLOAT_TYPES:
+            continue
+        arr = numpy_helper.to_array(init)
+        total += int(arr.size)
+        nonzero += int(np.count_nonzero(arr))
+    for sparse in model.graph.sparse_initializer:
+        if sparse.values.data_type not in _FLOAT_TYPES:
+            continue
+        total += int(np.prod(sparse.dims, dtype=np.int64))
+        nonzero += int(np.count_nonzero(numpy_helper.to_array(sparse.values)))
+    return total, nonzero
+
+
+def count_macs(model: onnx.ModelProto) -> int:
+    """MACs at batch 1 of the compute-bound ops, from ONNX shape inference.
+
+    Conv: output elements x Cin/groups x kernel; ConvTranspose: input elements x Cout/groups x
+    kernel; Gemm/MatMul: output elements x K. Fused ONNX Runtime variants count like their base
+    op. Nodes whose shapes cannot be inferred count as 0.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # noqa: BLE001 - an uninferable graph still has countable nodes
+        inferred = model
+    shapes = _shape_table(inferred)
+
+    macs = 0
+    for node in inferred.graph.node:
+        op = node.op_type
+        if op in ("Conv", "FusedConv", "ConvInteger", "QLinearConv"):
+            w_idx = 3 if op == "QLinearConv" else 1
+            out = shapes.get(node.output[0])
+            w = shapes.get(node.input[w_idx]) if len(node.input) > w_idx else None
+            if out is not None and w is not None:
+                macs += _prod(out) * _prod(w[1:])
+        elif op == "ConvTranspose":
+            x = shapes.get(node.input[0])
+            w = shapes.get(node.input[1])
+            if x is not None and w is not None:
+                macs += _prod(x) * _prod(w[1:])
+        elif op in ("Gemm", "FusedGemm"):
+            a = shapes.get(node.input[0])
+            out = shapes.get(node.output[0])
+            if a is not None and out is not None and len(a) == 2:
+                trans_a = next((att.i for att in node.attribute if att.name == "transA"), 0)
+                k = a[0] if trans_a else a[1]
+                macs += _prod(out) * k
+        elif op in ("MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul"):
+            a = shapes.get(node.input[0])
+            out = shapes.get(node.output[0])
+            if a is not None and out is not None and len(a) >= 1:
+                trans_a = next((att.i for att in node.attribute if att.name == "transA"), 0)
+                k = a[-2] if (trans_a and len(a) >= 2) else a[-1]
+                macs += _prod(out) * k
+    return int(macs)
+
+
+def _shape_table(model: onnx.ModelProto) -> dict[str, list[int]]:
+    table: dict[str, list[int]] = {}
+    g = model.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        # Symbolic and unknown dims (the batch) count as 1: MACs are reported at batch 1.
+        table[vi.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in t.shape.dim]
+    for init in g.initializer:
+        table[init.name] = list(init.dims)
+    for sparse in g.sparse_initializer:
+        table[sparse.values.name] = list(sparse.dims)
+    for node in g.node:
+        if node.op_type == "Constant":
+            for att in node.attribute:
+                if att.name == "value" and att.HasField("t"):
+                    table[node.output[0]] = list(att.t.dims)
+    return table
+
+
+def _prod(dims) -> int:
+    out = 1
+    for d in dims:
+        out *= int(d)
+    return out
+
+
+def _load(path: Path, external: bool = True) -> onnx.ModelProto:
+    if not path.is_file():
+        raise InputError(f"ONNX file not found: {path}")
+    try:
+        return onnx.load(str(path), load_external_data=external)
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
+        raise InputError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None

@@ -1,0 +1,395 @@
+"""Dense vs pruned on one target: latency, memory, accuracy, output agreement, size.
+
+Latency is measured with three sessions in one loop: the dense engine (A), the dense engine
+opened a second time (A', an A/A control) and the pruned engine (B), in the order A A' B rotated
+every round. Interleaving puts all three under the same machine noise, and the A'/A ratio shows
+how big that noise is: a pruned/dense ratio inside it is not a speed-up.
+
+Peak memory is measured in a fresh process per model (`edgeprune.memprobe`), because a process's
+high-water mark only ever goes up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from edgeprune.backends import Engine, Session, get_backend
+from edgeprune.errors import InputError, ShapeError
+from edgeprune.onnx_stats import ModelStats, model_stats, read_metadata
+from edgeprune.report.render import format_bytes
+from edgeprune.report.schema import Agreement, BatchLatency, LatencyStats, ModelSide, Report
+from edgeprune.targets import Target
+
+# Ratios within this distance of 1 are noise even when the A/A control happens to land on 1.00:
+# percentiles of a few hundred runs do not resolve differences finer than a couple of percent.
+NOISE_FLOOR = 0.02
+# An A/A ratio further than this from 1 means the machine itself was too noisy to trust.
+NOISY_AA = 0.10
+EVAL_BATCH = 256
+_BACKEND_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
+
+
+def profile_pair(
+    dense_onnx: Path,
+    pruned_onnx: Path,
+    target: Target,
+    x: np.ndarray,
+    y: np.ndarray,
+    work_dir: Path,
+    *,
+    method: str | None = None,
+    sparsity: float | None = None,
+    progress: bool = True,
+) -> Report:
+    """Build both models for `target`, measure them side by side on real data (x, y), and return
+    the report (not yet written: see `edgeprune.report.write_report`)."""
+    dense_onnx, pruned_onnx, work = Path(dense_onnx), Path(pruned_onnx), Path(work_dir)
+    backend = get_backend(target.backend)
+    for label, path in (("dense", dense_onnx), ("pruned", pruned_onnx)):
+        problems = backend.validate(path, target)
+        if problems:
+            more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
+            raise InputError(f"{label} model {path.name} does not fit target '{target.name}': {'; '.join(problems[:2])}{more}")
+    x, y = _check_data(x, y)
+    work.mkdir(parents=True, exist_ok=True)
+    run = target.run
+
+    with _progress(progress) as bar:
+        steps = 2 + len(run.batch_sizes) * run.iterations + 2 + 2 + 1
+        task = bar.add_task("building engines", total=steps)
+
+        def tick(n: int = 1, what: str | None = None) -> None:
+            bar.update(task, advance=n, **({"description": what} if what else {}))
+
+        dense_engine = backend.build(dense_onnx, target, work / "engines" / "dense")
+        pruned_engine = backend.build(pruned_onnx, target, work / "engines" / "pruned")
+        tick(2, "opening sessions")
+        a, a2, b = backend.open(dense_engine, target), backend.open(dense_engine, target), backend.open(pruned_engine, target)
+        _check_input(a, x)
+        static = _static_batch(a)
+        batch_sizes = [static] if static else list(run.batch_sizes)
+
+        latency: dict[int, BatchLatency] = {}
+        rounds: dict[str, int] = {}
+        for bs in batch_sizes:
+            tick(0, f"latency, batch {bs}")
+            times = time_interleaved([a, a2, b], _rows(x, bs), run.warmup, run.iterations, run.min_seconds, tick)
+            stats = [LatencyStats.from_ns(t, run.percentiles) for t in times]
+            latency[bs] = BatchLatency(batch=bs, dense=stats[0], control=stats[1], pruned=stats[2])
+            rounds[str(bs)] = len(times[0])
+
+        tick(0, "accuracy")
+        eval_batch = static or min(EVAL_BATCH, len(x))
+        logits_d = predict(a, x, eval_batch)
+        tick(1)
+        logits_p = predict(b, x, eval_batch)
+        tick(1)
+        del a, a2, b
+        gc.collect()
+
+        tick(0, "peak memory (own process per model)")
+        sample = work / "memprobe_input.npy"
+        np.save(sample, x[: max(1, static or 1)])
+        mem_d = measure_memory(dense_engine, target, sample)
+        tick(1)
+        mem_p = measure_memory(pruned_engine, target, sample)
+        tick(1)
+        sample.unlink(missing_ok=True)
+
+        tick(0, "sizes, parameters, MACs")
+        st_d, st_p = model_stats(dense_onnx), model_stats(pruned_onnx)
+        meta = read_metadata(pruned_onnx)
+        tick(1, "done")
+
+    ref = 1 if 1 in latency else min(latency)
+    method = method or meta.get("edgeprune.method")
+    sparsity_given = sparsity if sparsity is not None else _float_or_none(meta.get("edgeprune.sparsity"))
+    report = Report(
+        target=target.name,
+        backend=target.backend,
+        method=method,
+        sparsity=sparsity_given if sparsity_given is not None else round(st_p.sparsity, 4),
+        dense=_side(dense_onnx, dense_engine, latency[ref].dense, mem_d, _accuracy(logits_d, y), st_d),
+        pruned=_side(pruned_onnx, pruned_engine, latency[ref].pruned, mem_p, _accuracy(logits_p, y), st_p),
+        latency=latency,
+        agreement=_agreement(logits_d, logits_p),
+        latency_batch=ref,
+        granularity=meta.get("edgeprune.granularity"),
+        target_description=target.description,
+        stack=backend.stack(target),
+        run={
+            "warmup": run.warmup,
+            "iterations": run.iterations,
+            "min_seconds": run.min_seconds,
+            "rounds": rounds,
+            "batch_sizes": batch_sizes,
+            "percentiles": list(run.percentiles),
+            "order": "A A' B, rotated each round",
+            "accuracy_samples": int(len(x)),
+            "memory": {"arena": False, "batch": 1, "separate_process": True},
+            "engines": {"dense": str(dense_engine.path), "pruned": str(pruned_engine.path)},
+        },
+    )
+    report.notes = explain(report)
+    if sparsity_given is None:
+        report.notes.append(
+            "The pruned model records no target sparsity, so the sparsity shown is the measured fraction of zero weights."
+        )
+    if static and list(run.batch_sizes) != [static]:
+        report.notes.append(
+            f"The model's input has a fixed batch of {static}, so latency was measured at batch {static} only "
+            f"(the target asks for {', '.join(map(str, run.batch_sizes))})."
+        )
+    return report
+
+
+def explain(report: Report) -> list[str]:
+    """Plain sentences a reader needs to interpret the numbers: where the gain is, whether a
+    latency difference is real, what accuracy cost."""
+    notes: list[str] = []
+    d, p, q = report.dense, report.pruned, report.ratios
+    runtime = _BACKEND_NAMES.get(report.backend, report.backend)
+    many_zeros = p.zero_fraction - d.zero_fraction >= 0.2
+    if q.macs is not None and abs(q.macs - 1.0) < 0.01 and many_zeros:
+        notes.append(
+            f"{p.zero_fraction:.0%} of the pruned model's weights are zero, yet it executes as many MACs as the dense "
+            f"model: zeros bring no speed-up on this backend ({runtime} densifies); the gain is in the compressed "
+            f"file size: {format_bytes(d.size_xz_bytes)} → {format_bytes(p.size_xz_bytes)} with xz "
+            f"({format_bytes(d.size_bytes)} → {format_bytes(p.size_bytes)} uncompressed)."
+        )
+    elif q.macs is not None and q.macs < 0.99:
+        notes.append(
+            f"Neurons or channels were physically removed: the pruned model executes {q.macs:.0%} of the dense "
+            f"model's MACs and stores {q.params:.0%} of its nonzero parameters."
+        )
+    for bs in sorted(report.latency):
+        bl = report.latency[bs]
+        r, aa = bl.ratio_p50, bl.aa_ratio_p50
+        if r is None or aa is None:
+            continue
+        band = max(abs(aa - 1.0), NOISE_FLOOR)
+        if abs(r - 1.0) <= band:
+            notes.append(
+                f"Batch {bs}: the pruned/dense p50 ratio {r:.2f} lies within the A/A noise band (dense vs itself "
+                f"{aa:.2f}, band ±{band:.0%}): no measurable latency difference."
+            )
+        elif r < 1.0:
+            notes.append(
+                f"Batch {bs}: the pruned model is {1 / r:.2f}× as fast as the dense one at p50 "
+                f"(ratio {r:.2f}; A/A control {aa:.2f})."
+            )
+        else:
+            notes.append(
+                f"Batch {bs}: the pruned model is slower than the dense one at p50 (ratio {r:.2f}; A/A control {aa:.2f})."
+            )
+        if abs(aa - 1.0) > NOISY_AA:
+            notes.append(
+                f"Batch {bs}: the dense model timed against itself differs by {abs(aa - 1.0):.0%}: the machine was "
+                f"noisy; repeat the run or raise run.iterations before trusting small ratios."
+            )
+    drop = report.accuracy_drop_pt
+    if drop is not None:
+        text = f"Top-1 accuracy {d.accuracy:.2f} % → {p.accuracy:.2f} % ({-drop:+.2f} points)"
+        if report.agreement is not None:
+            text += (
+                f" on {report.agreement.samples} samples; dense and pruned pick the same class for "
+                f"{report.agreement.top1:.1%} of them"
+            )
+        notes.append(text + ".")
+    notes.append(
+        "Peak memory was measured in a separate process per model with the CPU memory arena off; model RSS is the "
+        "rise above that process's RSS just before the session was created."
+    )
+    return notes
+
+
+def time_interleaved(
+    sessions: list[Session],
+    xb: np.ndarray,
+    warmup: int,
+    iterations: int,
+    min_seconds: float = 0.0,
+    tick: Callable[[int], None] | None = None,
+) -> list[np.ndarray]:
+    """Per-run wall times (ns) of each session, timed in rotating order within one loop."""
+    n = len(sessions)
+    orders = [tuple((r + i) % n for i in range(n)) for r in range(n)]
+    for r in range(warmup):
+        for i in orders[r % n]:
+            sessions[i].run(xb)
+    times: list[list[int]] = [[] for _ in sessions]
+    clock = time.perf_counter_ns
+    # A collection pause inside a timed run would land on whichever model happened to be running.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        deadline = time.perf_counter() + min_seconds
+        r = 0
+        while r < iterations or time.perf_counter() < deadline:
+            for i in orders[r % n]:
+                t0 = clock()
+                sessions[i].run(xb)
+                times[i].append(clock() - t0)
+            r += 1
+            if tick is not None and r % 10 == 0 and r <= iterations:
+                tick(10)
+        if tick is not None and iterations % 10:
+            tick(iterations % 10)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return [np.asarray(t, dtype=np.int64) for t in times]
+
+
+def predict(session: Session, x: np.ndarray, batch: int) -> np.ndarray:
+    """First output for every row of x, in batches of `batch` (the last one padded if needed)."""
+    outs = []
+    for start in range(0, len(x), batch):
+        chunk = x[start : start + batch]
+        n = len(chunk)
+        if n < batch and _static_batch(session):
+            chunk = _rows(chunk, batch)
+        outs.append(np.asarray(session.run(np.ascontiguousarray(chunk)))[:n])
+    return np.concatenate(outs)
+
+
+def measure_memory(engine: Engine, target: Target, sample_npy: Path | None = None, timeout: float = 300) -> dict:
+    """Run `python -m edgeprune.memprobe` on the engine in a fresh process; return its JSON."""
+    if target.backend != "onnxruntime":
+        raise InputError(f"peak memory is only measured for onnxruntime targets so far, not '{target.backend}'")
+    cmd = [
+        sys.executable, "-m", "edgeprune.memprobe", str(engine.path),
+        "--threads", str(target.build.threads), "--batch", "1",
+        "--build-json", json.dumps(target.build.to_dict()),
+    ]
+    if sample_npy is not None:
+        cmd += ["--input", str(sample_npy)]
+    env = dict(os.environ)
+    # The probe must import this very package, installed or not.
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"memory probe failed (exit {proc.returncode}): {tail}")
+    result = json.loads(lines[-1])
+    if "error" in result:
+        raise InputError(f"memory probe: {result['error']}")
+    return result
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _side(src: Path, engine: Engine, lat: LatencyStats, mem: dict, acc: float | None, st: ModelStats) -> ModelSide:
+    return ModelSide(
+        path=str(src),
+        sha256=sha256_file(src),
+        latency_ms=lat,
+        peak_rss_mb=float(mem["peak_rss_mb"]),
+        model_rss_mb=float(mem["model_rss_mb"]),
+        accuracy=acc,
+        size_bytes=st.size_bytes,
+        size_xz_bytes=st.size_xz_bytes,
+        engine_bytes=Path(engine.path).stat().st_size,
+        params=st.nonzero_params,
+        total_params=st.params,
+        macs=st.macs,
+        opset=st.opset,
+    )
+
+
+def _check_data(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim < 2 or len(x) == 0:
+        raise ShapeError(f"profiling data must be a non-empty batch of rows, got shape {x.shape}")
+    if y.ndim != 1 or len(y) != len(x):
+        raise ShapeError(f"labels must be one per row: x has {len(x)} rows, y has shape {y.shape}")
+    if np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
+        x = x.astype(np.float32)
+    return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+def _check_input(session: Session, x: np.ndarray) -> None:
+    shape = getattr(session, "input_shape", None)
+    if shape is None:
+        return
+    want = list(shape[1:])
+    got = list(x.shape[1:])
+    fits = len(want) == len(got) and all(not isinstance(w, int) or w == g for w, g in zip(want, got))
+    if not fits:
+        raise ShapeError(
+            f"data rows have shape {tuple(got)} but the model input '{session.input_name}' expects {list(shape)}"
+        )
+
+
+def _static_batch(session: Session) -> int | None:
+    shape = getattr(session, "input_shape", None)
+    if shape and isinstance(shape[0], int) and shape[0] > 0:
+        return int(shape[0])
+    return None
+
+
+def _rows(x: np.ndarray, n: int) -> np.ndarray:
+    """n rows of real data: the first n, tiled when x has fewer."""
+    if len(x) >= n:
+        return np.ascontiguousarray(x[:n])
+    reps = -(-n // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:n])
+
+
+def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    pred = logits.reshape(len(logits), -1).argmax(axis=1)
+    return float(100.0 * np.mean(pred == y))
+
+
+def _agreement(ld: np.ndarray, lp: np.ndarray) -> Agreement:
+    d, p = ld.reshape(len(ld), -1), lp.reshape(len(lp), -1)
+    return Agreement(
+        top1=float(np.mean(d.argmax(axis=1) == p.argmax(axis=1))),
+        max_abs_logit_diff=float(np.max(np.abs(d.astype(np.float64) - p.astype(np.float64)))),
+        samples=int(len(d)),
+    )
+
+
+def _float_or_none(v: str | None) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
+    )
+    with bar:
+        yield bar

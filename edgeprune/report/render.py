@@ -1,0 +1,182 @@
+"""Reports as people read them: Markdown for files and PRs, a rich table for the terminal.
+
+Both are built from the same rows, so the terminal and the file never disagree.
+"""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from edgeprune.report.schema import Report
+
+
+def to_markdown(report: Report) -> str:
+    r = report
+    lines = [f"# edgeprune report: {_title(r)}", ""]
+    target = f"`{r.target}`" + (f" ({r.target_description})" if r.target_description else "")
+    lines.append(f"- **Target:** {target}, backend `{r.backend}`")
+    method = [f"**Method:** {r.method or 'unknown'}", f"**sparsity:** {_pct(r.sparsity)}"]
+    method.append(f"**zeros in the pruned file:** {_pct(r.measured_sparsity)}")
+    if r.granularity:
+        method.append(f"**granularity:** {r.granularity}")
+    lines.append("- " + " · ".join(method))
+    if r.stack:
+        lines.append(f"- **Stack:** {_stack_line(r)}")
+    if r.run:
+        lines.append(f"- **Run:** {_run_line(r)}")
+    lines.append(f"- **Created:** {r.created}")
+    lines += ["", "## Summary", "", "| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|"]
+    for row in summary_rows(r):
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [
+        "",
+        "## Latency (ms per batch)",
+        "",
+        "Dense (A), dense again as an A/A control (A'), and pruned (B), timed interleaved in one loop.",
+        "A'/A shows how far two identical models drift on this machine: differences inside that band are noise.",
+        "",
+        "| batch | | dense (A) | dense again (A') | pruned (B) | B / A | A' / A |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in latency_rows(r):
+        lines.append("| " + " | ".join(row) + " |")
+    if r.notes:
+        lines += ["", "## Notes", ""]
+        lines += [f"- {n}" for n in r.notes]
+    return "\n".join(lines) + "\n"
+
+
+def console_table(report: Report) -> Table:
+    r = report
+    table = Table(title=f"edgeprune: {_title(r)}", title_justify="left")
+    table.add_column("")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    table.add_column("pruned / dense", justify="right")
+    for row in summary_rows(r):
+        table.add_row(*row)
+    table.add_section()
+    for bl in (r.latency[b] for b in sorted(r.latency)):
+        table.add_row(
+            f"latency p50, batch {bl.batch} (ms)",
+            _ms(bl.dense.p50),
+            _ms(bl.pruned.p50),
+            f"{_x(bl.ratio_p50)} (A/A {_x(bl.aa_ratio_p50)})",
+        )
+    return table
+
+
+def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
+    r, d, p, q = report, report.dense, report.pruned, report.ratios
+    rows = [
+        (f"latency p50, batch {r.latency_batch} (ms)", _ms(d.latency_ms.p50), _ms(p.latency_ms.p50), _x(q.latency_p50)),
+        (f"latency p99, batch {r.latency_batch} (ms)", _ms(d.latency_ms.p99), _ms(p.latency_ms.p99),
+         _x(_div(p.latency_ms.p99, d.latency_ms.p99))),
+        ("top-1 accuracy (%)", _acc(d.accuracy), _acc(p.accuracy), _drop(r.accuracy_drop_pt)),
+    ]
+    if r.agreement is not None:
+        rows.append(("top-1 agreement with dense", "", f"{100 * r.agreement.top1:.1f} %",
+                     f"max abs. logit diff {r.agreement.max_abs_logit_diff:.3g}"))
+    rows += [
+        ("peak RSS (MB)", f"{d.peak_rss_mb:.1f}", f"{p.peak_rss_mb:.1f}", _x(q.peak_rss)),
+        ("model RSS above baseline (MB)", f"{d.model_rss_mb:.2f}", f"{p.model_rss_mb:.2f}", _x(q.model_rss)),
+        ("file size", format_bytes(d.size_bytes), format_bytes(p.size_bytes), _x(q.size)),
+        ("file size, xz", format_bytes(d.size_xz_bytes), format_bytes(p.size_xz_bytes), _x(q.size_xz)),
+        ("params, nonzero", _count(d.params), _count(p.params), _x(q.params)),
+        ("MACs executed, batch 1", _count(d.macs), _count(p.macs), _x(q.macs)),
+    ]
+    return rows
+
+
+def latency_rows(report: Report) -> list[tuple[str, ...]]:
+    rows = []
+    for b in sorted(report.latency):
+        bl = report.latency[b]
+        for stat in ("p50", "p90", "p99"):
+            a, a2, bb = getattr(bl.dense, stat), getattr(bl.control, stat), getattr(bl.pruned, stat)
+            rows.append((str(b), stat, _ms(a), _ms(a2), _ms(bb), _x(_div(bb, a)), _x(_div(a2, a))))
+    return rows
+
+
+def _title(r: Report) -> str:
+    what = r.method or "pruned model"
+    if r.sparsity is not None:
+        what += f" at {_pct(r.sparsity)} sparsity"
+    return f"{what} vs dense on {r.target}"
+
+
+def _stack_line(r: Report) -> str:
+    s = r.stack
+    parts = []
+    for key in ("onnxruntime", "tensorrt", "jetpack"):
+        if key in s:
+            parts.append(f"{key} {s[key]}")
+    if "cpu" in s:
+        parts.append(s["cpu"] + (f" ({s['cpu_count']} cores)" if "cpu_count" in s else ""))
+    if "threads" in s:
+        parts.append(f"{s['threads']} thread(s)")
+    if "execution_providers" in s:
+        parts.append(s["execution_providers"])
+    if "graph_optimization_level" in s:
+        parts.append(f"graph optimisation '{s['graph_optimization_level']}'")
+    return " · ".join(parts)
+
+
+def _run_line(r: Report) -> str:
+    run = r.run
+    rounds = run.get("rounds")
+    if isinstance(rounds, dict) and rounds:
+        timed = ", ".join(f"{n} at batch {b}" for b, n in rounds.items())
+    else:
+        timed = f"{run.get('iterations', '?')} per batch size"
+    text = f"{run.get('warmup', '?')} warm-up rounds, then timed rounds ({timed}), order A A' B rotated each round"
+    if run.get("accuracy_samples"):
+        text += f"; accuracy on {run['accuracy_samples']} samples"
+    return text
+
+
+def _div(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def _ms(v: float) -> str:
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}" if v >= 0.1 else f"{v:.4f}"
+
+
+def _x(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}×"
+
+
+def _pct(v: float | None) -> str:
+    return "unknown" if v is None else f"{100 * v:.1f} %"
+
+
+def _acc(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _drop(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    # The drop is dense - pruned; show the change the reader sees (pruned - dense).
+    return f"{-v:+.2f} pt"
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def _count(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(n)

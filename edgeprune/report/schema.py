@@ -1,0 +1,377 @@
+"""The results schema, `edgeprune.report/1`: one dense-vs-pruned measurement on one target.
+
+`Report.to_dict()` is a contract other tools read (history, bench, CI); add keys freely, never
+rename or remove one without bumping `SCHEMA`. Ratios and the accuracy drop are derived from the
+two sides, so they cannot disagree with them; `from_dict` recomputes rather than trusts them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeprune.errors import InputError
+
+SCHEMA = "edgeprune.report/1"
+
+
+@dataclass
+class LatencyStats:
+    """Wall-clock time of one `run` call, in milliseconds, over `n` timed runs."""
+
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    min: float = 0.0
+    max: float = 0.0
+    std: float = 0.0
+    n: int = 0
+    extra: dict[str, float] = field(default_factory=dict)  # other percentiles, keyed "p99.9"
+
+    @classmethod
+    def from_ns(cls, samples_ns: list[int] | np.ndarray, percentiles: tuple[float, ...] = ()) -> LatencyStats:
+        ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+        q = sorted({50.0, 90.0, 99.0, *map(float, percentiles)})
+        values = dict(zip(q, np.percentile(ms, q)))
+        extra = {_pkey(p): float(v) for p, v in values.items() if p not in (50.0, 90.0, 99.0)}
+        return cls(
+            p50=float(values[50.0]),
+            p90=float(values[90.0]),
+            p99=float(values[99.0]),
+            mean=float(ms.mean()),
+            min=float(ms.min()),
+            max=float(ms.max()),
+            std=float(ms.std()),
+            n=int(ms.size),
+            extra=extra,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"p50": self.p50, "p90": self.p90, "p99": self.p99, "mean": self.mean}
+        d.update(self.extra)
+        d.update({"min": self.min, "max": self.max, "std": self.std, "n": self.n})
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
+        known = {"p50", "p90", "p99", "mean", "min", "max", "std", "n"}
+        extra = {k: float(v) for k, v in d.items() if k not in known and k.startswith("p")}
+        return cls(
+            p50=float(d["p50"]),
+            p90=float(d["p90"]),
+            p99=float(d["p99"]),
+            mean=float(d["mean"]),
+            min=float(d.get("min", 0.0)),
+            max=float(d.get("max", 0.0)),
+            std=float(d.get("std", 0.0)),
+            n=int(d.get("n", 0)),
+            extra=extra,
+        )
+
+
+@dataclass
+class BatchLatency:
+    """Latency at one batch size: dense (A), dense again as an A/A control (A'), pruned (B),
+    measured interleaved in one loop. `aa_ratio_p50` far from 1 means the machine was noisy."""
+
+    batch: int
+    dense: LatencyStats
+    control: LatencyStats
+    pruned: LatencyStats
+
+    @property
+    def ratio_p50(self) -> float | None:
+        return _ratio(self.pruned.p50, self.dense.p50)
+
+    @property
+    def aa_ratio_p50(self) -> float | None:
+        return _ratio(self.control.p50, self.dense.p50)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "dense": self.dense.to_dict(),
+            "control": self.control.to_dict(),
+            "pruned": self.pruned.to_dict(),
+            "ratio_p50": self.ratio_p50,
+            "ratio_p90": _ratio(self.pruned.p90, self.dense.p90),
+            "ratio_p99": _ratio(self.pruned.p99, self.dense.p99),
+            "aa_ratio_p50": self.aa_ratio_p50,
+            "dense_samples_per_s": _per_s(self.batch, self.dense.p50),
+            "pruned_samples_per_s": _per_s(self.batch, self.pruned.p50),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BatchLatency:
+        return cls(
+            batch=int(d["batch"]),
+            dense=LatencyStats.from_dict(d["dense"]),
+            control=LatencyStats.from_dict(d["control"]),
+            pruned=LatencyStats.from_dict(d["pruned"]),
+        )
+
+
+@dataclass
+class ModelSide:
+    """One model's figures.
+
+    `params` is the number of **nonzero** parameters (what a sparse format would store);
+    `total_params` counts zeros too. `macs` are the **executed** multiply-accumulates at batch 1:
+    a dense backend multiplies by zeros, so zeroed weights do not lower them; removed neurons and
+    channels do. `latency_ms` is at the report's `latency_batch` (batch 1 unless the target does
+    not measure it). `accuracy` is top-1 in percent through the built engine.
+    """
+
+    path: str
+    sha256: str
+    latency_ms: LatencyStats
+    peak_rss_mb: float
+    model_rss_mb: float
+    accuracy: float | None
+    size_bytes: int
+    size_xz_bytes: int
+    engine_bytes: int
+    params: int
+    total_params: int
+    macs: int
+    opset: int
+
+    @property
+    def zero_fraction(self) -> float:
+        return 1.0 - self.params / self.total_params if self.total_params else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "latency_ms": self.latency_ms.to_dict(),
+            "peak_rss_mb": self.peak_rss_mb,
+            "model_rss_mb": self.model_rss_mb,
+            "accuracy": self.accuracy,
+            "size_bytes": self.size_bytes,
+            "size_xz_bytes": self.size_xz_bytes,
+            "engine_bytes": self.engine_bytes,
+            "params": self.params,
+            "total_params": self.total_params,
+            "zero_fraction": self.zero_fraction,
+            "macs": self.macs,
+            "opset": self.opset,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSide:
+        return cls(
+            path=str(d.get("path", "")),
+            sha256=str(d.get("sha256", "")),
+            latency_ms=LatencyStats.from_dict(d["latency_ms"]),
+            peak_rss_mb=float(d["peak_rss_mb"]),
+            model_rss_mb=float(d.get("model_rss_mb", 0.0)),
+            accuracy=None if d.get("accuracy") is None else float(d["accuracy"]),
+            size_bytes=int(d["size_bytes"]),
+            size_xz_bytes=int(d.get("size_xz_bytes", 0)),
+            engine_bytes=int(d.get("engine_bytes", 0)),
+            params=int(d["params"]),
+            total_params=int(d.get("total_params", d["params"])),
+            macs=int(d["macs"]),
+            opset=int(d.get("opset", 0)),
+        )
+
+
+@dataclass
+class Ratios:
+    """pruned / dense. Below 1 is better for all of them."""
+
+    latency_p50: float | None
+    macs: float | None
+    params: float | None
+    size: float | None
+    size_xz: float | None
+    peak_rss: float | None
+    model_rss: float | None
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Agreement:
+    """How often dense and pruned engines pick the same class, and the largest output difference."""
+
+    top1: float  # fraction in [0, 1]
+    max_abs_logit_diff: float
+    samples: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Agreement:
+        return cls(top1=float(d["top1"]), max_abs_logit_diff=float(d["max_abs_logit_diff"]), samples=int(d["samples"]))
+
+
+@dataclass
+class Report:
+    target: str
+    backend: str
+    method: str | None
+    sparsity: float | None  # asked-for sparsity (args or ONNX metadata); else the measured one
+    dense: ModelSide
+    pruned: ModelSide
+    latency: dict[int, BatchLatency]
+    agreement: Agreement | None = None
+    latency_batch: int = 1
+    granularity: str | None = None
+    target_description: str = ""
+    stack: dict[str, str] = field(default_factory=dict)
+    run: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    schema: str = SCHEMA
+
+    @property
+    def ratios(self) -> Ratios:
+        d, p = self.dense, self.pruned
+        return Ratios(
+            latency_p50=_ratio(p.latency_ms.p50, d.latency_ms.p50),
+            macs=_ratio(p.macs, d.macs),
+            params=_ratio(p.params, d.params),
+            size=_ratio(p.size_bytes, d.size_bytes),
+            size_xz=_ratio(p.size_xz_bytes, d.size_xz_bytes),
+            peak_rss=_ratio(p.peak_rss_mb, d.peak_rss_mb),
+            model_rss=_ratio(p.model_rss_mb, d.model_rss_mb),
+        )
+
+    @property
+    def accuracy_drop_pt(self) -> float | None:
+        """Dense minus pruned top-1, in percentage points (positive = pruned is worse)."""
+        if self.dense.accuracy is None or self.pruned.accuracy is None:
+            return None
+        return self.dense.accuracy - self.pruned.accuracy
+
+    @property
+    def measured_sparsity(self) -> float:
+        return self.pruned.zero_fraction
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "created": self.created,
+            "target": self.target,
+            "target_description": self.target_description,
+            "backend": self.backend,
+            "method": self.method,
+            "sparsity": self.sparsity,
+            "measured_sparsity": self.measured_sparsity,
+            "granularity": self.granularity,
+            "latency_batch": self.latency_batch,
+            "dense": self.dense.to_dict(),
+            "pruned": self.pruned.to_dict(),
+            "ratios": self.ratios.to_dict(),
+            "accuracy_drop_pt": self.accuracy_drop_pt,
+            "agreement": self.agreement.to_dict() if self.agreement else None,
+            "latency": {str(b): bl.to_dict() for b, bl in sorted(self.latency.items())},
+            "stack": dict(self.stack),
+            "run": dict(self.run),
+            "notes": list(self.notes),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Report:
+        schema = d.get("schema")
+        if schema != SCHEMA:
+            raise InputError(f"report schema is {schema!r}, this edgeprune reads {SCHEMA!r}")
+        try:
+            return cls(
+                target=str(d["target"]),
+                backend=str(d.get("backend", "")),
+                method=d.get("method"),
+                sparsity=None if d.get("sparsity") is None else float(d["sparsity"]),
+                dense=ModelSide.from_dict(d["dense"]),
+                pruned=ModelSide.from_dict(d["pruned"]),
+                latency={int(b): BatchLatency.from_dict(v) for b, v in d.get("latency", {}).items()},
+                agreement=Agreement.from_dict(d["agreement"]) if d.get("agreement") else None,
+                latency_batch=int(d.get("latency_batch", 1)),
+                granularity=d.get("granularity"),
+                target_description=str(d.get("target_description", "")),
+                stack={str(k): str(v) for k, v in d.get("stack", {}).items()},
+                run=dict(d.get("run", {})),
+                notes=[str(n) for n in d.get("notes", [])],
+                created=str(d.get("created", "")),
+                schema=schema,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"report is missing or has a malformed field: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> Report:
+        return cls.from_dict(json.loads(text))
+
+
+def read_report(path: str | Path) -> Report:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    try:
+        return Report.from_json(p.read_text())
+    except FileNotFoundError:
+        raise InputError(f"report not found: {p}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{p}: not valid JSON: {e}") from None
+
+
+def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
+    """Write `report.json`, `report.md` and `latency.png` into out_dir, each atomically."""
+    from edgeprune.report.plot import latency_png
+    from edgeprune.report.render import to_markdown
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "latency.png"}
+    atomic_write(paths["json"], report.to_json().encode())
+    atomic_write(paths["markdown"], to_markdown(report).encode())
+    buf = io.BytesIO()
+    latency_png(report, buf)
+    atomic_write(paths["plot"], buf.getvalue())
+    return paths
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _ratio(a: float, b: float) -> float | None:
+    # A zero denominator (e.g. MACs of a graph shape inference could not follow) has no ratio,
+    # and NaN/inf are not JSON: None ("n/a") it is.
+    if not b:
+        return None
+    return float(a) / float(b)
+
+
+def _per_s(batch: int, p50_ms: float) -> float:
+    return batch / (p50_ms / 1000.0) if p50_ms > 0 else 0.0
+
+
+def _pkey(p: float) -> str:
+    return f"p{int(p)}" if float(p).is_integer() else f"p{p:g}"

@@ -1,0 +1,330 @@
+"""Targets: one TOML file per device, validated into a frozen `Target`.
+
+A target is data, not code. It names the backend that builds and runs engines, the software
+stack the device is expected to have, the hardware it is, how engines are built (`[build]`) and
+how they are measured (`[run]`). Every table accepts only the keys declared below, so a typo in a
+target file is an error naming the key and the file instead of a silently ignored setting.
+
+Adding a device is adding a file to `targets/`; adding a setting is adding a field here and one
+line to the matching `_*_KEYS` table.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgeprune.errors import InputError, UnknownNameError
+
+# Backends a target may name. A name here need not be importable on this machine (TensorRT
+# targets load on the GPU-less build host); `edgeprune.backends.get_backend` says whether it runs.
+BACKENDS = ("onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "layout", "all")
+MODEL_FORMATS = ("onnx", "ort")
+
+_TOP_KEYS = {"description", "backend", "ssh", "stack", "hardware", "build", "run"}
+
+# Generic key tables: Jetson / ARM targets fill different subsets of the same known keys.
+# Values are the accepted Python types after TOML parsing.
+_STACK_KEYS: dict[str, tuple[type, ...]] = {
+    "onnxruntime": (str,),  # version range, e.g. ">=1.18,<2"
+    "max_opset": (int,),
+    "ort_build": (str,),  # full | minimal | extended
+    "available_eps": (list,),
+    "python": (str,),
+    "jetpack": (str,),
+    "l4t": (str,),
+    "tensorrt": (str,),
+    "cuda": (str,),
+    "cudnn": (str,),
+}
+_HARDWARE_KEYS: dict[str, tuple[type, ...]] = {
+    "family": (str,),  # host | jetson | linux-arm | android | ...
+    "arch": (str,),  # x86_64 | aarch64
+    "module": (str,),
+    "soc": (str,),
+    "cpu": (str,),
+    "cpu_cores": (int,),
+    "big_cores": (list,),
+    "ram_bytes": (int,),
+    "gpu": (str,),
+    "compute_capability": (str,),
+    "dla_cores": (int,),
+    "sparse_tensor_cores": (bool,),
+}
+
+
+@dataclass(frozen=True)
+class BuildPolicy:
+    """How an engine is built and how its session is opened.
+
+    `threads` = 0 lets the backend pick (ONNX Runtime: one per physical core). `cpu_mem_arena`
+    applies to latency/accuracy sessions only: memory is always measured with the arena off,
+    because the arena grows in powers of two and never shrinks.
+    """
+
+    precision: str = "fp32"
+    threads: int = 1
+    inter_op_threads: int = 1
+    graph_optimization_level: str = "all"
+    execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    spinning: bool = False
+    cpu_mem_arena: bool = True
+    model_format: str = "onnx"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["execution_providers"] = list(self.execution_providers)
+        return d
+
+
+@dataclass(frozen=True)
+class RunPolicy:
+    """How latency is measured: `warmup` rounds, then at least `iterations` timed rounds and at
+    least `min_seconds` of timing per batch size."""
+
+    warmup: int = 20
+    iterations: int = 200
+    batch_sizes: tuple[int, ...] = (1, 64)
+    percentiles: tuple[float, ...] = (50.0, 90.0, 99.0)
+    min_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["batch_sizes"] = list(self.batch_sizes)
+        d["percentiles"] = list(self.percentiles)
+        return d
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    backend: str
+    stack: dict[str, Any] = field(default_factory=dict)
+    hardware: dict[str, Any] = field(default_factory=dict)
+    build: BuildPolicy = field(default_factory=BuildPolicy)
+    run: RunPolicy = field(default_factory=RunPolicy)
+    ssh: str | None = None
+    path: Path | None = None
+
+    @property
+    def max_opset(self) -> int | None:
+        return self.stack.get("max_opset")
+
+
+def default_targets_dir() -> Path:
+    env = os.environ.get("EDGEPRUNE_TARGETS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "targets"
+
+
+def load_target(name_or_path: str | Path, targets_dir: Path | None = None) -> Target:
+    """Load a target by name (`host-cpu` -> `<targets_dir>/host-cpu.toml`) or by file path."""
+    text = str(name_or_path)
+    looks_like_path = isinstance(name_or_path, Path) or text.endswith(".toml") or os.sep in text or "/" in text
+    if looks_like_path:
+        path = Path(text)
+        if not path.is_file():
+            raise InputError(f"target file not found: {path}")
+        return _load_file(path)
+    tdir = Path(targets_dir) if targets_dir is not None else default_targets_dir()
+    path = tdir / f"{text}.toml"
+    if not path.is_file():
+        available = ", ".join(p.stem for p in sorted(tdir.glob("*.toml"))) or "none"
+        raise UnknownNameError(f"unknown target '{text}' (available: {available})")
+    return _load_file(path)
+
+
+def list_targets(targets_dir: Path | None = None) -> list[Target]:
+    tdir = Path(targets_dir) if targets_dir is not None else default_targets_dir()
+    return [_load_file(p) for p in sorted(tdir.glob("*.toml"))]
+
+
+def build_policy_from_dict(data: dict[str, Any], source: str = "build policy") -> BuildPolicy:
+    """Validate a `[build]` table (also used for the JSON the memory probe receives)."""
+    return _parse_build(data, source)
+
+
+def _load_file(path: Path) -> Target:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read: {e.strerror}") from None
+    src = str(path)
+    _no_unknown(data, _TOP_KEYS, src, "")
+    backend = _get(data, "backend", str, src, "", required=True)
+    if backend not in BACKENDS:
+        raise InputError(f"{src}: unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
+    ssh = _get(data, "ssh", str, src, "")
+    return Target(
+        name=path.stem,
+        description=_get(data, "description", str, src, "", default=""),
+        backend=backend,
+        stack=_parse_generic(_table(data, "stack", src), _STACK_KEYS, src, "stack"),
+        hardware=_parse_generic(_table(data, "hardware", src), _HARDWARE_KEYS, src, "hardware"),
+        build=_parse_build(_table(data, "build", src), src),
+        run=_parse_run(_table(data, "run", src), src),
+        ssh=ssh or None,
+        path=path.resolve(),
+    )
+
+
+def _parse_generic(table: dict, known: dict[str, tuple[type, ...]], src: str, prefix: str) -> dict:
+    _no_unknown(table, set(known), src, prefix)
+    for key, value in table.items():
+        _check_type(value, known[key], src, f"{prefix}.{key}")
+    if prefix == "stack" and "max_opset" in table and table["max_opset"] < 1:
+        raise InputError(f"{src}: stack.max_opset must be >= 1, got {table['max_opset']}")
+    return dict(table)
+
+
+def _parse_build(table: dict, src: str) -> BuildPolicy:
+    known = {f.name for f in fields(BuildPolicy)}
+    _no_unknown(table, known, src, "build")
+    d = BuildPolicy()
+    precision = _get(table, "precision", str, src, "build", default=d.precision)
+    _choice(precision, PRECISIONS, src, "build.precision")
+    level = _get(table, "graph_optimization_level", str, src, "build", default=d.graph_optimization_level)
+    _choice(level, GRAPH_OPTIMIZATION_LEVELS, src, "build.graph_optimization_level")
+    model_format = _get(table, "model_format", str, src, "build", default=d.model_format)
+    _choice(model_format, MODEL_FORMATS, src, "build.model_format")
+    threads = _get(table, "threads", int, src, "build", default=d.threads)
+    inter = _get(table, "inter_op_threads", int, src, "build", default=d.inter_op_threads)
+    if threads < 0 or inter < 0:
+        raise InputError(f"{src}: build.threads and build.inter_op_threads must be >= 0 (0 = backend default)")
+    eps = _get(table, "execution_providers", list, src, "build", default=list(d.execution_providers))
+    if not eps or not all(isinstance(e, str) and e for e in eps):
+        raise InputError(f"{src}: build.execution_providers must be a non-empty list of provider names")
+    return BuildPolicy(
+        precision=precision,
+        threads=threads,
+        inter_op_threads=inter,
+        graph_optimization_level=level,
+        execution_providers=tuple(eps),
+        spinning=_get(table, "spinning", bool, src, "build", default=d.spinning),
+        cpu_mem_arena=_get(table, "cpu_mem_arena", bool, src, "build", default=d.cpu_mem_arena),
+        model_format=model_format,
+    )
+
+
+def _parse_run(table: dict, src: str) -> RunPolicy:
+    known = {f.name for f in fields(RunPolicy)}
+    _no_unknown(table, known, src, "run")
+    d = RunPolicy()
+    warmup = _get(table, "warmup", int, src, "run", default=d.warmup)
+    iterations = _get(table, "iterations", int, src, "run", default=d.iterations)
+    if warmup < 0:
+        raise InputError(f"{src}: run.warmup must be >= 0, got {warmup}")
+    if iterations < 1:
+        raise InputError(f"{src}: run.iterations must be >= 1, got {iterations}")
+    batches = _get(table, "batch_sizes", list, src, "run", default=list(d.batch_sizes))
+    if not batches or not all(_is_int(b) and b >= 1 for b in batches):
+        raise InputError(f"{src}: run.batch_sizes must be a non-empty list of integers >= 1")
+    pcts = _get(table, "percentiles", list, src, "run", default=list(d.percentiles))
+    if not pcts or not all(_is_number(p) and 0 < p <= 100 for p in pcts):
+        raise InputError(f"{src}: run.percentiles must be a non-empty list of numbers in (0, 100]")
+    min_seconds = _get(table, "min_seconds", (int, float), src, "run", default=d.min_seconds)
+    if min_seconds < 0:
+        raise InputError(f"{src}: run.min_seconds must be >= 0, got {min_seconds}")
+    return RunPolicy(
+        warmup=warmup,
+        iterations=iterations,
+        batch_sizes=tuple(sorted(set(batches))),
+        percentiles=tuple(sorted({float(p) for p in pcts})),
+        min_seconds=float(min_seconds),
+    )
+
+
+def _table(data: dict, key: str, src: str) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise InputError(f"{src}: '{key}' must be a table ([{key}]), got {type(value).__name__}")
+    return value
+
+
+def _no_unknown(table: dict, known: set[str], src: str, prefix: str) -> None:
+    for key in table:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else key
+            raise InputError(f"{src}: unknown key '{where}' (known: {', '.join(sorted(known))})")
+
+
+def _get(table: dict, key: str, types, src: str, prefix: str, *, default=None, required: bool = False):
+    where = f"{prefix}.{key}" if prefix else key
+    if key not in table:
+        if required:
+            raise InputError(f"{src}: missing required key '{where}'")
+        return default
+    value = table[key]
+    _check_type(value, types if isinstance(types, tuple) else (types,), src, where)
+    return value
+
+
+def _check_type(value: Any, types: tuple[type, ...], src: str, where: str) -> None:
+    # bool is an int in Python; `threads = true` is a mistake, not 1.
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        want = " or ".join(t.__name__ for t in types)
+        raise InputError(f"{src}: '{where}' must be {want}, got {type(value).__name__} {value!r}")
+
+
+def _choice(value: str, choices: tuple[str, ...], src: str, where: str) -> None:
+    if value not in choices:
+        raise InputError(f"{src}: '{where}' must be one of {', '.join(choices)}, got '{value}'")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def version_in_range(version: str, spec: str) -> bool:
+    """`"1.31.1"` in `">=1.18,<2"`: comma-separated clauses of >=, <=, >, <, ==, != (== allows
+    a trailing `.*`). Pre-release and local suffixes are ignored."""
+    v = _vtuple(version)
+    for clause in (c.strip() for c in spec.split(",") if c.strip()):
+        for op in (">=", "<=", "==", "!=", ">", "<"):
+            if clause.startswith(op):
+                ref = clause[len(op):].strip()
+                break
+        else:
+            op, ref = "==", clause
+        if ref.endswith(".*"):
+            r = _vtuple(ref[:-2])
+            match = v[: len(r)] == r
+            if (op == "==" and not match) or (op == "!=" and match):
+                return False
+            continue
+        r = _vtuple(ref)
+        n = max(len(v), len(r))
+        a, b = v + (0,) * (n - len(v)), r + (0,) * (n - len(r))
+        ok = {">=": a >= b, "<=": a <= b, "==": a == b, "!=": a != b, ">": a > b, "<": a < b}[op]
+        if not ok:
+            return False
+    return True
+
+
+def _vtuple(s: str) -> tuple[int, ...]:
+    out = []
+    for part in s.split("+")[0].split("."):
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
