@@ -1,0 +1,136 @@
+"""The Method interface, the pruning spec and the method registry.
+
+Every pruning method is collect -> score -> select (DESIGN.md "Method"). A method only implements
+`score` (and `collect` when it needs data); selection, schedules and physical channel removal are
+shared, so adding a method is one file in this package that decorates its class with `@register`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable
+
+import torch
+from torch import nn
+
+from edgeprune.errors import InputError, UnknownNameError
+
+GRANULARITIES = ("weight", "channel")
+SCOPES = ("global", "layer")
+SCHEDULES = ("oneshot", "iterative")
+BUDGETS = ("params", "macs")
+
+
+@dataclass
+class PruneSpec:
+    """What to prune and how much. `sparsity` is always the fraction removed (never kept)."""
+
+    method: str = "magnitude"
+    sparsity: float = 0.5
+    granularity: str = "weight"
+    scope: str = "global"
+    schedule: str = "oneshot"
+    steps: int = 5
+    budget: str = "params"
+    round_to: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise InputError / UnknownNameError for values a user got wrong."""
+        if self.method not in available_methods():
+            get_method(self.method)  # raises with the list of available names
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
+            raise InputError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
+        # `not (a <= x < b)` also rejects NaN
+        if not (0.0 <= float(self.sparsity) < 1.0):
+            raise InputError(f"sparsity must be in [0, 1) (the fraction removed), got {self.sparsity}")
+        _check_choice("granularity", self.granularity, GRANULARITIES)
+        _check_choice("scope", self.scope, SCOPES)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("budget", self.budget, BUDGETS)
+        if self.budget == "macs" and self.granularity != "channel":
+            # unstructured zeros are still multiplied by every runtime we target
+            raise InputError("budget 'macs' needs granularity 'channel': zeroed weights do not reduce executed MACs")
+        if not _is_int(self.steps) or self.steps < 1:
+            raise InputError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if not _is_int(self.round_to) or self.round_to < 1:
+            raise InputError(f"round_to must be an integer >= 1 (1 = off), got {self.round_to!r}")
+        if not _is_int(self.seed):
+            raise InputError(f"seed must be an integer, got {self.seed!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"unknown {field} {value!r} (choose from: {', '.join(choices)})")
+
+
+class Method(ABC):
+    """A pruning criterion: `collect` statistics, then `score` every prunable weight.
+
+    Scores are per weight and have the weight's shape; higher means keep. Channel pruning
+    aggregates them per channel, so one score function serves both granularities.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def collect(self, model: nn.Module, batches: Iterable[torch.Tensor] | None) -> Any:
+        """Gather what `score` needs (activations, spectra, ...). Weight-only methods need nothing."""
+        return None
+
+    @abstractmethod
+    def score(self, model: nn.Module, stats: Any) -> dict[str, torch.Tensor]:
+        """Map each prunable layer's qualified name to per-weight scores (weight's shape; higher = keep)."""
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+_discovered = False
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make `cls` selectable by its `name` (the CLI's --method)."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{cls.__name__} needs a non-empty class attribute `name`")
+    existing = _REGISTRY.get(name)
+    if existing is not None and existing.__qualname__ != cls.__qualname__:
+        raise TypeError(f"method name {name!r} is taken by {existing.__qualname__}")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def _discover() -> None:
+    # Importing every module of this package lets a new method live in one file without a
+    # central list to edit; registration happens as a side effect of the import.
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = importlib.import_module(__package__)
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{info.name}")
+
+
+def available_methods() -> list[str]:
+    """Registered method names, sorted."""
+    _discover()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str, seed: int = 0) -> Method:
+    """A fresh instance of the method registered as `name`; `seed` drives any randomness it has."""
+    _discover()
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise UnknownNameError(f"unknown method {name!r} (available: {', '.join(available_methods())})")
+    return cls(seed=seed)

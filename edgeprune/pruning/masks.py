@@ -1,0 +1,169 @@
+"""Keep-masks over prunable weights, and sparsity accounting.
+
+Prunable means the `weight` of a Conv or Linear module; biases and norm layers are never pruned,
+so every sparsity figure here is the fraction of those weights that is zero / removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from edgeprune.errors import InputError
+
+PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+SCOPES = ("global", "layer")
+
+
+def prunable_layers(model: nn.Module, exclude_output: bool = False) -> dict[str, nn.Module]:
+    """Conv/Linear modules by qualified name, in `named_modules` order.
+
+    `exclude_output` drops the last prunable module in that order: the classifier, whose output
+    units are the classes and so cannot be removed. (Registration order is assumed to follow the
+    forward pass, as it does for every zoo model; `structured` checks the real execution order.)
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    if exclude_output and layers:
+        layers.pop(next(reversed(layers)))
+    return layers
+
+
+def select(scores: dict[str, torch.Tensor], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks that remove the lowest-scoring `sparsity` fraction of weights.
+
+    global: one ranking over all layers; exactly round(sparsity * D) weights go (D = all scored
+    weights). layer: each layer loses round(sparsity * n_layer) of its own weights.
+    Ties go in a fixed order (layer order, then flat index), so equal scores give equal masks.
+    Every layer keeps at least its single highest-scoring weight, so no layer is cut off
+    entirely; where that makes the target unreachable (sparsity very close to 1 on tiny layers),
+    slightly fewer weights are removed.
+    """
+    if scope not in SCOPES:
+        raise InputError(f"unknown scope {scope!r} (choose from: {', '.join(SCOPES)})")
+    if not (0.0 <= float(sparsity) < 1.0):
+        raise InputError(f"sparsity must be in [0, 1) (the fraction removed), got {sparsity}")
+    if not scores:
+        return {}
+    if scope == "layer":
+        return {name: _select_flat(s.reshape(-1).float(), sparsity).reshape(s.shape) for name, s in scores.items()}
+
+    flats = [s.reshape(-1).float() for s in scores.values()]
+    sizes = [f.numel() for f in flats]
+    ranked = torch.cat(flats)
+    protected = torch.zeros_like(ranked, dtype=torch.bool)
+    offset = 0
+    for f in flats:
+        if f.numel():
+            protected[offset + int(torch.argmax(f))] = True
+        offset += f.numel()
+    keep = _drop_lowest(ranked, protected, round(sparsity * ranked.numel()))
+    return {name: part.reshape(s.shape) for (name, s), part in zip(scores.items(), keep.split(sizes))}
+
+
+def _select_flat(flat: torch.Tensor, sparsity: float) -> torch.Tensor:
+    protected = torch.zeros_like(flat, dtype=torch.bool)
+    if flat.numel():
+        protected[int(torch.argmax(flat))] = True
+    return _drop_lowest(flat, protected, round(sparsity * flat.numel()))
+
+
+def _drop_lowest(flat: torch.Tensor, protected: torch.Tensor, n_remove: int) -> torch.Tensor:
+    # Protected entries sort last; a stable sort makes the tie order the index order.
+    n_remove = min(n_remove, int((~protected).sum()))
+    key = flat.masked_fill(protected, float("inf"))
+    order = torch.sort(key, stable=True).indices
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    keep[order[:n_remove]] = False
+    return keep
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero every masked-out weight in place (call after each optimizer step to keep zeros zero)."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        module = modules.get(name)
+        if module is None or not isinstance(module, PRUNABLE_TYPES):
+            raise InputError(f"mask for {name!r} matches no Conv/Linear layer of the model")
+        weight = module.weight
+        if tuple(mask.shape) != tuple(weight.shape):
+            raise InputError(f"mask for {name!r} has shape {list(mask.shape)}, weight has {list(weight.shape)}")
+        weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
+
+
+def masks_from_model(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Keep-masks read off the weights: nonzero = kept (how a pruned checkpoint's masks are recovered)."""
+    return {name: m.weight.detach() != 0 for name, m in prunable_layers(model).items()}
+
+
+@dataclass
+class LayerSparsity:
+    """Zero count of one prunable layer's weight."""
+
+    name: str
+    kind: str
+    shape: list[int]
+    total: int
+    nonzero: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero / self.total if self.total else 0.0
+
+
+@dataclass
+class SparsityReport:
+    """Per-layer and overall sparsity of prunable weights, all-parameter counts and dense MACs.
+
+    `macs` are per sample as executed (Torch-Pruning's counter: Conv/Linear multiply-adds plus
+    bias, norm and activation-module ops): zeros are still multiplied, so only removed channels
+    lower it.
+    """
+
+    layers: list[LayerSparsity] = field(default_factory=list)
+    total: int = 0
+    nonzero: int = 0
+    params_total: int = 0
+    params_nonzero: int = 0
+    macs: int = 0
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzero / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-able form, with the derived sparsities written out."""
+        data = asdict(self)
+        data["sparsity"] = self.sparsity
+        for row, layer in zip(data["layers"], self.layers):
+            row["sparsity"] = layer.sparsity
+        return data
+
+
+@torch.no_grad()
+def sparsity_report(model: nn.Module, example_input: torch.Tensor) -> SparsityReport:
+    """Count zeros per prunable layer and overall, plus parameters and MACs for one sample."""
+    layers = [
+        LayerSparsity(
+            name=name,
+            kind=type(m).__name__,
+            shape=list(m.weight.shape),
+            total=m.weight.numel(),
+            nonzero=int(torch.count_nonzero(m.weight)),
+        )
+        for name, m in prunable_layers(model).items()
+    ]
+    params = list(model.parameters())
+    # Torch-Pruning's counter averages some ops over the batch and not others, so count one sample.
+    macs, _ = tp.utils.count_ops_and_params(model, example_input[:1])
+    return SparsityReport(
+        layers=layers,
+        total=sum(layer.total for layer in layers),
+        nonzero=sum(layer.nonzero for layer in layers),
+        params_total=sum(p.numel() for p in params),
+        params_nonzero=sum(int(torch.count_nonzero(p)) for p in params),
+        macs=int(macs),
+    )
