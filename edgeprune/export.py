@@ -21,7 +21,7 @@ from torch import nn
 
 from . import __version__
 from .errors import InputError, ParityError
-from .model_io import LoadedModel, atomic_write_bytes
+from .model_io import LoadedModel, atomic_write_bytes, set_mode
 
 DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -72,7 +72,7 @@ def _quiet():
 
 def to_onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Export with a dynamic batch dimension; raises InputError with the exporter's first line on failure."""
-    model = model.eval()
+    set_mode(model, False)
     example = (torch.zeros(2, *input_shape),)
     try:
         with _quiet(), torch.no_grad():

@@ -179,6 +179,15 @@ def _input_shape_of_exported(ep: Any) -> tuple[int, ...] | None:
     return None
 
 
+def set_mode(model: nn.Module, training: bool) -> nn.Module:
+    """model.train(training), except for torch.export graphs, which are frozen in the mode they were exported in."""
+    try:
+        model.train(training)
+    except NotImplementedError:
+        pass
+    return model
+
+
 def build_model(ckpt: Checkpoint, trust_pickle: bool = False) -> nn.Module:
     """Rebuild the model a checkpoint describes: base architecture, then the plan, then the weights."""
     if ckpt.kind == MODULE:
@@ -198,7 +207,7 @@ def build_model(ckpt: Checkpoint, trust_pickle: bool = False) -> nn.Module:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as e:
         raise InputError(f"weights do not fit the architecture: {str(e).splitlines()[0][:200]}") from None
-    return model.eval()
+    return set_mode(model, False)
 
 
 def load_model(path: str | Path, trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
@@ -225,11 +234,11 @@ def load_model(path: str | Path, trust_pickle: bool = False, input_shape: tuple[
         ckpt = Checkpoint(kind=kind, input_shape=tuple(shape), program=program,
                           state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
                           meta={"source": path.name, "source_sha256": file_digest(path)})
-        return LoadedModel(model.eval(), ckpt, path)
+        return LoadedModel(set_mode(model, False), ckpt, path)
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
+        if "Unsupported global" not in str(e):  # anything else is damage, not a pickle of classes
             raise _corrupt(path, e) from None
         if not trust_pickle:
             raise UnsafeFileError(f"{path} is a full pickle; loading it can run arbitrary code "
@@ -258,7 +267,7 @@ def _load_pickle(path: Path, input_shape: tuple[int, ...] | None) -> LoadedModel
     ckpt = Checkpoint(kind=PICKLE, input_shape=tuple(input_shape), program=path.read_bytes(),
                       state_dict={k: v.detach().clone() for k, v in model.state_dict().items()},
                       meta={"source": path.name, "source_sha256": file_digest(path)})
-    return LoadedModel(model.eval(), ckpt, path)
+    return LoadedModel(set_mode(model, False), ckpt, path)
 
 
 def new_checkpoint(model: nn.Module, arch: ArchRef, input_shape: tuple[int, ...], meta: dict[str, Any]) -> Checkpoint:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .data import ArrayDataset
 from .pruning.masks import apply_masks, prunable_layers
+from .model_io import set_mode
 from .progress import progress_bar
 
 
@@ -64,7 +65,7 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
     loss_fn = nn.CrossEntropyLoss()
     log = TrainLog()
     t0 = time.perf_counter()
-    model.train()
+    set_mode(model, True)
     step, running, count = 0, 0.0, 0
     with progress_bar(description, total=total, enabled=progress) as advance:
         while step < total:
@@ -91,8 +92,8 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
             running, count = 0.0, 0
             if val_set is not None:
                 log.val_accuracy.append(evaluate(model, val_set))
-                model.train()
-    model.eval()
+                set_mode(model, True)
+    set_mode(model, False)
     log.steps = total
     log.seconds = time.perf_counter() - t0
     return log
@@ -101,7 +102,7 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Logits for every row of ``x`` (model switched to eval mode)."""
-    model.eval()
+    set_mode(model, False)
     out = [model(torch.from_numpy(x[i:i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 

@@ -1,0 +1,38 @@
+"""Shared fixtures: small real models trained on real data (Fashion-MNIST subsets), built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgeprune import api
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+requires_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (make data)")
+
+
+@pytest.fixture(scope="session")
+def fmnist_small() -> api.DataOptions:
+    """3000 training / 1000 test Fashion-MNIST images: real data, seconds to train on."""
+    if not FMNIST.exists():
+        pytest.skip("Fashion-MNIST not installed (make data)")
+    return api.DataOptions("fashion-mnist", limit=3000, test_limit=1000)
+
+
+@pytest.fixture(scope="session")
+def lenet300_ckpt(tmp_path_factory, fmnist_small) -> Path:
+    """A LeNet-300-100 trained for 2 epochs on the Fashion-MNIST subset."""
+    out = tmp_path_factory.mktemp("models") / "lenet300.pt"
+    api.train("zoo:lenet300", out, data=fmnist_small, epochs=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def resnet_ckpt(tmp_path_factory, fmnist_small) -> Path:
+    """A narrow ResNet-8 (16/32/64) trained briefly on a Fashion-MNIST subset."""
+    out = tmp_path_factory.mktemp("models") / "resnet8.pt"
+    data = api.DataOptions("fashion-mnist", limit=1000, test_limit=500)
+    api.train("zoo:resnet8", out, data=data, epochs=1, arch_kwargs={"widths": [16, 32, 64]}, progress=False)
+    return out
