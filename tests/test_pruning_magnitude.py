@@ -10,6 +10,16 @@ from edgeprune.pruning import base
 from edgeprune.pruning.base import Method, register
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models gain nothing from intra-op threads, and on a busy 2-core runner the thread pool
+    # oversubscribes and runs 30x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def mlp() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
@@ -90,6 +100,7 @@ def test_default_spec_is_valid():
         ({"round_to": 0}, InputError),
     ],
 )
+
 def test_bad_spec_values_raise_user_errors(changes, error):
     with pytest.raises(error) as info:
         PruneSpec(**changes).validate()

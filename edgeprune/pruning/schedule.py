@@ -7,6 +7,7 @@ module never owns a training loop.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -15,7 +16,7 @@ from torch import nn
 
 from edgeprune.pruning.base import PruneSpec, get_method
 from edgeprune.pruning.masks import apply_masks, select
-from edgeprune.pruning.structured import budget_count, prune_channels
+from edgeprune.pruning.structured import TOLERANCE, budget_count, prune_channels
 
 
 @dataclass
@@ -103,4 +104,12 @@ def prune(
         result.steps.append(PruneStep(t, target, achieved, time.perf_counter() - step_start))
 
     result.seconds = time.perf_counter() - started
+    final = result.steps[-1].achieved
+    if abs(final - spec.sparsity) > TOLERANCE:
+        warnings.warn(
+            f"pruning reached {final:.3f} of {spec.budget if spec.granularity == 'channel' else 'weights'} "
+            f"removed for a target of {spec.sparsity:g}: the nearest step"
+            + (f" with round_to={spec.round_to}" if spec.granularity == "channel" else ""),
+            stacklevel=2,
+        )
     return result

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -26,8 +25,8 @@ from edgeprune.pruning.masks import PRUNABLE_TYPES
 # No layer loses more than this share of its channels in one call, so global ranking cannot
 # collapse a layer whose scores happen to be uniformly low.
 MAX_LAYER_RATIO = 0.9
-# |achieved - target| above this draws a warning; budgets move in steps (one channel, or
-# round_to channels), so an exact hit is not always possible.
+# Budgets move in steps (one channel, or round_to channels), so an exact hit is not always
+# possible; a final miss by more than this is worth telling the user about.
 TOLERANCE = 0.02
 
 _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels,
@@ -71,8 +70,9 @@ class ScoreImportance(tp.importance.Importance):
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
-        n = len(group[0].root_idxs)
-        imp = torch.zeros(n, dtype=torch.float64)
+        # Root channel number -> position in the returned vector (groups may hold a subset).
+        position = {r: i for i, r in enumerate(group[0].root_idxs)}
+        imp = torch.zeros(len(position), dtype=torch.float64)
         found = False
         for item in group:
             layer, fn = item.dep.target.module, item.dep.handler
@@ -89,7 +89,8 @@ class ScoreImportance(tp.importance.Importance):
                 continue
             # idxs are in this layer's own channel numbering; root_idxs say which root channel
             # each one belongs to (many-to-one after a Flatten), so scatter_add sums them there.
-            imp.scatter_add_(0, torch.tensor(item.root_idxs), energy[torch.tensor(item.idxs)])
+            where = torch.tensor([position[r] for r in item.root_idxs], dtype=torch.long)
+            imp.scatter_add_(0, where, energy[torch.tensor(item.idxs, dtype=torch.long)])
             found = True
         if not found:
             return None
@@ -233,8 +234,10 @@ def prune_channels(
     group of coupled layers; "global" ranks all channels together (importance normalised per
     group) with at most MAX_LAYER_RATIO of any group removed. Widths land on multiples of
     `round_to` (layers narrower than that are left alone). The classifier's outputs are never
-    removed. The channel share that meets the budget is found by bisection on copies; the nearest
-    achievable value is used and a warning says when it misses by more than TOLERANCE.
+    removed. The channel share that meets the budget is found by bisection on copies and the
+    nearest achievable value is used: measure the result (`budget_count`) to see what was reached.
+    A target more than TOLERANCE beyond the most that can be removed is an InputError, raised
+    before the model is touched.
 
     Returns the plan: [{"layer": name, "dim": "out", "idxs": [...]}, ...] in application order,
     indices relative to the model at that moment; `replay_plan` repeats it on a fresh model.
@@ -279,7 +282,8 @@ def prune_channels(
     if hi_value < sparsity - TOLERANCE:
         raise InputError(
             f"channel sparsity {sparsity:g} ({budget}) is out of reach: removing up to "
-            f"{MAX_LAYER_RATIO:.0%} of each layer's channels (round_to={round_to}) gives at most {hi_value:.3f}"
+            f"{MAX_LAYER_RATIO:.0%} of each layer's channels (round_to={round_to}) gives at most {hi_value:.3f}; "
+            f"lower the target{' or round_to' if round_to > 1 else ''}"
         )
     lo, hi = 0.0, 1.0
     lo_value, lo_keep = achieved(0.0)
@@ -294,12 +298,6 @@ def prune_channels(
             else:
                 lo, lo_value, lo_keep = mid, value, keep
     value, keep = (lo_value, lo_keep) if sparsity - lo_value < hi_value - sparsity else (hi_value, hi_keep)
-    if abs(value - sparsity) > TOLERANCE:
-        warnings.warn(
-            f"channel pruning reached {value:.3f} of {budget} removed for a target of {sparsity:g}: "
-            f"the nearest step with round_to={round_to}",
-            stacklevel=2,
-        )
     plan = planner.steps(keep)
     _apply(model, graph, plan)
     return plan
