@@ -191,3 +191,15 @@ def test_bad_spec_is_rejected_before_anything_is_touched():
     with pytest.raises(InputError):
         prune(model, PruneSpec(sparsity=1.2), X_MLP)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_coarse_round_to_miss_is_reported_not_hidden():
+    model = mlp()
+    dense = sparsity_report(model, X_MLP).total
+    spec = PruneSpec(sparsity=0.3, granularity="channel", round_to=8)  # widths 32/16 move in steps of 8
+    with pytest.warns(UserWarning, match="round_to=8"):
+        result = prune(model, spec, X_MLP)
+    reached = 1 - sparsity_report(model, X_MLP).total / dense
+    assert abs(reached - 0.3) > 0.02
+    assert result.steps[-1].achieved == pytest.approx(reached)
+    assert model[0].out_features % 8 == 0 and model[2].out_features % 8 == 0

@@ -68,7 +68,10 @@ def prune(
     Weight granularity: masks only shrink across steps (a pruned weight stays pruned even if the
     method would now rank it higher), and the final masks are returned. Channel granularity:
     channels are physically removed at each step and the plan accumulates; sparsity is measured
-    against the model as passed in, so step t reaches s_t of the original budget.
+    against the model as passed in, so step t reaches s_t of the original budget. (The per-layer
+    cap of structured.MAX_LAYER_RATIO applies to each step's widths, so over several steps a layer
+    can shrink further than in one shot.) A final result more than structured.TOLERANCE away from
+    the target, which coarse round_to steps can cause, draws a warning; PruneStep.achieved has it.
     """
     spec.validate()
     method = get_method(spec.method, seed=spec.seed)

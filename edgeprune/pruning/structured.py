@@ -268,7 +268,7 @@ def prune_channels(
         groups.append(_Group(names[root], size, imp, floor))
     planner = _Planner(groups, scope, round_to)
 
-    cache: dict[tuple[int, ...], float] = {}
+    cache: dict[tuple[int, ...], float] = {tuple(g.size for g in groups): 0.0}
 
     def achieved(ratio: float) -> tuple[float, tuple[int, ...]]:
         keep = planner.keep(ratio)
