@@ -31,8 +31,11 @@ from edgeprune.report.render import format_bytes
 from edgeprune.report.schema import Agreement, BatchLatency, LatencyStats, ModelSide, Report
 from edgeprune.targets import Target
 
-# Ratios within this distance of 1 are noise even when the A/A control happens to land on 1.00:
-# percentiles of a few hundred runs do not resolve differences finer than a couple of percent.
+# The noise band around 1 is NOISE_SCALE x |A'/A - 1|, at least NOISE_FLOOR. Twice, because the
+# A/A ratio is one draw of the noise and B/A is another, independent one; the floor because p50s of
+# a few hundred runs do not resolve differences finer than a couple of percent even when the A/A
+# control happens to land on 1.00.
+NOISE_SCALE = 2.0
 NOISE_FLOOR = 0.02
 # An A/A ratio further than this from 1 means the machine itself was too noisy to trust.
 NOISY_AA = 0.10
@@ -178,7 +181,7 @@ def explain(report: Report) -> list[str]:
         r, aa = bl.ratio_p50, bl.aa_ratio_p50
         if r is None or aa is None:
             continue
-        band = max(abs(aa - 1.0), NOISE_FLOOR)
+        band = noise_band(aa)
         if abs(r - 1.0) <= band:
             notes.append(
                 f"Batch {bs}: the pruned/dense p50 ratio {r:.2f} lies within the A/A noise band (dense vs itself "
@@ -212,6 +215,11 @@ def explain(report: Report) -> list[str]:
         "rise above that process's RSS just before the session was created."
     )
     return notes
+
+
+def noise_band(aa_ratio: float) -> float:
+    """Half-width of the band around 1 inside which a pruned/dense ratio is noise."""
+    return max(NOISE_SCALE * abs(aa_ratio - 1.0), NOISE_FLOOR)
 
 
 def time_interleaved(

@@ -146,6 +146,28 @@ def list_targets(targets_dir: Path | None = None) -> list[Target]:
     return [_load_file(p) for p in sorted(tdir.glob("*.toml"))]
 
 
+def target_status(target: Target) -> str:
+    """A short status for listings: `ready`, `remote (user@host)`, or `unavailable: <why>`."""
+    from edgeprune.backends import get_backend
+
+    try:
+        get_backend(target.backend)
+    except UnknownNameError:
+        return f"unavailable: no '{target.backend}' backend in this installation"
+    if target.ssh:
+        return f"remote ({target.ssh})"
+    if target.backend == "onnxruntime":
+        import onnxruntime as ort
+
+        missing = [p for p in target.build.execution_providers if p not in ort.get_available_providers()]
+        if missing:
+            return f"unavailable: {missing[0]} not in this onnxruntime build"
+        wanted = target.stack.get("onnxruntime")
+        if wanted and not version_in_range(ort.__version__, wanted):
+            return f"unavailable: onnxruntime {ort.__version__} outside '{wanted}'"
+    return "ready"
+
+
 def build_policy_from_dict(data: dict[str, Any], source: str = "build policy") -> BuildPolicy:
     """Validate a `[build]` table (also used for the JSON the memory probe receives)."""
     return _parse_build(data, source)

@@ -79,13 +79,14 @@ class OnnxRuntimeBackend:
             raise InputError(f"ONNX file not found: {path}")
         problems: list[str] = []
         try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
+            return [f"not a readable ONNX model: {_first_line(e)}"]
+        try:
+            # The path, not the proto: lets the checker follow external data and >2 GB models.
             onnx.checker.check_model(str(path), full_check=True)
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
             problems.append(f"onnx.checker: {_first_line(e)}")
-        except Exception as e:  # noqa: BLE001 - protobuf decode errors for corrupt files
-            problems.append(f"not a readable ONNX model: {_first_line(e)}")
-            return problems
-        model = onnx.load(str(path), load_external_data=False)
         opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
         max_opset = target.stack.get("max_opset")
         if max_opset is not None and opset > max_opset:

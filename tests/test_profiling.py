@@ -1,0 +1,246 @@
+"""profile_pair on real models trained on real data (sklearn digits): a dense CNN and the same
+CNN with 90 % of its weights zeroed, exported with the dynamo ONNX exporter."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgeprune.errors import InputError, ShapeError
+from edgeprune.profiling import explain, profile_pair, time_interleaved
+from edgeprune.report import Report, write_report
+from edgeprune.targets import load_target
+from tests.test_report import make_report
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+CONTRACT_SIDE_KEYS = {"latency_ms", "peak_rss_mb", "accuracy", "size_bytes", "params", "macs"}
+CONTRACT_RATIO_KEYS = {"latency_p50", "macs", "params", "size"}
+
+
+def export(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    prog = torch.onnx.export(
+        model.eval(), (torch.zeros(2, 1, 8, 8),), str(path), dynamo=True, opset_version=18, external_data=False,
+        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), verbose=False,
+    )
+    if prog is not None and not path.exists():
+        prog.save(str(path))
+    if metadata:
+        m = onnx.load(str(path))
+        for k, v in metadata.items():
+            m.metadata_props.add(key=k, value=v)
+        onnx.save(m, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = d.target.astype(np.int64)
+    rng = np.random.default_rng(0)
+    idx = rng.permutation(len(x))
+    train, test = idx[:1400], idx[1400:]
+    return x[train], y[train], x[test], y[test]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory, digits) -> tuple[Path, Path]:
+    """A small CNN trained for a second or two, and a copy with 90 % of its weights zeroed
+    (global magnitude) and fine-tuned with the mask held."""
+    xtr, ytr, _, _ = digits
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(16 * 64, 10),
+    )
+    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
+
+    def fit(model, epochs, masks=None):
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(epochs):
+            for i in range(0, len(xt), 128):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(xt[i : i + 128]), yt[i : i + 128]).backward()
+                opt.step()
+                if masks:
+                    with torch.no_grad():
+                        for p, m in masks.items():
+                            p.mul_(m)
+
+    fit(net, 8)
+    out = tmp_path_factory.mktemp("profiling")
+    dense = export(net, out / "dense.onnx")
+
+    weights = [m.weight for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
+    threshold = torch.cat([w.detach().abs().flatten() for w in weights]).quantile(0.9)
+    masks = {w: (w.detach().abs() > threshold).float() for w in weights}
+    with torch.no_grad():
+        for w, m in masks.items():
+            w.mul_(m)
+    fit(net, 3, masks)
+    meta = {"edgeprune.method": "magnitude", "edgeprune.sparsity": "0.900000", "edgeprune.granularity": "unstructured"}
+    pruned = export(net, out / "pruned.onnx", meta)
+    return dense, pruned
+
+
+@pytest.fixture(scope="session")
+def fast_target():
+    t = load_target("host-cpu")
+    return dataclasses.replace(t, run=dataclasses.replace(t.run, warmup=5, iterations=60, batch_sizes=(1, 64)))
+
+
+@pytest.fixture(scope="session")
+def report(models, digits, fast_target, tmp_path_factory) -> Report:
+    _, _, xte, yte = digits
+    return profile_pair(*models, fast_target, xte, yte, tmp_path_factory.mktemp("work"), progress=False)
+
+
+def direct_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return 100.0 * float(np.mean(logits.argmax(1) == y))
+
+
+def test_report_has_every_contract_key(report):
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["schema"] == "edgeprune.report/1" and d["target"] == "host-cpu"
+    assert {"method", "sparsity", "accuracy_drop_pt", "ratios", "latency", "agreement", "stack", "notes"} <= set(d)
+    for side in ("dense", "pruned"):
+        assert CONTRACT_SIDE_KEYS <= set(d[side])
+        assert {"p50", "p90", "p99", "mean"} <= set(d[side]["latency_ms"])
+    assert CONTRACT_RATIO_KEYS <= set(d["ratios"])
+    assert set(d["latency"]) == {"1", "64"}
+    assert d["stack"]["onnxruntime"] == ort.__version__
+
+
+def test_method_and_sparsity_come_from_the_onnx_metadata(report):
+    assert (report.method, report.sparsity, report.granularity) == ("magnitude", 0.9, "unstructured")
+    assert 0.85 < report.measured_sparsity < 0.95
+
+
+def test_accuracy_equals_a_direct_onnxruntime_evaluation(report, models, digits):
+    _, _, xte, yte = digits
+    dense_acc, pruned_acc = (direct_accuracy(p, xte, yte) for p in models)
+    assert report.dense.accuracy == pytest.approx(dense_acc, abs=100 / len(yte) + 1e-9)
+    assert report.pruned.accuracy == pytest.approx(pruned_acc, abs=100 / len(yte) + 1e-9)
+    assert report.dense.accuracy > 85  # the fixture really learned the digits
+    assert report.accuracy_drop_pt == pytest.approx(report.dense.accuracy - report.pruned.accuracy)
+    assert 0.0 <= report.agreement.top1 <= 1.0 and report.agreement.samples == len(yte)
+    assert report.agreement.max_abs_logit_diff > 0
+
+
+def test_latency_percentiles_are_ordered_and_the_aa_control_is_present(report, fast_target):
+    for bs, bl in report.latency.items():
+        for stats in (bl.dense, bl.control, bl.pruned):
+            assert 0 < stats.p50 <= stats.p90 <= stats.p99 <= stats.max
+            assert stats.n >= fast_target.run.iterations
+        assert bl.aa_ratio_p50 > 0 and bl.ratio_p50 > 0
+    assert report.dense.latency_ms == report.latency[1].dense
+    assert report.ratios.latency_p50 == pytest.approx(report.latency[1].ratio_p50)
+
+
+def test_memory_comes_from_a_separate_process(report):
+    for side in (report.dense, report.pruned):
+        assert side.peak_rss_mb > 0
+        assert 0 < side.model_rss_mb < side.peak_rss_mb
+
+
+def test_zeros_do_not_lower_macs_and_the_notes_say_so(report):
+    q = report.ratios
+    assert q.macs == 1.0 and q.size == pytest.approx(1.0, abs=0.01)
+    assert 0.05 < q.params < 0.15
+    assert q.size_xz < 0.5
+    zeros_note = [n for n in report.notes if "zeros bring no speed-up on this backend (ONNX Runtime densifies)" in n]
+    assert len(zeros_note) == 1 and "compressed file size" in zeros_note[0] and "→" in zeros_note[0]
+    assert any("A/A" in n for n in report.notes)
+
+
+def test_engines_and_report_files_are_written(report, tmp_path):
+    for path in report.run["engines"].values():
+        assert Path(path).is_file()
+    paths = write_report(report, tmp_path)
+    assert Report.from_json(paths["json"].read_text()).to_dict() == report.to_dict()
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_explicit_method_and_sparsity_win_over_metadata(models, digits, tmp_path):
+    _, _, xte, yte = digits
+    t = load_target("host-cpu")
+    tiny = dataclasses.replace(t, run=dataclasses.replace(t.run, warmup=1, iterations=3, batch_sizes=(4,)))
+    r = profile_pair(*models, tiny, xte[:50], yte[:50], tmp_path, method="lomp", sparsity=0.5, progress=False)
+    assert (r.method, r.sparsity) == ("lomp", 0.5)
+    assert list(r.latency) == [4] and r.latency_batch == 4  # no batch 1: the smallest batch is the reference
+
+
+def test_problems_and_bad_data_are_user_errors(models, digits, fast_target, tmp_path):
+    _, _, xte, yte = digits
+    old = dataclasses.replace(fast_target, stack={"max_opset": 13})
+    with pytest.raises(InputError, match="opset 18 is above the target's max_opset 13"):
+        profile_pair(*models, old, xte, yte, tmp_path, progress=False)
+    with pytest.raises(ShapeError, match="expects"):
+        profile_pair(*models, fast_target, xte.reshape(len(xte), 64), yte, tmp_path, progress=False)
+    with pytest.raises(ShapeError, match="labels"):
+        profile_pair(*models, fast_target, xte, yte[:-1], tmp_path, progress=False)
+
+
+def test_memprobe_prints_json(models):
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeprune.memprobe", str(models[0]), "--threads", "1", "--batch", "1"],
+        capture_output=True, text=True, check=True,
+    )
+    result = json.loads(out.stdout)
+    assert result["peak_rss_mb"] >= result["baseline_rss_mb"] > 0 and result["arena"] is False
+
+
+class Recorder:
+    """A fake session that logs which session ran, to check the interleaving order."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+        self.input_name, self.input_shape, self.providers = "x", ["batch", 1], ["fake"]
+
+    def run(self, x):
+        self.log.append(self.name)
+        return x
+
+
+def test_sessions_are_timed_interleaved_in_rotating_order():
+    log: list[str] = []
+    sessions = [Recorder(n, log) for n in ("A", "A'", "B")]
+    times = time_interleaved(sessions, np.zeros((1, 1), np.float32), warmup=2, iterations=4)
+    assert [len(t) for t in times] == [4, 4, 4]
+    timed = log[6:]
+    assert timed == ["A", "A'", "B", "A'", "B", "A", "B", "A", "A'", "A", "A'", "B"]
+
+
+def synthetic(ratio: float, aa: float, zeros: bool, macs_ratio: float = 1.0) -> Report:
+    return make_report(ratio=ratio, aa=aa, zeros=zeros, macs_ratio=macs_ratio)
+
+
+def test_notes_call_a_ratio_inside_the_aa_band_noise():
+    r = synthetic(ratio=1.03, aa=0.95, zeros=True)
+    notes = explain(r)
+    assert any("lies within the A/A noise band" in n for n in notes)
+    assert any("zeros bring no speed-up on this backend" in n for n in notes)
+
+
+def test_notes_report_a_real_speedup_from_removed_channels():
+    r = synthetic(ratio=0.5, aa=1.01, zeros=False, macs_ratio=0.4)
+    notes = explain(r)
+    assert any("2.00× as fast" in n for n in notes)
+    assert any("physically removed" in n and "40%" in n for n in notes)
+    assert not any("zeros bring no speed-up" in n for n in notes)
+    assert not any("noise band" in n for n in notes)

@@ -1,0 +1,127 @@
+"""The report schema round-trips through JSON, and renders to Markdown, a terminal table and a PNG."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+
+from edgeprune.errors import InputError
+from edgeprune.report import SCHEMA, Agreement, BatchLatency, LatencyStats, ModelSide, Report, read_report, write_report
+from edgeprune.report.render import console_table, to_markdown
+
+
+def stats(p50: float, spread: float = 1.2) -> LatencyStats:
+    return LatencyStats(p50=p50, p90=p50 * spread, p99=p50 * spread**2, mean=p50 * 1.05, min=p50 * 0.9,
+                        max=p50 * spread**3, std=p50 * 0.1, n=200, extra={"p99.9": p50 * spread**2.5})
+
+
+def side(p50: float, *, params: int, total: int, macs: int, size: int, xz: int, acc: float) -> ModelSide:
+    return ModelSide(path="m.onnx", sha256="ab" * 32, latency_ms=stats(p50), peak_rss_mb=61.5, model_rss_mb=4.25,
+                     accuracy=acc, size_bytes=size, size_xz_bytes=xz, engine_bytes=size, params=params,
+                     total_params=total, macs=macs, opset=18)
+
+
+def make_report(ratio: float = 0.98, aa: float = 1.01, zeros: bool = True, macs_ratio: float = 1.0) -> Report:
+    """A report with chosen latency ratio, A/A ratio, zeros and MAC ratio (for render and notes tests)."""
+    total = 1_000_000
+    dense = side(0.1, params=total, total=total, macs=20_000_000, size=4_000_000, xz=3_700_000, acc=97.5)
+    pruned = side(0.1 * ratio, params=total // 10 if zeros else int(total * macs_ratio),
+                  total=total if zeros else int(total * macs_ratio), macs=int(20_000_000 * macs_ratio),
+                  size=4_000_000 if zeros else int(4_000_000 * macs_ratio), xz=700_000 if zeros else 3_000_000,
+                  acc=96.25)
+    latency = {
+        b: BatchLatency(batch=b, dense=stats(0.1 * b), control=stats(0.1 * b * aa), pruned=stats(0.1 * b * ratio))
+        for b in (1, 64)
+    }
+    return Report(
+        target="host-cpu", backend="onnxruntime", method="magnitude", sparsity=0.9, dense=dense, pruned=pruned,
+        latency=latency, agreement=Agreement(top1=0.985, max_abs_logit_diff=1.75, samples=397),
+        granularity="unstructured", target_description="This host's CPU", stack={"onnxruntime": "1.31.1", "cpu": "x"},
+        run={"warmup": 20, "iterations": 200, "rounds": {"1": 200, "64": 200}},
+        notes=["First note.", "Second note."], created="2026-01-01T00:00:00+00:00",
+    )
+
+
+def test_round_trip_through_json():
+    r = make_report()
+    text = r.to_json()
+    back = Report.from_json(text)
+    assert back == r
+    assert back.to_dict() == json.loads(text)
+    assert back.latency[64].control.extra == {"p99.9": pytest.approx(r.latency[64].control.extra["p99.9"])}
+
+
+def test_contract_keys_and_derived_values():
+    d = make_report(ratio=0.5).to_dict()
+    assert d["schema"] == SCHEMA == "edgeprune.report/1"
+    for key in ("target", "method", "sparsity", "dense", "pruned", "ratios", "accuracy_drop_pt"):
+        assert key in d
+    for s in ("dense", "pruned"):
+        assert {"p50", "p90", "p99", "mean"} <= set(d[s]["latency_ms"])
+        assert {"peak_rss_mb", "accuracy", "size_bytes", "params", "macs", "model_rss_mb", "size_xz_bytes"} <= set(d[s])
+    assert d["ratios"]["latency_p50"] == pytest.approx(0.5)
+    assert d["ratios"]["params"] == pytest.approx(0.1) and d["ratios"]["macs"] == 1.0 and d["ratios"]["size"] == 1.0
+    assert d["accuracy_drop_pt"] == pytest.approx(1.25)
+    assert d["latency"]["64"]["aa_ratio_p50"] == pytest.approx(1.01)
+    assert d["measured_sparsity"] == pytest.approx(0.9)
+
+
+def test_a_zero_denominator_gives_no_ratio_and_valid_json():
+    r = make_report()
+    r.dense.macs = 0
+    d = json.loads(r.to_json())
+    assert d["ratios"]["macs"] is None
+
+
+def test_other_schemas_and_broken_reports_are_rejected(tmp_path):
+    d = make_report().to_dict()
+    with pytest.raises(InputError, match="schema"):
+        Report.from_dict({**d, "schema": "edgeprune.report/0"})
+    broken = {**d, "dense": {"latency_ms": {}}}
+    with pytest.raises(InputError, match="malformed"):
+        Report.from_dict(broken)
+    with pytest.raises(InputError, match="not found"):
+        read_report(tmp_path / "missing.json")
+
+
+def test_markdown_has_the_side_by_side_tables_and_the_notes():
+    md = to_markdown(make_report(ratio=0.98, aa=1.01))
+    assert md.startswith("# edgeprune report: magnitude at 90.0 % sparsity vs dense on host-cpu")
+    assert "| | dense | pruned | pruned / dense |" in md
+    assert "| latency p50, batch 1 (ms) | 0.100 | 0.0980 | 0.98× |" in md
+    assert "| top-1 accuracy (%) | 97.50 | 96.25 | -1.25 pt |" in md
+    assert "| file size, xz | 3.70 MB | 700.00 kB | 0.19× |" in md
+    assert "| params, nonzero | 1.00 M | 100.00 k | 0.10× |" in md
+    assert "| batch | | dense (A) | dense again (A') | pruned (B) | B / A | A' / A |" in md
+    for b in ("1", "64"):
+        for stat in ("p50", "p90", "p99"):
+            assert f"| {b} | {stat} |" in md
+    assert "| 64 | p50 | 6.40 | 6.46 | 6.27 | 0.98× | 1.01× |" in md
+    assert md.rstrip().endswith("- Second note.")
+    # Every table row has the same number of cells as its header: no stray pipes.
+    for block in md.split("\n\n"):
+        rows = [ln for ln in block.splitlines() if ln.startswith("|")]
+        if rows:
+            assert len({ln.count("|") for ln in rows}) == 1, block
+
+
+def test_console_table_shows_both_models_and_the_ratio():
+    console = Console(record=True, width=140)
+    console.print(console_table(make_report()))
+    text = console.export_text()
+    assert "pruned / dense" in text and "A/A 1.01×" in text and "params, nonzero" in text
+
+
+def test_write_report_writes_three_files_atomically(tmp_path):
+    r = make_report()
+    paths = write_report(r, tmp_path / "run")
+    assert set(paths) == {"json", "markdown", "plot"}
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["latency.png", "report.json", "report.md"]
+    assert read_report(tmp_path / "run") == r
+    assert paths["markdown"].read_text() == to_markdown(r)
+    png = paths["plot"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    write_report(r, tmp_path / "run")  # overwriting leaves no temp files behind
+    assert len(list((tmp_path / "run").iterdir())) == 3
