@@ -60,7 +60,9 @@ def test_contract_keys_and_derived_values():
         assert key in d
     for s in ("dense", "pruned"):
         assert {"p50", "p90", "p99", "mean"} <= set(d[s]["latency_ms"])
-        assert {"peak_rss_mb", "accuracy", "size_bytes", "params", "macs", "model_rss_mb", "size_xz_bytes"} <= set(d[s])
+        assert {"peak_rss_mb", "accuracy", "size_bytes", "params", "macs", "model_rss_mb", "size_xz_bytes",
+                "nonzero_params"} <= set(d[s])
+        assert d[s]["nonzero_params"] == d[s]["params"]
     assert d["ratios"]["latency_p50"] == pytest.approx(0.5)
     assert d["ratios"]["params"] == pytest.approx(0.1) and d["ratios"]["macs"] == 1.0 and d["ratios"]["size"] == 1.0
     assert d["accuracy_drop_pt"] == pytest.approx(1.25)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from edgeprune.backends.base import Engine
@@ -74,6 +73,10 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def validate(self, onnx_path: Path, target: Target) -> list[str]:
+        # Imported here: the memory probe opens sessions through this module, and a device-side
+        # process needs onnxruntime, not onnx (whose import alone costs tens of MB of RSS).
+        import onnx
+
         path = Path(onnx_path)
         if not path.is_file():
             raise InputError(f"ONNX file not found: {path}")

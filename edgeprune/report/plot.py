@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: build hosts and devices have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from edgeprune.report.render import title  # noqa: E402
 from edgeprune.report.schema import Report  # noqa: E402
 
 _SERIES = (("dense", "dense (A)", "#4c72b0"), ("control", "dense again (A')", "#9fb4d8"), ("pruned", "pruned (B)", "#dd8452"))
@@ -31,7 +32,7 @@ def latency_png(report: Report, out: BinaryIO) -> None:
         ax.set_ylabel("ms per run")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(fontsize=8, loc="upper left")
-    fig.suptitle(f"{report.method or 'pruned'} vs dense on {report.target}", fontsize=10)
+    fig.suptitle(title(report), fontsize=10)
     fig.tight_layout()
     try:
         fig.savefig(out, format="png", dpi=110)

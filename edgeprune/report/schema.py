@@ -161,6 +161,7 @@ class ModelSide:
             "size_xz_bytes": self.size_xz_bytes,
             "engine_bytes": self.engine_bytes,
             "params": self.params,
+            "nonzero_params": self.params,  # same number; the explicit name for readers of the JSON
             "total_params": self.total_params,
             "zero_fraction": self.zero_fraction,
             "macs": self.macs,
