@@ -119,14 +119,14 @@ class CompressResult:
 
 def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions | None = None,
              finetune_epochs: float = 2.0, lr: float = 5e-4, batch_size: int = 128, trust_pickle: bool = False,
-             force: bool = False, progress: bool = True) -> CompressResult:
+             input_shape: tuple[int, ...] | None = None, force: bool = False, progress: bool = True) -> CompressResult:
     """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint."""
     t0 = time.perf_counter()
     spec.validate()
     out = _check_output(out, force)
     if finetune_epochs < 0:
         raise InputError("--finetune-epochs must be >= 0")
-    loaded = load_model(model_path, trust_pickle=trust_pickle)
+    loaded = load_model(model_path, trust_pickle=trust_pickle, input_shape=input_shape)
     ckpt = loaded.checkpoint
     if data is None:
         data = DataOptions(data=str(ckpt.meta.get("data", DEFAULT_DATA)))
@@ -153,9 +153,11 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
 
     result = prune(model, spec, example, finetune=finetune_logged, batches=calib)
     after = sparsity_report(model, example)
+    # One definition for both granularities: prunable weights gone, whether zeroed or physically removed.
+    sparsity = 1.0 - after.nonzero / max(before.total, 1)
     ft_val = evaluate(model, val)
     meta = {**{k: v for k, v in ckpt.meta.items() if k not in ("report",)},
-            "method": spec.method, "sparsity": after.sparsity, "target_sparsity": spec.sparsity,
+            "method": spec.method, "sparsity": sparsity, "target_sparsity": spec.sparsity,
             "granularity": spec.granularity, "scope": spec.scope, "schedule": spec.schedule, "data": data.data,
             "finetune_epochs": finetune_epochs, "source_path": str(Path(model_path).resolve()),
             "source_sha256": file_digest(Path(model_path)), "dense_val_accuracy": dense_val,
@@ -167,7 +169,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
     save_checkpoint(new, out, force=force)
     return CompressResult(
         path=str(out), method=spec.method, granularity=spec.granularity, scope=spec.scope, schedule=spec.schedule,
-        target_sparsity=spec.sparsity, sparsity=after.sparsity, dense_val_accuracy=dense_val,
+        target_sparsity=spec.sparsity, sparsity=sparsity, dense_val_accuracy=dense_val,
         pruned_val_accuracy=pruned_acc[0] if pruned_acc else ft_val, finetuned_val_accuracy=ft_val,
         accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs,
         params_before=before.params_nonzero, params_after=after.params_nonzero, macs_before=before.macs,
@@ -177,9 +179,10 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
 
 # ---------------------------------------------------------------- export
 def export(model_path: Path, out: Path, *, opset: int = DEFAULT_OPSET, data: DataOptions | None = None,
-           check: bool = True, trust_pickle: bool = False, force: bool = False) -> ExportResult:
+           check: bool = True, trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None,
+           force: bool = False) -> ExportResult:
     """Export a model file to ONNX; parity-checked on real test inputs unless ``check`` is False."""
-    loaded = load_model(model_path, trust_pickle=trust_pickle)
+    loaded = load_model(model_path, trust_pickle=trust_pickle, input_shape=input_shape)
     x = None
     if check:
         x = _parity_inputs(loaded, data)
@@ -243,7 +246,7 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         if not src or not Path(src).exists():
             raise InputError("no dense baseline: pass --baseline model.pt")
         baseline_path = Path(src)
-    dense = load_model(baseline_path, trust_pickle=trust_pickle)
+    dense = load_model(baseline_path, trust_pickle=trust_pickle, input_shape=pruned.checkpoint.input_shape)
     data = data or DataOptions(data=str(pruned.checkpoint.meta.get("data", DEFAULT_DATA)))
     out_dir = _prepare_dir(out_dir, force)
     exports = {}

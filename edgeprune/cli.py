@@ -29,6 +29,19 @@ TestLimitOpt = typer.Option(None, "--test-limit", help="Use a seeded subset of t
 ForceOpt = typer.Option(False, "--force", help="Overwrite an existing output.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 PickleOpt = typer.Option(False, "--trust-pickle", help="Allow loading a full pickle (runs code from the file).")
+ShapeOpt = typer.Option(None, "--input-shape", help="C,H,W for TorchScript or pickled models, e.g. 1,28,28.")
+
+
+def _shape(value: Optional[str]) -> Optional[tuple[int, ...]]:
+    if value is None:
+        return None
+    try:
+        dims = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise InputError(f"--input-shape must be comma-separated integers like 1,28,28, got '{value}'") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise InputError(f"--input-shape must be positive integers, got '{value}'")
+    return dims
 
 
 def _data(data: Optional[str], data_dir: Optional[str], limit: Optional[int] = None,
@@ -91,8 +104,8 @@ def compress(
     finetune_epochs: float = typer.Option(2.0, "--finetune-epochs", help="Fine-tune budget (epochs, in all)."),
     lr: float = typer.Option(5e-4, "--lr", help="Fine-tune learning rate (Adam, cosine decay)."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, limit: Optional[int] = LimitOpt,
-    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, force: bool = ForceOpt,
-    as_json: bool = JsonOpt,
+    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt,
+    force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Prune a model, fine-tune it and say what it cost in accuracy.
 
@@ -103,7 +116,8 @@ def compress(
     spec = PruneSpec(method=method, sparsity=_sparsity(sparsity), granularity=granularity, scope=scope,
                      schedule=schedule, steps=steps, budget=budget, round_to=round_to, seed=seed)
     r = api.compress(model, spec, output, data=_data(data, data_dir, limit), finetune_epochs=finetune_epochs,
-                     lr=lr, trust_pickle=trust_pickle, force=force, progress=not as_json)
+                     lr=lr, trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force,
+                     progress=not as_json)
     if as_json:
         return _emit_json(r)
     t = Table(title=f"{r.method} {r.granularity} pruning, {r.scope} scope, {r.schedule}")
@@ -134,14 +148,15 @@ def export(
     opset: int = typer.Option(17, "--opset"),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt,
     check: bool = typer.Option(True, "--check/--no-check", help="Parity check against PyTorch on real inputs."),
-    trust_pickle: bool = PickleOpt, force: bool = ForceOpt, as_json: bool = JsonOpt,
+    trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt, force: bool = ForceOpt,
+    as_json: bool = JsonOpt,
 ) -> None:
     """Export a model to ONNX, checked against PyTorch on real test inputs.
 
     Example: edgeprune export pruned.pt -o pruned.onnx
     """
     r = api.export(model, output, opset=opset, data=_data(data, data_dir), check=check,
-                   trust_pickle=trust_pickle, force=force)
+                   trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force)
     if as_json:
         return _emit_json(r)
     p = r.parity
@@ -237,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         return rv if isinstance(rv, int) else 0
     except EdgepruneError as e:
         print(f"error: {e}", file=sys.stderr)
-    except click_exc.NoArgsIsHelpError as e:
-        print(e.ctx.get_help() if e.ctx else str(e))
+    except click_exc.NoArgsIsHelpError:  # Typer has already printed the help
         return 0
     except click_exc.ClickException as e:  # usage errors, bad parameter values, unreadable files
         print(f"error: {e.format_message()}", file=sys.stderr)

@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from edgeprune import api
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+# Small models run faster on one thread, and the suite stays steady when the 2 cores are shared.
+torch.set_num_threads(1)
 
 requires_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed (make data)")
 

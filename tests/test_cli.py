@@ -1,0 +1,218 @@
+"""The CLI end to end: one test per command, one per bad input a user can give (exit 2, one line)."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgeprune.cli import main
+from edgeprune.model_io import load_model
+
+DATA = ["--data", "fashion-mnist", "--limit", "2000"]
+REPORT_KEYS = {"schema", "target", "method", "sparsity", "dense", "pruned", "ratios", "accuracy_drop_pt"}
+SIDE_KEYS = {"latency_ms", "peak_rss_mb", "accuracy", "size_bytes", "params", "macs"}
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def fast_target(tmp_path_factory) -> Path:
+    """host-cpu with fewer timed iterations: a user adds a device by adding a file."""
+    text = Path("targets/host-cpu.toml").read_text().replace("iterations = 200", "iterations = 30")
+    path = tmp_path_factory.mktemp("targets") / "host-cpu-fast.toml"
+    path.write_text(text.replace("warmup = 20", "warmup = 5"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory, lenet300_ckpt):
+    out = tmp_path_factory.mktemp("pruned") / "pruned.pt"
+    assert main(["compress", str(lenet300_ckpt), "--sparsity", "0.8", "--finetune-epochs", "0.5", *DATA,
+                 "-o", str(out), "--json"]) == 0
+    return out
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_help_of_every_command_has_an_example(capsys):
+    for cmd in ("train", "compress", "export", "deploy", "profile", "targets"):
+        code, out, _ = run(capsys, cmd, "--help")
+        assert code == 0 and "Example: edgeprune " + cmd in " ".join(out.split())
+
+
+def test_train(capsys, tmp_path):
+    code, out, _ = run(capsys, "train", "--arch", "zoo:lenet300", *DATA, "--epochs", "2", "--lr", "3e-3", "-o",
+                       tmp_path / "m.pt", "--json")
+    r = json.loads(out)
+    assert code == 0 and r["val_accuracy"] > 65 and r["arch"] == "zoo:lenet300"
+    assert load_model(tmp_path / "m.pt").checkpoint.meta["data"] == "fashion-mnist"
+
+
+def test_compress_reports_sparsity_accuracy_and_reloads(capsys, pruned, lenet300_ckpt):
+    loaded = load_model(pruned)
+    w = [p for n, p in loaded.model.named_parameters() if n.endswith("weight")]
+    assert abs(1 - sum(int((p != 0).sum()) for p in w) / sum(p.numel() for p in w) - 0.8) < 1e-3
+    meta = loaded.checkpoint.meta
+    assert meta["method"] == "magnitude" and meta["source_sha256"] == digest(lenet300_ckpt)
+    assert meta["val_accuracy"] > meta["dense_val_accuracy"] - 5
+
+
+def test_compress_table_output(capsys, tmp_path, lenet300_ckpt):
+    code, out, _ = run(capsys, "compress", lenet300_ckpt, "--sparsity", "0.5", "--finetune-epochs", "0", *DATA,
+                       "-o", tmp_path / "p.pt")
+    assert code == 0 and "what it cost" in out and "val accuracy" in out and "MACs" in out
+
+
+def test_channel_compress_shrinks_the_cnn_and_reloads_in_a_fresh_process(capsys, tmp_path, resnet_ckpt):
+    out = tmp_path / "ch.pt"
+    code, text, err = run(capsys, "compress", resnet_ckpt, "--granularity", "channel", "--budget", "macs",
+                          "--sparsity", "0.5", "--finetune-epochs", "0.2", "--data", "fashion-mnist", "--limit", "500",
+                          "-o", out, "--json")
+    assert code == 0, err
+    r = json.loads(text)
+    assert 0.4 <= 1 - r["macs_after"] / r["macs_before"] <= 0.6
+    x = torch.rand(2, 1, 28, 28)
+    expected = load_model(out).model(x)
+    torch.save(x, tmp_path / "x.pt")
+    code = (f"import torch; from edgeprune.model_io import load_model; "
+            f"torch.save(load_model(r'{out}').model(torch.load(r'{tmp_path / 'x.pt'}')), r'{tmp_path / 'y.pt'}')")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert torch.allclose(torch.load(tmp_path / "y.pt"), expected, atol=1e-5)
+
+
+def test_export(capsys, tmp_path, pruned):
+    code, out, _ = run(capsys, "export", pruned, "-o", tmp_path / "p.onnx", "--json")
+    r = json.loads(out)
+    assert code == 0 and r["parity"]["top1_agreement"] == 1.0 and r["opset"] == 17
+    sess = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"input": np.zeros((3, 1, 28, 28), np.float32)})[0].shape == (3, 10)
+
+
+def test_deploy_writes_the_run_directory(capsys, tmp_path, pruned, lenet300_ckpt, fast_target):
+    run_dir = tmp_path / "run"
+    code, out, err = run(capsys, "deploy", pruned, "--target", fast_target, "--baseline", lenet300_ckpt,
+                         "--test-limit", "500", "-o", run_dir, "--json")
+    assert code == 0, err
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report == json.loads(out)
+    assert REPORT_KEYS <= set(report) and report["schema"] == "edgeprune.report/1"
+    for side in ("dense", "pruned"):
+        assert SIDE_KEYS <= set(report[side])
+        assert set(report[side]["latency_ms"]) >= {"p50", "p90", "p99", "mean"}
+    assert set(report["ratios"]) >= {"latency_p50", "macs", "params", "size"}
+    assert abs(report["sparsity"] - 0.8) < 1e-3 and report["method"] == "magnitude"
+    assert report["ratios"]["params"] < 0.25 and report["ratios"]["macs"] == pytest.approx(1.0)
+    assert any("no speed-up" in n for n in report["notes"])
+    assert (run_dir / "report.md").read_text().count("|") > 20
+    assert (run_dir / "latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"dense.onnx", "pruned.onnx"} <= {p.name for p in run_dir.iterdir()}
+
+
+def test_profile_two_onnx_files(capsys, tmp_path, pruned, lenet300_ckpt, fast_target):
+    for src, name in ((lenet300_ckpt, "d.onnx"), (pruned, "p.onnx")):
+        assert main(["export", str(src), "-o", str(tmp_path / name)]) == 0
+    code, out, err = run(capsys, "profile", "--target", fast_target, "--baseline", tmp_path / "d.onnx",
+                         tmp_path / "p.onnx", "--data", "fashion-mnist", "--test-limit", "300",
+                         "--json", tmp_path / "out.json")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert REPORT_KEYS <= set(report) and report["method"] == "magnitude"
+    assert report["dense"]["accuracy"] > 60 and "latency p50" in out
+
+
+def test_targets_lists_host_cpu(capsys):
+    code, out, _ = run(capsys, "targets", "--json")
+    rows = {t["name"]: t for t in json.loads(out)}
+    assert code == 0 and rows["host-cpu"]["backend"] == "onnxruntime"
+
+
+# ------------------------------------------------------------------ bad input: exit 2, one line, no traceback
+def bad(capsys, *argv, match: str):
+    code, out, err = run(capsys, *argv)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_missing_model_file(capsys, tmp_path):
+    bad(capsys, "compress", tmp_path / "nope.pt", "-o", tmp_path / "o.pt", match="not found")
+
+
+def test_corrupt_model_file(capsys, tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 definitely not a checkpoint")
+    bad(capsys, "export", tmp_path / "junk.pt", "-o", tmp_path / "o.onnx", match="cannot read model file")
+
+
+def test_pickle_without_trust_pickle(capsys, tmp_path, lenet300_ckpt):
+    torch.save(load_model(lenet300_ckpt).model, tmp_path / "full.pt")
+    bad(capsys, "compress", tmp_path / "full.pt", "-o", tmp_path / "o.pt", match="--trust-pickle")
+
+
+def test_unknown_method(capsys, tmp_path, lenet300_ckpt):
+    bad(capsys, "compress", lenet300_ckpt, "--method", "optimal-brain", "-o", tmp_path / "o.pt", match="unknown method")
+
+
+def test_unknown_target(capsys, tmp_path, pruned):
+    bad(capsys, "deploy", pruned, "--target", "cray-1", "-o", tmp_path / "r", match="unknown target")
+
+
+def test_unknown_architecture(capsys, tmp_path):
+    bad(capsys, "train", "--arch", "zoo:alexnet", "-o", tmp_path / "m.pt", *DATA, match="unknown architecture")
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1", "lots"])
+def test_sparsity_outside_range(capsys, tmp_path, lenet300_ckpt, value):
+    bad(capsys, "compress", lenet300_ckpt, "--sparsity", value, "-o", tmp_path / "o.pt", match="--sparsity")
+
+
+def test_wrong_input_shape(capsys, tmp_path, lenet300_ckpt):
+    bad(capsys, "compress", lenet300_ckpt, "--data", "digits", "-o", tmp_path / "o.pt", match="expects (1, 28, 28)")
+
+
+def test_data_set_not_found(capsys, tmp_path, lenet300_ckpt):
+    bad(capsys, "compress", lenet300_ckpt, "--data", "fashion-mnist", "--data-dir", tmp_path, "-o", tmp_path / "o.pt",
+        match="not found")
+    bad(capsys, "compress", lenet300_ckpt, "--data", "imagenet", "-o", tmp_path / "o.pt", match="unknown data set")
+
+
+def test_existing_output_without_force_is_kept(capsys, tmp_path, lenet300_ckpt):
+    out = tmp_path / "o.pt"
+    out.write_bytes(b"precious")
+    bad(capsys, "compress", lenet300_ckpt, "-o", out, match="--force")
+    assert out.read_bytes() == b"precious"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("x")
+    bad(capsys, "deploy", lenet300_ckpt, "--baseline", lenet300_ckpt, "-o", tmp_path / "run", match="--force")
+
+
+def test_unknown_option_is_one_line(capsys, lenet300_ckpt):
+    bad(capsys, "compress", lenet300_ckpt, "--frobnicate", match="No such option")
+
+
+def test_input_files_are_never_modified(capsys, tmp_path, lenet300_ckpt):
+    before = digest(lenet300_ckpt)
+    assert main(["compress", str(lenet300_ckpt), "--sparsity", "0.3", "--finetune-epochs", "0.1", *DATA,
+                 "-o", str(tmp_path / "p.pt"), "--json"]) == 0
+    capsys.readouterr()
+    assert digest(lenet300_ckpt) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.pt"]   # no temp files left behind
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    exe = Path(sys.executable).with_name("edgeprune")
+    proc = subprocess.run([str(exe), "export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.onnx")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: model file not found: {tmp_path / 'missing.pt'}"
