@@ -32,7 +32,7 @@ calibration: install data
 	$(BIN)/python calibration/make_calibration.py --force
 
 demo: install data
-	$(BIN)/edgeprune train --arch zoo:lenet300 --data fashion-mnist --epochs 3 -o $(DEMO)/model.pt --force
+	$(BIN)/edgeprune train --arch zoo:lenet300 --data fashion-mnist --epochs 5 -o $(DEMO)/model.pt --force
 	$(BIN)/edgeprune compress $(DEMO)/model.pt --method magnitude --sparsity 0.9 --finetune-epochs 2 -o $(DEMO)/pruned.pt --force
 	$(BIN)/edgeprune export $(DEMO)/pruned.pt -o $(DEMO)/pruned.onnx --force
 	$(BIN)/edgeprune deploy $(DEMO)/pruned.pt --target host-cpu --baseline $(DEMO)/model.pt -o $(DEMO)/run --force

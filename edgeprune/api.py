@@ -174,7 +174,18 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
         accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs,
         params_before=before.params_nonzero, params_after=after.params_nonzero, macs_before=before.macs,
         macs_after=after.macs, prune_seconds=result.seconds, total_seconds=time.perf_counter() - t0,
-        layers=after.to_dict()["layers"])
+        layers=_layer_rows(before, after))
+
+
+def _layer_rows(before, after) -> list[dict]:
+    """Per prunable layer, against its original shape, so removed channels count as pruned weights."""
+    orig = {L.name: L for L in before.layers}
+    rows = []
+    for L in after.layers:
+        b = orig.get(L.name, L)
+        rows.append({"name": L.name, "kind": L.kind, "shape_before": b.shape, "shape": L.shape,
+                     "total": b.total, "nonzero": L.nonzero, "sparsity": 1.0 - L.nonzero / max(b.total, 1)})
+    return rows
 
 
 # ---------------------------------------------------------------- export

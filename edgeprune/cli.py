@@ -121,11 +121,13 @@ def compress(
     if as_json:
         return _emit_json(r)
     t = Table(title=f"{r.method} {r.granularity} pruning, {r.scope} scope, {r.schedule}")
-    for col in ("layer", "shape", "weights", "kept", "sparsity"):
-        t.add_column(col, justify="right" if col != "layer" else "left")
+    for col in ("layer", "type", "shape", "weights", "kept", "pruned"):
+        t.add_column(col, justify="left" if col in ("layer", "type") else "right")
     for L in r.layers:
-        t.add_row(L["name"], "x".join(map(str, L["shape"])), f"{L['total']:,}", f"{L['nonzero']:,}",
-                  f"{1 - L['nonzero'] / max(L['total'], 1):.1%}")
+        shape = "x".join(map(str, L["shape"]))
+        if L["shape"] != L["shape_before"]:
+            shape = "x".join(map(str, L["shape_before"])) + " -> " + shape
+        t.add_row(L["name"], L["kind"], shape, f"{L['total']:,}", f"{L['nonzero']:,}", f"{L['sparsity']:.1%}")
     out.print(t)
     s = Table(show_header=True, title="what it cost")
     for col in ("", "dense", "pruned", "ratio"):
