@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -230,8 +231,6 @@ def profile(baseline_onnx: Path, pruned_onnx: Path, target: str, *, data: DataOp
         if not Path(p).is_file():
             raise InputError(f"ONNX file not found: {p}")
     te = (data or DataOptions()).test()
-    import tempfile
-
     work = _prepare_dir(out_dir, force) if out_dir else Path(tempfile.mkdtemp(prefix="edgeprune-"))
     report = profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
                           method=method, sparsity=sparsity, progress=progress)

@@ -212,7 +212,7 @@ def profile(
 
     Example: edgeprune profile --target host-cpu --baseline model.onnx pruned.onnx --data fashion-mnist --json out.json
     """
-    from .model_io import atomic_write_bytes
+    from .fileio import atomic_write
 
     if json_out is not None and json_out.exists() and not force:
         raise InputError(f"output {json_out} exists (use --force to overwrite)")
@@ -220,7 +220,7 @@ def profile(
                          force=force)
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=2).encode()
-        atomic_write_bytes(json_out, lambda f: f.write(text), force=True)
+        atomic_write(json_out, text, force=True)
     _show_report(report, output, False)
     if json_out is not None:
         out.print(f"JSON report: {json_out}")

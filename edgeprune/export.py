@@ -21,7 +21,8 @@ from torch import nn
 
 from . import __version__
 from .errors import InputError, ParityError
-from .model_io import LoadedModel, atomic_write_bytes, set_mode
+from .fileio import atomic_write
+from .model_io import LoadedModel, set_mode
 
 DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -134,5 +135,5 @@ def export(loaded: LoadedModel, out: Path, *, opset: int = DEFAULT_OPSET, check_
         if not parity.ok:
             raise ParityError(f"ONNX output differs from PyTorch: max |diff| {parity.max_abs_diff:.3g} "
                               f"(tolerance {parity.tolerance:.3g}), top-1 agreement {parity.top1_agreement:.2%}")
-    atomic_write_bytes(out, lambda f: f.write(data), force=force)
+    atomic_write(out, data, force=force)
     return ExportResult(path=out, opset=proto.opset_import[0].version, size_bytes=len(data), parity=parity)

@@ -12,12 +12,9 @@ are embedded as bytes in the checkpoint, so a pruned checkpoint never depends on
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from torch import nn
 
 from . import __version__
 from .errors import InputError, UnknownNameError, UnsafeFileError
+from .fileio import atomic_write, file_digest
 from .zoo import build_zoo
 
 FORMAT = "edgeprune.checkpoint/1"
@@ -102,39 +100,8 @@ class LoadedModel:
         return torch.zeros(1, *self.checkpoint.input_shape)
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, write, force: bool = False) -> Path:
-    """Write through ``write(fileobj)`` to a temp file beside ``path``, then rename over it.
-
-    Refuses to replace an existing file unless ``force``; a failed write leaves no partial file.
-    """
-    path = Path(path)
-    if path.exists() and not force:
-        raise InputError(f"output {path} exists (use --force to overwrite)")
-    if path.is_dir():
-        raise InputError(f"output {path} is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_checkpoint(ckpt: Checkpoint, path: Path, force: bool = False) -> Path:
-    return atomic_write_bytes(path, lambda f: torch.save(ckpt.to_dict(), f), force=force)
+    return atomic_write(path, lambda f: torch.save(ckpt.to_dict(), f), force=force)
 
 
 def _zip_names(path: Path) -> list[str]:

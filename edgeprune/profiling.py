@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import os
 import subprocess
@@ -26,6 +25,7 @@ import numpy as np
 
 from edgeprune.backends import Engine, Session, get_backend
 from edgeprune.errors import InputError, ShapeError
+from edgeprune.fileio import file_digest
 from edgeprune.onnx_stats import ModelStats, model_stats, read_metadata
 from edgeprune.report.render import format_bytes
 from edgeprune.report.schema import Agreement, BatchLatency, LatencyStats, ModelSide, Report
@@ -298,18 +298,10 @@ def measure_memory(engine: Engine, target: Target, sample_npy: Path | None = Non
     return result
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _side(src: Path, engine: Engine, lat: LatencyStats, mem: dict, acc: float | None, st: ModelStats) -> ModelSide:
     return ModelSide(
         path=str(src),
-        sha256=sha256_file(src),
+        sha256=file_digest(src),
         latency_ms=lat,
         peak_rss_mb=float(mem["peak_rss_mb"]),
         model_rss_mb=float(mem["model_rss_mb"]),

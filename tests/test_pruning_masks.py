@@ -15,20 +15,7 @@ from edgeprune.pruning.masks import (
     sparsity_report,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy 2-core runner the thread pool
-    # oversubscribes and runs 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
+from .tiny import mlp
 
 
 def magnitude_scores(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -20,22 +20,10 @@ from edgeprune.pruning import base
 from edgeprune.pruning.base import Method, register
 from edgeprune.pruning.schedule import targets
 
+from .tiny import mlp
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy 2-core runner the thread pool
-    # oversubscribes and runs 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 X_MLP = torch.randn(1, 64)
-
-
-def mlp(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,7 @@ from edgeprune.errors import InputError
 from edgeprune.pruning import get_method, prune_channels, replay_plan, sparsity_report
 from edgeprune.pruning.structured import ScoreImportance
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a busy 2-core runner the thread pool
-    # oversubscribes and runs 30x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .tiny import mlp
 
 
 class TinyResNet(nn.Module):
@@ -57,11 +49,6 @@ def resnet(seed: int = 0) -> TinyResNet:
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
     return model.eval()
-
-
-def mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 10))
 
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import InputError
+from edgeprune.fileio import atomic_write
 
 SCHEMA = "edgeprune.report/1"
 
@@ -340,26 +339,12 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "latency.png"}
-    atomic_write(paths["json"], report.to_json().encode())
-    atomic_write(paths["markdown"], to_markdown(report).encode())
+    atomic_write(paths["json"], report.to_json().encode(), force=True)
+    atomic_write(paths["markdown"], to_markdown(report).encode(), force=True)
     buf = io.BytesIO()
     latency_png(report, buf)
-    atomic_write(paths["plot"], buf.getvalue())
+    atomic_write(paths["plot"], buf.getvalue(), force=True)
     return paths
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _ratio(a: float, b: float) -> float | None:
