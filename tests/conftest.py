@@ -9,6 +9,7 @@ import torch
 
 from edgeprune import api
 
+REPO = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 # Small models run faster on one thread, and the suite stays steady when the 2 cores are shared.

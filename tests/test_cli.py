@@ -14,6 +14,8 @@ import torch
 from edgeprune.cli import main
 from edgeprune.model_io import load_model
 
+from .conftest import REPO
+
 DATA = ["--data", "fashion-mnist", "--limit", "2000"]
 REPORT_KEYS = {"schema", "target", "method", "sparsity", "dense", "pruned", "ratios", "accuracy_drop_pt"}
 SIDE_KEYS = {"latency_ms", "peak_rss_mb", "accuracy", "size_bytes", "params", "macs"}
@@ -28,7 +30,7 @@ def run(capsys, *argv):
 @pytest.fixture(scope="module")
 def fast_target(tmp_path_factory) -> Path:
     """host-cpu with fewer timed iterations: a user adds a device by adding a file."""
-    text = Path("targets/host-cpu.toml").read_text().replace("iterations = 200", "iterations = 30")
+    text = (REPO / "targets" / "host-cpu.toml").read_text().replace("iterations = 200", "iterations = 30")
     path = tmp_path_factory.mktemp("targets") / "host-cpu-fast.toml"
     path.write_text(text.replace("warmup = 20", "warmup = 5"))
     return path
