@@ -233,3 +233,13 @@ def test_console_script_prints_no_traceback(tmp_path):
     proc = subprocess.run([str(exe), "export", str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x.onnx")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: model file not found: {tmp_path / 'missing.pt'}"
+
+
+def test_profile_rejects_data_of_the_wrong_shape_and_corrupt_onnx(capsys, tmp_path, lenet300_ckpt):
+    assert main(["export", str(lenet300_ckpt), "-o", str(tmp_path / "d.onnx")]) == 0
+    capsys.readouterr()
+    bad(capsys, "profile", "--baseline", tmp_path / "d.onnx", tmp_path / "d.onnx", "--data", "digits",
+        match="expects ['batch', 1, 28, 28]")
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    bad(capsys, "profile", "--baseline", tmp_path / "junk.onnx", tmp_path / "d.onnx", "--data", "digits",
+        match="not a readable ONNX model")
