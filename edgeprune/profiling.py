@@ -11,14 +11,13 @@ high-water mark only ever goes up.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from edgeprune.backends import Engine, Session, get_backend
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
 from edgeprune.onnx_stats import ModelStats, model_stats, read_metadata
+from edgeprune.progress import progress_bar
 from edgeprune.report.render import format_bytes
 from edgeprune.report.schema import Agreement, BatchLatency, LatencyStats, ModelSide, Report
 from edgeprune.targets import Target
@@ -68,13 +68,8 @@ def profile_pair(
     work.mkdir(parents=True, exist_ok=True)
     run = target.run
 
-    with _progress(progress) as bar:
-        steps = 2 + len(run.batch_sizes) * run.iterations + 2 + 2 + 1
-        task = bar.add_task("building engines", total=steps)
-
-        def tick(n: int = 1, what: str | None = None) -> None:
-            bar.update(task, advance=n, **({"description": what} if what else {}))
-
+    steps = 2 + len(run.batch_sizes) * run.iterations + 2 + 2 + 1
+    with progress_bar("building engines", total=steps, enabled=progress) as tick:
         dense_engine = backend.build(dense_onnx, target, work / "engines" / "dense")
         pruned_engine = backend.build(pruned_onnx, target, work / "engines" / "pruned")
         tick(2, "opening sessions")
@@ -374,22 +369,3 @@ def _float_or_none(v: str | None) -> float | None:
         return None if v is None else float(v)
     except ValueError:
         return None
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=False,
-    )
-    with bar:
-        yield bar

@@ -13,13 +13,21 @@ console = Console(stderr=True)
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; draws a bar with elapsed and remaining time when enabled."""
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """Yield ``tick(n=1, description=None)``; draws a bar with elapsed and remaining time when enabled.
+
+    The bar is transient: when the work ends (or fails) it disappears, so an error message stays the
+    only line a failed command prints.
+    """
     if not enabled:
-        yield lambda n=1: None
+        yield lambda n=1, description=None: None
         return
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=True) as prog:
         task = prog.add_task(description, total=total)
-        yield lambda n=1: prog.advance(task, n)
+
+        def tick(n: int = 1, description: str | None = None) -> None:
+            prog.update(task, advance=n, **({"description": description} if description else {}))
+
+        yield tick
