@@ -129,3 +129,12 @@ def test_sparsity_report_counts_zeros_params_and_dense_macs():
     assert data["sparsity"] == pytest.approx(sparse.sparsity)
     assert data["layers"][0]["shape"] == [32, 64]
     assert 0 < data["layers"][0]["sparsity"] < 1
+
+
+def test_masked_weights_are_positive_zeros_so_files_compress_well():
+    model = mlp()
+    masks = select({n: m.weight.detach().abs() for n, m in prunable_layers(model).items()}, 0.8, "global")
+    apply_masks(model, masks)
+    for layer in prunable_layers(model).values():
+        zeros = layer.weight.detach()[layer.weight.detach() == 0]
+        assert zeros.numel() and not torch.signbit(zeros).any()   # no -0.0 anywhere
