@@ -61,7 +61,7 @@ from edgeprune.pruning import PruneSpec  # noqa: E402
 from edgeprune.pruning.structured import budget_count  # noqa: E402
 from edgeprune.report.schema import LatencyStats  # noqa: E402
 from edgeprune.targets import load_target  # noqa: E402
-from edgeprune.training import TrainConfig, evaluate  # noqa: E402
+from edgeprune.training import TrainConfig, evaluate, finetune_lr  # noqa: E402
 from edgeprune.training import train as train_loop  # noqa: E402
 
 DATA = "fashion-mnist"
@@ -96,7 +96,7 @@ class Settings:
     test_limit: int | None = None        # None: the full 10k test split
     batch_size: int = 128
     train_lr: float = 1e-3
-    finetune_lr: float = 5e-4            # api.compress's default
+    finetune_lr: float | None = None     # None: api.compress's default for the granularity
     finetune_epochs: float = 2.0
     resnet_epochs: float = 3.0
     resnet_widths: tuple[int, ...] = (32, 64, 128)
@@ -222,11 +222,16 @@ def export_variant(loaded: LoadedModel, out: Path, data: Data) -> Path:
     return res.path
 
 
-def finetune(model: nn.Module, s: Settings, data: Data, what: str) -> float:
-    """The fine-tune api.compress runs: edgeprune.training.train, Adam + cosine, lr 5e-4, seed."""
+def lr_for(s: Settings, granularity: str) -> float:
+    """The fine-tune learning rate every variant of one granularity shares (peers included)."""
+    return s.finetune_lr if s.finetune_lr is not None else finetune_lr(granularity)
+
+
+def finetune(model: nn.Module, s: Settings, data: Data, what: str, granularity: str) -> float:
+    """The fine-tune api.compress runs: edgeprune.training.train, Adam + cosine, same lr and seed."""
     log(f"{what}: fine-tuning {s.finetune_epochs:g} epochs ...")
     t = time.perf_counter()
-    train_loop(model, data.train, TrainConfig(epochs=s.finetune_epochs, lr=s.finetune_lr, batch_size=s.batch_size,
+    train_loop(model, data.train, TrainConfig(epochs=s.finetune_epochs, lr=lr_for(s, granularity), batch_size=s.batch_size,
                                               seed=s.seed), progress=_progress(), description=f"fine-tune {what}")
     return time.perf_counter() - t
 
@@ -397,12 +402,12 @@ def run_resnet8(s: Settings, data: Data, record: dict) -> list[Variant]:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             res = api.compress(dense_path, spec, out, data=data.options, finetune_epochs=s.finetune_epochs,
-                               lr=s.finetune_lr, batch_size=s.batch_size, force=True, progress=_progress())
+                               lr=lr_for(s, "channel"), batch_size=s.batch_size, force=True, progress=_progress())
         loaded = load_model(out)
         t = time.perf_counter()
         v = Variant(arch, name, f"edgeprune channel, scope {scope}", export_variant(loaded, work / f"{name}.onnx", data),
                     how=f"PruneSpec(magnitude, channel, budget=macs, sparsity={s.resnet_mac_sparsity}, "
-                        f"round_to={s.round_to}, scope={scope}) + {s.finetune_epochs:g} ep fine-tune lr {s.finetune_lr:g}",
+                        f"round_to={s.round_to}, scope={scope}) + {s.finetune_epochs:g} ep fine-tune lr {lr_for(s, 'channel'):g}",
                     widths=conv_widths(loaded.model), torch_macs=float(res.macs_after),
                     val_accuracy=res.finetuned_val_accuracy)
         v.seconds = {"compress": res.total_seconds, "prune": res.prune_seconds, "export": time.perf_counter() - t}
@@ -420,7 +425,7 @@ def run_resnet8(s: Settings, data: Data, record: dict) -> list[Variant]:
     model, ratio, macs = tp_uniform(dense_path, example, ref.torch_macs)
     bisect_s = time.perf_counter() - t
     pre_val = evaluate(model, data.val)
-    ft_s = finetune(model, s, data, "tp-uniform")
+    ft_s = finetune(model, s, data, "tp-uniform", "channel")
     val = evaluate(model, data.val)
     loaded = wrap(model, arch, kwargs, data.input_shape,
                   {"method": "torch-pruning-magnitude", "granularity": "channel", "sparsity": 1 - macs / base_macs})
@@ -428,7 +433,7 @@ def run_resnet8(s: Settings, data: Data, record: dict) -> list[Variant]:
     v = Variant(arch, "tp-uniform", "Torch-Pruning uniform", export_variant(loaded, work / "tp-uniform.onnx", data),
                 how=f"tp.pruner.MetaPruner(GroupMagnitudeImportance(p=2), global_pruning=False, "
                     f"pruning_ratio={ratio:.4f}, round_to=None, fc ignored) + {s.finetune_epochs:g} ep fine-tune "
-                    f"lr {s.finetune_lr:g}",
+                    f"lr {lr_for(s, 'channel'):g}",
                 widths=conv_widths(model), torch_macs=macs, val_accuracy=val)
     v.seconds = {"bisect": bisect_s, "finetune": ft_s, "export": time.perf_counter() - t}
     v.extra = {"pruning_ratio": ratio, "matched_to": ref.name, "val_accuracy_before_finetune": pre_val,
@@ -463,13 +468,13 @@ def run_lenet300(s: Settings, data: Data, record: dict) -> list[Variant]:
     log(f"{arch}: edgeprune: global magnitude {s.lenet_sparsity:.0%} + {s.finetune_epochs:g} epochs fine-tune ...")
     out = work / "edgeprune-global.pt"
     res = api.compress(dense_path, spec, out, data=data.options, finetune_epochs=s.finetune_epochs,
-                       lr=s.finetune_lr, batch_size=s.batch_size, force=True, progress=_progress())
+                       lr=lr_for(s, "weight"), batch_size=s.batch_size, force=True, progress=_progress())
     loaded = load_model(out)
     t = time.perf_counter()
     v = Variant(arch, "edgeprune-global", "edgeprune unstructured, global",
                 export_variant(loaded, work / "edgeprune-global.onnx", data),
                 how=f"PruneSpec(magnitude, weight, scope=global, sparsity={s.lenet_sparsity}) + "
-                    f"{s.finetune_epochs:g} ep fine-tune lr {s.finetune_lr:g} (masks re-applied each step)",
+                    f"{s.finetune_epochs:g} ep fine-tune lr {lr_for(s, 'weight'):g} (masks re-applied each step)",
                 widths=linear_widths(loaded.model), val_accuracy=res.finetuned_val_accuracy)
     v.seconds = {"compress": res.total_seconds, "prune": res.prune_seconds, "export": time.perf_counter() - t}
     v.extra = {"weight_sparsity": res.sparsity, "val_accuracy_before_finetune": res.pruned_val_accuracy}
@@ -487,7 +492,7 @@ def run_lenet300(s: Settings, data: Data, record: dict) -> list[Variant]:
     pre_val = evaluate(model, data.val)
     # The reparametrisation (weight = weight_orig * weight_mask, recomputed in a forward pre-hook)
     # keeps the pruned weights at zero through the fine-tune: torch's own way of enforcing masks.
-    ft_s = finetune(model, s, data, "torch-prune")
+    ft_s = finetune(model, s, data, "torch-prune", "weight")
     for m, name in params:
         torch_prune.remove(m, name)  # bake the masks in: hooks left in would export weight and mask
     assert not any(k.endswith(("_orig", "_mask")) for k in model.state_dict()), "prune.remove left hooks behind"
@@ -502,7 +507,7 @@ def run_lenet300(s: Settings, data: Data, record: dict) -> list[Variant]:
     v = Variant(arch, "torch-prune", "torch.nn.utils.prune global L1",
                 export_variant(loaded, work / "torch-prune.onnx", data),
                 how=f"prune.global_unstructured(L1Unstructured, amount={s.lenet_sparsity}) + {s.finetune_epochs:g} ep "
-                    f"fine-tune lr {s.finetune_lr:g} (masks via prune's reparametrisation), prune.remove before export",
+                    f"fine-tune lr {lr_for(s, 'weight'):g} (masks via prune's reparametrisation), prune.remove before export",
                 widths=linear_widths(model), val_accuracy=val)
     v.seconds = {"prune": prune_s, "finetune": ft_s, "export": time.perf_counter() - t}
     v.extra = {"weight_sparsity": zeros / total, "val_accuracy_before_finetune": pre_val,

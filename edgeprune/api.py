@@ -21,7 +21,7 @@ from .model_io import ArchRef, Checkpoint, LoadedModel, file_digest, load_model,
 from .pruning.masks import sparsity_report
 from .pruning.schedule import prune
 from .pruning.base import PruneSpec
-from .training import TrainConfig, evaluate, train as train_loop
+from .training import TrainConfig, evaluate, finetune_lr, train as train_loop
 
 DEFAULT_DATA = "fashion-mnist"
 PARITY_SAMPLES = 256
@@ -109,6 +109,7 @@ class CompressResult:
     finetuned_val_accuracy: float
     accuracy_drop_pt: float              # dense - fine-tuned, validation split
     finetune_epochs: float
+    finetune_lr: float
     params_before: int
     params_after: int                    # nonzero parameters
     macs_before: int
@@ -119,11 +120,15 @@ class CompressResult:
 
 
 def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions | None = None,
-             finetune_epochs: float = 2.0, lr: float = 5e-4, batch_size: int = 128, trust_pickle: bool = False,
+             finetune_epochs: float = 2.0, lr: float | None = None, batch_size: int = 128, trust_pickle: bool = False,
              input_shape: tuple[int, ...] | None = None, force: bool = False, progress: bool = True) -> CompressResult:
-    """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint."""
+    """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint.
+
+    ``lr`` defaults to ``training.finetune_lr(spec.granularity)``.
+    """
     t0 = time.perf_counter()
     spec.validate()
+    lr = finetune_lr(spec.granularity) if lr is None else lr
     out = _check_output(out, force)
     if finetune_epochs < 0:
         raise InputError("--finetune-epochs must be >= 0")
@@ -160,7 +165,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
     meta = {**{k: v for k, v in ckpt.meta.items() if k not in ("report",)},
             "method": spec.method, "sparsity": sparsity, "target_sparsity": spec.sparsity,
             "granularity": spec.granularity, "scope": spec.scope, "schedule": spec.schedule, "data": data.data,
-            "finetune_epochs": finetune_epochs, "source_path": str(Path(model_path).resolve()),
+            "finetune_epochs": finetune_epochs, "finetune_lr": lr, "source_path": str(Path(model_path).resolve()),
             "source_sha256": file_digest(Path(model_path)), "dense_val_accuracy": dense_val,
             "val_accuracy": ft_val, "spec": asdict(spec), "report": after.to_dict(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "edgeprune_version": __version__}
@@ -172,7 +177,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
         path=str(out), method=spec.method, granularity=spec.granularity, scope=spec.scope, schedule=spec.schedule,
         target_sparsity=spec.sparsity, sparsity=sparsity, dense_val_accuracy=dense_val,
         pruned_val_accuracy=pruned_acc[0] if pruned_acc else ft_val, finetuned_val_accuracy=ft_val,
-        accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs,
+        accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs, finetune_lr=lr,
         params_before=before.params_nonzero, params_after=after.params_nonzero, macs_before=before.macs,
         macs_after=after.macs, prune_seconds=result.seconds, total_seconds=time.perf_counter() - t0,
         layers=_layer_rows(before, after))

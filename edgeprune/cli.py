@@ -102,7 +102,8 @@ def compress(
     budget: str = typer.Option("params", "--budget", help="Channel pruning: --sparsity counts params or macs."),
     round_to: int = typer.Option(8, "--round-to", help="Channel pruning: keep widths multiples of this."),
     finetune_epochs: float = typer.Option(2.0, "--finetune-epochs", help="Fine-tune budget (epochs, in all)."),
-    lr: float = typer.Option(5e-4, "--lr", help="Fine-tune learning rate (Adam, cosine decay)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tune learning rate (Adam, cosine decay); "
+                                       "default 2e-3 for weight, 5e-4 for channel granularity."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, limit: Optional[int] = LimitOpt,
     seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt,
     force: bool = ForceOpt, as_json: bool = JsonOpt,
@@ -139,7 +140,7 @@ def compress(
     s.add_row("MACs", f"{r.macs_before:,}", f"{r.macs_after:,}", f"{r.macs_after / max(r.macs_before, 1):.3f}")
     out.print(s)
     out.print(f"sparsity {r.sparsity:.2%} of prunable weights (target {r.target_sparsity:.2%}); "
-              f"before fine-tuning val {r.pruned_val_accuracy:.2f} %; fine-tuned {r.finetune_epochs:g} epochs; "
+              f"before fine-tuning val {r.pruned_val_accuracy:.2f} %; fine-tuned {r.finetune_epochs:g} epochs at lr {r.finetune_lr:g}; "
               f"{r.total_seconds:.1f} s -> {r.path}")
 
 

@@ -33,6 +33,18 @@ class TrainConfig:
     cosine: bool = True
 
 
+# Fine-tune learning rates (Adam, cosine decay to zero), measured on Fashion-MNIST validation splits:
+# unstructured pruning leaves few weights that must move far (lenet300 at 90 %, 2 epochs: val 87.1 %
+# at 5e-4, 88.6 % at 2e-3); channel pruning keeps dense BatchNorm blocks that a gentle rate
+# preserves (resnet8 at 50 % MACs, 0.5 epoch: val 91.0 % at 5e-4, 90.8 % at 2e-3, 89.3 % at 5e-3).
+FINETUNE_LR = {"weight": 2e-3, "channel": 5e-4}
+
+
+def finetune_lr(granularity: str) -> float:
+    """Default fine-tune learning rate for a pruning granularity."""
+    return FINETUNE_LR.get(granularity, 1e-3)
+
+
 @dataclass
 class TrainLog:
     steps: int = 0

@@ -270,13 +270,29 @@ def prune_channels(
 
     cache: dict[tuple[int, ...], float] = {tuple(g.size for g in groups): 0.0}
 
-    def achieved(ratio: float) -> tuple[float, tuple[int, ...]]:
-        keep = planner.keep(ratio)
+    def measure(keep: tuple[int, ...]) -> float:
         if keep not in cache:
             trial = copy.deepcopy(model)
             _apply(trial, _build_graph(trial, example_input), planner.steps(keep))
             cache[keep] = 1.0 - budget_count(trial, example_input, budget) / base
-        return cache[keep], keep
+        return cache[keep]
+
+    def achieved(ratio: float) -> tuple[float, tuple[int, ...]]:
+        keep = planner.keep(ratio)
+        return measure(keep), keep
+
+    def top_up(value: float, keep: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
+        # Rounding widths overshoots the budget; give channels back, one rounding unit at a time, to
+        # the group cut hardest, for as long as the target still holds. Unused budget is accuracy lost.
+        step = max(round_to, 1)
+        while True:
+            for i in sorted(range(len(groups)), key=lambda i: (keep[i] / groups[i].size, i)):
+                grown = keep[:i] + (min(groups[i].size, keep[i] + step),) + keep[i + 1:]
+                if grown != keep and measure(grown) >= sparsity:
+                    value, keep = measure(grown), grown
+                    break
+            else:
+                return value, keep
 
     hi_value, hi_keep = achieved(1.0)
     if hi_value < sparsity - TOLERANCE:
@@ -297,6 +313,7 @@ def prune_channels(
                 hi, hi_value, hi_keep = mid, value, keep
             else:
                 lo, lo_value, lo_keep = mid, value, keep
+    hi_value, hi_keep = top_up(hi_value, hi_keep)
     value, keep = (lo_value, lo_keep) if sparsity - lo_value < hi_value - sparsity else (hi_value, hi_keep)
     plan = planner.steps(keep)
     _apply(model, graph, plan)
