@@ -105,7 +105,7 @@ class CompressResult:
     target_sparsity: float
     sparsity: float                      # achieved fraction of prunable weights removed
     dense_val_accuracy: float
-    pruned_val_accuracy: float           # before fine-tuning
+    pruned_val_accuracy: float           # at the target sparsity, before its fine-tune
     finetuned_val_accuracy: float
     accuracy_drop_pt: float              # dense - fine-tuned, validation split
     finetune_epochs: float
@@ -145,19 +145,16 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
     before = sparsity_report(model, example)
     dense_val = evaluate(model, val)
 
+    pruned_acc: list[float] = []   # validation accuracy after each prune step, before its fine-tune
+
     def finetune(m: torch.nn.Module, masks: dict[str, torch.Tensor] | None, share: float) -> None:
+        pruned_acc.append(evaluate(m, val))
         if finetune_epochs * share > 0:
             train_loop(m, tr, TrainConfig(epochs=finetune_epochs * share, lr=lr, batch_size=batch_size,
                                           seed=spec.seed), masks=masks, progress=progress, description="fine-tune")
 
     calib = [torch.from_numpy(tr.x[i:i + 256]) for i in range(0, min(len(tr), 2048), 256)]
-    pruned_acc: list[float] = []
-
-    def finetune_logged(m, masks, share):
-        pruned_acc.append(evaluate(m, val))
-        finetune(m, masks, share)
-
-    result = prune(model, spec, example, finetune=finetune_logged, batches=calib)
+    result = prune(model, spec, example, finetune=finetune, batches=calib)
     after = sparsity_report(model, example)
     # One definition for both granularities: prunable weights gone, whether zeroed or physically removed.
     sparsity = 1.0 - after.nonzero / max(before.total, 1)
@@ -176,7 +173,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
     return CompressResult(
         path=str(out), method=spec.method, granularity=spec.granularity, scope=spec.scope, schedule=spec.schedule,
         target_sparsity=spec.sparsity, sparsity=sparsity, dense_val_accuracy=dense_val,
-        pruned_val_accuracy=pruned_acc[0] if pruned_acc else ft_val, finetuned_val_accuracy=ft_val,
+        pruned_val_accuracy=pruned_acc[-1] if pruned_acc else ft_val, finetuned_val_accuracy=ft_val,
         accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs, finetune_lr=lr,
         params_before=before.params_nonzero, params_after=after.params_nonzero, macs_before=before.macs,
         macs_after=after.macs, prune_seconds=result.seconds, total_seconds=time.perf_counter() - t0,
@@ -236,14 +233,18 @@ def profile(baseline_onnx: Path, pruned_onnx: Path, target: str, *, data: DataOp
         if not Path(p).is_file():
             raise InputError(f"ONNX file not found: {p}")
     te = (data or DataOptions()).test()
-    work = _prepare_dir(out_dir, force) if out_dir else Path(tempfile.mkdtemp(prefix="edgeprune-"))
-    report = profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
-                          method=method, sparsity=sparsity, progress=progress)
     if out_dir:
+        work = _prepare_dir(out_dir, force)
+        report = profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
+                              method=method, sparsity=sparsity, progress=progress)
         write_report(report, work)
-    else:
+        return report
+    work = Path(tempfile.mkdtemp(prefix="edgeprune-"))   # engines are built somewhere, then thrown away
+    try:
+        return profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
+                            method=method, sparsity=sparsity, progress=progress)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
-    return report
 
 
 def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path | None = None,
