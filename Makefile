@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 DEMO    := runs/demo
 
-.PHONY: install data calibration demo test bench clean
+.PHONY: install data calibration demo test bench bench-seeds clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ test: install data
 
 bench: install data
 	$(BIN)/python benchmarks/bench_e2e.py --out benchmarks/results
+
+# The seed spread of bench's resnet8 accuracy comparison (reads seed 0 from bench's results).
+bench-seeds: install data
+	$(BIN)/python benchmarks/bench_seeds.py --seeds 1 2
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
