@@ -112,10 +112,6 @@ class Target:
     ssh: str | None = None
     path: Path | None = None
 
-    @property
-    def max_opset(self) -> int | None:
-        return self.stack.get("max_opset")
-
 
 def default_targets_dir() -> Path:
     env = os.environ.get("EDGEPRUNE_TARGETS")
@@ -151,21 +147,13 @@ def target_status(target: Target) -> str:
     from edgeprune.backends import get_backend
 
     try:
-        get_backend(target.backend)
+        backend = get_backend(target.backend)
     except UnknownNameError:
         return f"unavailable: no '{target.backend}' backend in this installation"
     if target.ssh:
         return f"remote ({target.ssh})"
-    if target.backend == "onnxruntime":
-        import onnxruntime as ort
-
-        missing = [p for p in target.build.execution_providers if p not in ort.get_available_providers()]
-        if missing:
-            return f"unavailable: {missing[0]} not in this onnxruntime build"
-        wanted = target.stack.get("onnxruntime")
-        if wanted and not version_in_range(ort.__version__, wanted):
-            return f"unavailable: onnxruntime {ort.__version__} outside '{wanted}'"
-    return "ready"
+    problems = backend.host_problems(target)
+    return f"unavailable: {problems[0]}" if problems else "ready"
 
 
 def build_policy_from_dict(data: dict[str, Any], source: str = "build policy") -> BuildPolicy:

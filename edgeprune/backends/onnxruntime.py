@@ -96,11 +96,13 @@ class OnnxRuntimeBackend:
             problems.append(f"opset {opset} is above the target's max_opset {max_opset}; re-export with opset <= {max_opset}")
         if target.build.precision != "fp32":
             problems.append(f"precision '{target.build.precision}' is not implemented by the onnxruntime backend (use fp32)")
-        wanted = target.stack.get("onnxruntime")
         # A remote target's stack is checked on the device; only a local one is this process's.
-        if wanted and target.ssh is None and not version_in_range(ort.__version__, wanted):
-            problems.append(f"installed onnxruntime {ort.__version__} is outside the target's range '{wanted}'")
+        if target.ssh is None:
+            problems += _version_problems(target)
         return problems
+
+    def host_problems(self, target: Target) -> list[str]:
+        return _missing_providers(target.build) + _version_problems(target)
 
     def build(self, onnx_path: Path, target: Target, out_dir: Path) -> Engine:
         src = Path(onnx_path)
@@ -149,13 +151,9 @@ class OnnxRuntimeBackend:
 
     def _create(self, path: Path, so: ort.SessionOptions, build: BuildPolicy) -> ort.InferenceSession:
         asked = list(build.execution_providers)
-        available = ort.get_available_providers()
-        missing = [p for p in asked if p not in available]
+        missing = _missing_providers(build)
         if missing:
-            raise InputError(
-                f"execution provider '{missing[0]}' is not available in this onnxruntime build "
-                f"(available: {', '.join(available)})"
-            )
+            raise InputError(missing[0])
         try:
             sess = ort.InferenceSession(str(path), sess_options=so, providers=asked)
         except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
@@ -167,6 +165,19 @@ class OnnxRuntimeBackend:
                 f"execution provider '{lost[0]}' was asked for but the session runs on {', '.join(got)}"
             )
         return sess
+
+
+def _version_problems(target: Target) -> list[str]:
+    wanted = target.stack.get("onnxruntime")
+    if wanted and not version_in_range(ort.__version__, wanted):
+        return [f"installed onnxruntime {ort.__version__} is outside the target's range '{wanted}'"]
+    return []
+
+
+def _missing_providers(build: BuildPolicy) -> list[str]:
+    available = ort.get_available_providers()
+    return [f"execution provider '{p}' is not available in this onnxruntime build (available: {', '.join(available)})"
+            for p in build.execution_providers if p not in available]
 
 
 def session_options(build: BuildPolicy) -> ort.SessionOptions:
