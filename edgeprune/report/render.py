@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from edgeprune.report.schema import Report
+from edgeprune.report.schema import Report, ratio
 
 
 def to_markdown(report: Report) -> str:
@@ -71,7 +71,7 @@ def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
     rows = [
         (f"latency p50, batch {r.latency_batch} (ms)", _ms(d.latency_ms.p50), _ms(p.latency_ms.p50), _x(q.latency_p50)),
         (f"latency p99, batch {r.latency_batch} (ms)", _ms(d.latency_ms.p99), _ms(p.latency_ms.p99),
-         _x(_div(p.latency_ms.p99, d.latency_ms.p99))),
+         _x(ratio(p.latency_ms.p99, d.latency_ms.p99))),
         ("top-1 accuracy (%)", _acc(d.accuracy), _acc(p.accuracy), _drop(r.accuracy_drop_pt)),
     ]
     if r.agreement is not None:
@@ -94,7 +94,7 @@ def latency_rows(report: Report) -> list[tuple[str, ...]]:
         bl = report.latency[b]
         for stat in ("p50", "p90", "p99"):
             a, a2, bb = getattr(bl.dense, stat), getattr(bl.control, stat), getattr(bl.pruned, stat)
-            rows.append((str(b), stat, _ms(a), _ms(a2), _ms(bb), _x(_div(bb, a)), _x(_div(a2, a))))
+            rows.append((str(b), stat, _ms(a), _ms(a2), _ms(bb), _x(ratio(bb, a)), _x(ratio(a2, a))))
     return rows
 
 
@@ -134,10 +134,6 @@ def _run_line(r: Report) -> str:
     if run.get("accuracy_samples"):
         text += f"; accuracy on {run['accuracy_samples']} samples"
     return text
-
-
-def _div(a: float, b: float) -> float | None:
-    return a / b if b else None
 
 
 def _ms(v: float) -> str:

@@ -89,11 +89,11 @@ class BatchLatency:
 
     @property
     def ratio_p50(self) -> float | None:
-        return _ratio(self.pruned.p50, self.dense.p50)
+        return ratio(self.pruned.p50, self.dense.p50)
 
     @property
     def aa_ratio_p50(self) -> float | None:
-        return _ratio(self.control.p50, self.dense.p50)
+        return ratio(self.control.p50, self.dense.p50)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,8 +102,8 @@ class BatchLatency:
             "control": self.control.to_dict(),
             "pruned": self.pruned.to_dict(),
             "ratio_p50": self.ratio_p50,
-            "ratio_p90": _ratio(self.pruned.p90, self.dense.p90),
-            "ratio_p99": _ratio(self.pruned.p99, self.dense.p99),
+            "ratio_p90": ratio(self.pruned.p90, self.dense.p90),
+            "ratio_p99": ratio(self.pruned.p99, self.dense.p99),
             "aa_ratio_p50": self.aa_ratio_p50,
             "dense_samples_per_s": _per_s(self.batch, self.dense.p50),
             "pruned_samples_per_s": _per_s(self.batch, self.pruned.p50),
@@ -241,13 +241,13 @@ class Report:
     def ratios(self) -> Ratios:
         d, p = self.dense, self.pruned
         return Ratios(
-            latency_p50=_ratio(p.latency_ms.p50, d.latency_ms.p50),
-            macs=_ratio(p.macs, d.macs),
-            params=_ratio(p.params, d.params),
-            size=_ratio(p.size_bytes, d.size_bytes),
-            size_xz=_ratio(p.size_xz_bytes, d.size_xz_bytes),
-            peak_rss=_ratio(p.peak_rss_mb, d.peak_rss_mb),
-            model_rss=_ratio(p.model_rss_mb, d.model_rss_mb),
+            latency_p50=ratio(p.latency_ms.p50, d.latency_ms.p50),
+            macs=ratio(p.macs, d.macs),
+            params=ratio(p.params, d.params),
+            size=ratio(p.size_bytes, d.size_bytes),
+            size_xz=ratio(p.size_xz_bytes, d.size_xz_bytes),
+            peak_rss=ratio(p.peak_rss_mb, d.peak_rss_mb),
+            model_rss=ratio(p.model_rss_mb, d.model_rss_mb),
         )
 
     @property
@@ -347,7 +347,8 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def _ratio(a: float, b: float) -> float | None:
+def ratio(a: float, b: float) -> float | None:
+    """a / b, or None where b is zero."""
     # A zero denominator (e.g. MACs of a graph shape inference could not follow) has no ratio,
     # and NaN/inf are not JSON: None ("n/a") it is.
     if not b:
