@@ -7,7 +7,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from .pruning.masks import sparsity_report
 from .pruning.schedule import prune
 from .pruning.base import PruneSpec
 from .training import TrainConfig, evaluate, finetune_lr, train as train_loop
+
+if TYPE_CHECKING:
+    from .targets import Target
 
 DEFAULT_DATA = "fashion-mnist"
 PARITY_SAMPLES = 256
@@ -199,15 +202,15 @@ def export(model_path: Path, out: Path, *, opset: int = DEFAULT_OPSET, data: Dat
     loaded = load_model(model_path, trust_pickle=trust_pickle, input_shape=input_shape)
     x = None
     if check:
-        x = _parity_inputs(loaded, data)
+        data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
+        x = _parity_inputs(loaded, DataOptions(data.data, data.data_dir, test_limit=PARITY_SAMPLES).test())
     return export_onnx(loaded, Path(out), opset=opset, check_inputs=x, force=force)
 
 
-def _parity_inputs(loaded: LoadedModel, data: DataOptions | None) -> np.ndarray:
-    data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
-    te = DataOptions(data.data, data.data_dir, test_limit=PARITY_SAMPLES).test()
-    _check_fits(loaded, te)
-    return te.x
+def _parity_inputs(loaded: LoadedModel, test: ArrayDataset) -> np.ndarray:
+    """PARITY_SAMPLES real test images the model accepts."""
+    _check_fits(loaded, test)
+    return test.head(PARITY_SAMPLES).x
 
 
 # ---------------------------------------------------------------- deploy / profile
@@ -224,15 +227,21 @@ def profile(baseline_onnx: Path, pruned_onnx: Path, target: str, *, data: DataOp
             out_dir: Path | None = None, method: str | None = None, sparsity: float | None = None,
             force: bool = False, progress: bool = True):
     """Measure dense and pruned ONNX models side by side on ``target``; returns a Report."""
-    from .profiling import profile_pair
-    from .report.schema import write_report
     from .targets import load_target
 
     tgt = load_target(target)
     for p in (baseline_onnx, pruned_onnx):
         if not Path(p).is_file():
             raise InputError(f"ONNX file not found: {p}")
-    te = (data or DataOptions()).test()
+    return _profile(Path(baseline_onnx), Path(pruned_onnx), tgt, (data or DataOptions()).test(), out_dir,
+                    method=method, sparsity=sparsity, force=force, progress=progress)
+
+
+def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDataset, out_dir: Path | None, *,
+             method: str | None, sparsity: float | None, force: bool, progress: bool):
+    from .profiling import profile_pair
+    from .report.schema import write_report
+
     if out_dir:
         work = _prepare_dir(out_dir, force)
         report = profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
@@ -264,12 +273,13 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         baseline_path = Path(src)
     dense = load_model(baseline_path, trust_pickle=trust_pickle, input_shape=pruned.checkpoint.input_shape)
     data = data or DataOptions(data=str(pruned.checkpoint.meta.get("data", DEFAULT_DATA)))
+    te = data.test()   # read once: parity inputs for both exports, then the accuracy measurement
     out_dir = _prepare_dir(out_dir, force)
     exports = {}
     for name, loaded in (("dense", dense), ("pruned", pruned)):
         exports[name] = export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset,
-                                    check_inputs=_parity_inputs(loaded, data), force=True)
+                                    check_inputs=_parity_inputs(loaded, te), force=True)
     meta = pruned.checkpoint.meta
-    return profile(exports["dense"].path, exports["pruned"].path, target, data=data, out_dir=out_dir,
-                   method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
-                   force=True, progress=progress)
+    return _profile(exports["dense"].path, exports["pruned"].path, tgt, te, out_dir,
+                    method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
+                    force=True, progress=progress)
