@@ -117,7 +117,7 @@ class CompressResult:
     params_after: int                    # nonzero parameters
     macs_before: int
     macs_after: int
-    prune_seconds: float
+    prune_seconds: float                 # pruning alone, fine-tuning excluded
     total_seconds: float
     layers: list[dict] = field(default_factory=list)
 

@@ -21,12 +21,13 @@ from edgeprune.pruning.structured import TOLERANCE, budget_count, prune_channels
 
 @dataclass
 class PruneStep:
-    """One prune (+ fine-tune) step: the sparsity asked for, the one reached, and its wall time."""
+    """One prune (+ fine-tune) step: the sparsity asked for, the one reached, and wall times."""
 
     step: int
     sparsity: float
     achieved: float
-    seconds: float
+    seconds: float                # pruning alone (scoring, selection, surgery)
+    finetune_seconds: float = 0.0
 
 
 @dataclass
@@ -36,7 +37,7 @@ class PruneResult:
     masks: dict[str, torch.Tensor] | None
     plan: list[dict] = field(default_factory=list)
     steps: list[PruneStep] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0          # pruning alone, summed over steps; fine-tuning is in steps[i].finetune_seconds
 
 
 # (model, masks or None, share of the fine-tune budget in (0, 1]) -> trains `model` in place.
@@ -77,7 +78,6 @@ def prune(
     method = get_method(spec.method, seed=spec.seed)
     steps = targets(spec)
     share = 1.0 / len(steps)
-    started = time.perf_counter()
     result = PruneResult(masks=None)
     base = budget_count(model, example_input, spec.budget) if spec.granularity == "channel" else 0.0
 
@@ -102,11 +102,12 @@ def prune(
                 result.plan.extend(prune_channels(
                     model, example_input, scores, remaining, spec.scope, spec.budget, spec.round_to))
             achieved = 1.0 - budget_count(model, example_input, spec.budget) / base if base else 0.0
+        pruned_at = time.perf_counter()
         if finetune is not None:
             finetune(model, result.masks, share)
-        result.steps.append(PruneStep(t, target, achieved, time.perf_counter() - step_start))
+        result.steps.append(PruneStep(t, target, achieved, pruned_at - step_start, time.perf_counter() - pruned_at))
 
-    result.seconds = time.perf_counter() - started
+    result.seconds = sum(step.seconds for step in result.steps)
     final = result.steps[-1].achieved
     if abs(final - spec.sparsity) > TOLERANCE:
         warnings.warn(
