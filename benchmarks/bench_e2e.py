@@ -52,6 +52,7 @@ from torch.nn.utils import prune as torch_prune  # noqa: E402
 import edgeprune  # noqa: E402
 from edgeprune import api  # noqa: E402
 from edgeprune.backends import get_backend  # noqa: E402
+from edgeprune.backends.base import tile_rows  # noqa: E402
 from edgeprune.data import load_dataset, train_val_split  # noqa: E402
 from edgeprune.export import export as export_onnx  # noqa: E402
 from edgeprune.model_io import ArchRef, Checkpoint, LoadedModel, load_model  # noqa: E402
@@ -236,11 +237,6 @@ def finetune(model: nn.Module, s: Settings, data: Data, what: str, granularity: 
     return time.perf_counter() - t
 
 
-def rows(x: np.ndarray, n: int) -> np.ndarray:
-    reps = -(-n // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:n] if reps > 1 else x[:n])
-
-
 def signed_zero_stats(onnx_path: Path) -> dict[str, int]:
     """How many float weights are -0.0, and the xz size the file would have with every zero +0.0.
 
@@ -314,7 +310,7 @@ def measure(arch: str, variants: list[Variant], data: Data, s: Settings) -> dict
                                 "threads": target.build.threads, "load_average_before": load_before}
     for bs in BATCHES:
         log(f"{arch}: latency at batch {bs}, {len(sessions)} sessions interleaved ...")
-        times = time_interleaved(sessions, rows(x, bs), s.warmup, s.iterations, s.min_seconds)
+        times = time_interleaved(sessions, tile_rows(x, bs), s.warmup, s.iterations, s.min_seconds)
         run_info["rounds"][str(bs)] = int(len(times[0]))
         stats = [LatencyStats.from_ns(t, target.run.percentiles) for t in times]
         for v, st in zip(order, stats):

@@ -56,7 +56,7 @@ def _peak_kb() -> int:
 def probe(model: Path, *, threads: int, batch: int, input_npy: Path | None, build_json: str | None, runs: int) -> dict:
     import numpy as np
 
-    from edgeprune.backends.base import Engine
+    from edgeprune.backends.base import Engine, tile_rows
     from edgeprune.backends.onnxruntime import OnnxRuntimeBackend
     from edgeprune.targets import BuildPolicy, Target, build_policy_from_dict
 
@@ -74,8 +74,7 @@ def probe(model: Path, *, threads: int, batch: int, input_npy: Path | None, buil
         shape = [batch if i == 0 or not isinstance(d, int) else d for i, d in enumerate(session.input_shape)]
         x = np.zeros(shape, dtype=session.input_dtype)
     else:
-        reps = -(-batch // len(x))
-        x = np.ascontiguousarray(np.concatenate([x] * reps)[:batch]) if reps > 1 else np.ascontiguousarray(x[:batch])
+        x = tile_rows(x, batch)
     for _ in range(runs):
         session.run(x)
     peak = _peak_kb()

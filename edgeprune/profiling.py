@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.backends import Engine, Session, get_backend
+from edgeprune.backends.base import tile_rows
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
 from edgeprune.onnx_stats import ModelStats, model_stats, read_metadata
@@ -82,7 +83,7 @@ def profile_pair(
         rounds: dict[str, int] = {}
         for bs in batch_sizes:
             tick(0, f"latency, batch {bs}")
-            times = time_interleaved([a, a2, b], _rows(x, bs), run.warmup, run.iterations, run.min_seconds, tick)
+            times = time_interleaved([a, a2, b], tile_rows(x, bs), run.warmup, run.iterations, run.min_seconds, tick)
             stats = [LatencyStats.from_ns(t, run.percentiles) for t in times]
             latency[bs] = BatchLatency(batch=bs, dense=stats[0], control=stats[1], pruned=stats[2])
             rounds[str(bs)] = len(times[0])
@@ -262,7 +263,7 @@ def predict(session: Session, x: np.ndarray, batch: int) -> np.ndarray:
         chunk = x[start : start + batch]
         n = len(chunk)
         if n < batch and _static_batch(session):
-            chunk = _rows(chunk, batch)
+            chunk = tile_rows(chunk, batch)
         outs.append(np.asarray(session.run(np.ascontiguousarray(chunk)))[:n])
     return np.concatenate(outs)
 
@@ -340,14 +341,6 @@ def _static_batch(session: Session) -> int | None:
     if shape and isinstance(shape[0], int) and shape[0] > 0:
         return int(shape[0])
     return None
-
-
-def _rows(x: np.ndarray, n: int) -> np.ndarray:
-    """n rows of real data: the first n, tiled when x has fewer."""
-    if len(x) >= n:
-        return np.ascontiguousarray(x[:n])
-    reps = -(-n // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:n])
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:

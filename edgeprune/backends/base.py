@@ -43,6 +43,14 @@ class Session(Protocol):
         ...
 
 
+
+def tile_rows(x: np.ndarray, n: int) -> np.ndarray:
+    """n rows of real data for a session's batch: the first n, tiled when x has fewer."""
+    if len(x) >= n:
+        return np.ascontiguousarray(x[:n])
+    reps = -(-n // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:n])
+
 @runtime_checkable
 class Backend(Protocol):
     name: str
