@@ -120,6 +120,7 @@ class CompressResult:
     prune_seconds: float                 # pruning alone, fine-tuning excluded
     total_seconds: float
     layers: list[dict] = field(default_factory=list)
+    details: dict = field(default_factory=dict)   # the method's own report (Method.details)
 
 
 def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions | None = None,
@@ -167,7 +168,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
             "granularity": spec.granularity, "scope": spec.scope, "schedule": spec.schedule, "data": data.data,
             "finetune_epochs": finetune_epochs, "finetune_lr": lr, "source_path": str(Path(model_path).resolve()),
             "source_sha256": file_digest(Path(model_path)), "dense_val_accuracy": dense_val,
-            "val_accuracy": ft_val, "spec": asdict(spec), "report": after.to_dict(),
+            "val_accuracy": ft_val, "spec": asdict(spec), "report": after.to_dict(), "details": result.details,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "edgeprune_version": __version__}
     new = Checkpoint(kind=ckpt.kind, input_shape=ckpt.input_shape, arch=ckpt.arch, program=ckpt.program,
                      plan=list(ckpt.plan) + list(result.plan), masks=result.masks,
@@ -180,7 +181,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
         accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs, finetune_lr=lr,
         params_before=before.params_nonzero, params_after=after.params_nonzero, macs_before=before.macs,
         macs_after=after.macs, prune_seconds=result.seconds, total_seconds=time.perf_counter() - t0,
-        layers=_layer_rows(before, after))
+        layers=_layer_rows(before, after), details=result.details)
 
 
 def _layer_rows(before, after) -> list[dict]:

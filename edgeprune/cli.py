@@ -67,6 +67,11 @@ def _sparsity(value: str) -> float:
     return s
 
 
+def _method_options(**given) -> dict:
+    """The method-specific options the user set; each method says which it takes (PruneSpec.options)."""
+    return {k: v for k, v in given.items() if v is not None}
+
+
 @app.command()
 def train(
     arch: str = typer.Option("zoo:lenet300", "--arch", help="zoo:NAME or package.module:factory."),
@@ -105,6 +110,10 @@ def compress(
     lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tune learning rate (Adam, cosine decay); "
                                        "default 2e-3 for weight, 5e-4 for channel granularity."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, limit: Optional[int] = LimitOpt,
+    score: Optional[str] = typer.Option(None, "--score", help="activation: neuron or neuron_wts."),
+    count: Optional[str] = typer.Option(None, "--count", help="activation: active (the paper) or inactive (the authors' later code)."),
+    attenuation: Optional[float] = typer.Option(None, "--attenuation", help="spectral: attenuation a in [0, 1]."),
+    width: Optional[float] = typer.Option(None, "--width", help="spectral: Gaussian width around the spectral peak."),
     seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt,
     force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
@@ -115,7 +124,8 @@ def compress(
     from .pruning.base import PruneSpec
 
     spec = PruneSpec(method=method, sparsity=_sparsity(sparsity), granularity=granularity, scope=scope,
-                     schedule=schedule, steps=steps, budget=budget, round_to=round_to, seed=seed)
+                     schedule=schedule, steps=steps, budget=budget, round_to=round_to, seed=seed,
+                     options=_method_options(score=score, count=count, attenuation=attenuation, width=width))
     r = api.compress(model, spec, output, data=_data(data, data_dir, limit), finetune_epochs=finetune_epochs,
                      lr=lr, trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force,
                      progress=not as_json)

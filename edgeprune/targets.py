@@ -25,6 +25,9 @@ BACKENDS = ("onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "layout", "all")
 MODEL_FORMATS = ("onnx", "ort")
+SPARSITY_MODES = ("none", "2:4")           # TensorRT SPARSE_WEIGHTS needs 2:4 weights (Ampere+)
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
+ORT_TARGET_PLATFORMS = ("", "amd64", "arm")  # "" = this host
 
 _TOP_KEYS = {"description", "backend", "ssh", "stack", "hardware", "build", "run"}
 
@@ -75,6 +78,18 @@ class BuildPolicy:
     spinning: bool = False
     cpu_mem_arena: bool = True
     model_format: str = "onnx"
+    # ONNX Runtime: which CPU the optimised/.ort model is for; "arm" keeps x86-only layouts out.
+    ort_target_platform: str = ""
+    # INT8: calibration method (ORT names; TensorRT <= 10 uses its entropy calibrator for
+    # "entropy") and the default calibration set (repo-relative .npz) when none is given.
+    calibration_method: str = "minmax"
+    calibration: str = ""
+    # TensorRT
+    sparsity: str = "none"          # "2:4": set SPARSE_WEIGHTS so TensorRT may pick sparse kernels
+    dla_core: int = -1              # -1 = GPU only; >= 0 = that DLA core
+    gpu_fallback: bool = True       # with a DLA core: layers DLA cannot run go to the GPU
+    workspace_mb: int = 1024        # memory pool limit for tactics (MiB)
+    timing_cache: bool = True       # reuse tactic timings across builds on the same device
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -223,7 +238,28 @@ def _parse_build(table: dict, src: str) -> BuildPolicy:
         spinning=_get(table, "spinning", bool, src, "build", default=d.spinning),
         cpu_mem_arena=_get(table, "cpu_mem_arena", bool, src, "build", default=d.cpu_mem_arena),
         model_format=model_format,
+        ort_target_platform=_choice_key(table, "ort_target_platform", ORT_TARGET_PLATFORMS, src, d),
+        calibration_method=_choice_key(table, "calibration_method", CALIBRATION_METHODS, src, d),
+        calibration=_get(table, "calibration", str, src, "build", default=d.calibration),
+        sparsity=_choice_key(table, "sparsity", SPARSITY_MODES, src, d),
+        dla_core=_min_int(table, "dla_core", -1, src, d),
+        gpu_fallback=_get(table, "gpu_fallback", bool, src, "build", default=d.gpu_fallback),
+        workspace_mb=_min_int(table, "workspace_mb", 1, src, d),
+        timing_cache=_get(table, "timing_cache", bool, src, "build", default=d.timing_cache),
     )
+
+
+def _choice_key(table: dict, key: str, choices: tuple[str, ...], src: str, d: BuildPolicy) -> str:
+    value = _get(table, key, str, src, "build", default=getattr(d, key))
+    _choice(value, choices, src, f"build.{key}")
+    return value
+
+
+def _min_int(table: dict, key: str, lowest: int, src: str, d: BuildPolicy) -> int:
+    value = _get(table, key, int, src, "build", default=getattr(d, key))
+    if value < lowest:
+        raise InputError(f"{src}: build.{key} must be >= {lowest}, got {value}")
+    return value
 
 
 def _parse_run(table: dict, src: str) -> RunPolicy:

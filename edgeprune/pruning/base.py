@@ -8,9 +8,10 @@ shared, so adding a method is one file in this package that decorates its class 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
 import torch
@@ -37,6 +38,9 @@ class PruneSpec:
     budget: str = "params"
     round_to: int = 8
     seed: int = 0
+    # Method-specific options (e.g. spectral's attenuation), passed to the method's constructor;
+    # a name the method does not take is an InputError.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise InputError / UnknownNameError for values a user got wrong."""
@@ -60,6 +64,7 @@ class PruneSpec:
             raise InputError(f"round_to must be an integer >= 1 (1 = off), got {self.round_to!r}")
         if not _is_int(self.seed):
             raise InputError(f"seed must be an integer, got {self.seed!r}")
+        get_method(self.method, seed=self.seed, **self.options)  # rejects unknown or bad options
 
 
 def _is_int(value: Any) -> bool:
@@ -81,7 +86,12 @@ class Method(ABC):
     name: ClassVar[str]
 
     def __init__(self, seed: int = 0) -> None:
+        # Methods with options take them as keyword arguments after `seed` (with defaults) and
+        # raise InputError for bad values; `get_method` turns unknown names into InputError.
         self.seed = seed
+        # What the method measured that a user should see (e.g. spectral flatness before/after,
+        # neurons removed); JSON-able. `prune` returns it and `compress` reports and saves it.
+        self.details: dict[str, Any] = {}
 
     def collect(self, model: nn.Module, batches: Iterable[torch.Tensor] | None) -> Any:
         """Gather what `score` needs (activations, spectra, ...). Weight-only methods need nothing."""
@@ -127,10 +137,18 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_method(name: str, seed: int = 0) -> Method:
-    """A fresh instance of the method registered as `name`; `seed` drives any randomness it has."""
+def get_method(name: str, seed: int = 0, **options: Any) -> Method:
+    """A fresh instance of the method registered as `name`; `seed` drives any randomness it has,
+    `options` are the method's own settings (InputError for a name it does not take)."""
     _discover()
     cls = _REGISTRY.get(name)
     if cls is None:
         raise UnknownNameError(f"unknown method {name!r} (available: {', '.join(available_methods())})")
-    return cls(seed=seed)
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key in options:
+        if key == "seed" or (key not in params and not takes_any):
+            known = [k for k in params if k not in ("self", "seed")]
+            raise InputError(f"method {name!r} has no option {key!r}"
+                             + (f" (its options: {', '.join(known)})" if known else " (it takes no options)"))
+    return cls(seed=seed, **options)

@@ -38,6 +38,7 @@ class PruneResult:
     plan: list[dict] = field(default_factory=list)
     steps: list[PruneStep] = field(default_factory=list)
     seconds: float = 0.0          # pruning alone, summed over steps; fine-tuning is in steps[i].finetune_seconds
+    details: dict = field(default_factory=dict)  # the method's own report (Method.details)
 
 
 # (model, masks or None, share of the fine-tune budget in (0, 1]) -> trains `model` in place.
@@ -75,7 +76,7 @@ def prune(
     the target, which coarse round_to steps can cause, draws a warning; PruneStep.achieved has it.
     """
     spec.validate()
-    method = get_method(spec.method, seed=spec.seed)
+    method = get_method(spec.method, seed=spec.seed, **spec.options)
     steps = targets(spec)
     share = 1.0 / len(steps)
     result = PruneResult(masks=None)
@@ -108,6 +109,7 @@ def prune(
         result.steps.append(PruneStep(t, target, achieved, pruned_at - step_start, time.perf_counter() - pruned_at))
 
     result.seconds = sum(step.seconds for step in result.steps)
+    result.details = method.details
     final = result.steps[-1].achieved
     if abs(final - spec.sparsity) > TOLERANCE:
         warnings.warn(
