@@ -259,12 +259,18 @@ def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDatas
 
 def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path | None = None,
            data: DataOptions | None = None, opset: int = DEFAULT_OPSET, trust_pickle: bool = False,
-           force: bool = False, progress: bool = True):
-    """Export dense and pruned models, build engines for ``target``, profile both, write the run directory."""
+           force: bool = False, progress: bool = True, precision: str | None = None,
+           calibration: str | None = None):
+    """Export dense and pruned models, build engines for ``target``, profile both, write the run directory.
+
+    ``precision`` and ``calibration`` (an .npz) override the target's build policy. For a TensorRT
+    target the result is a ``TrtDeployResult``: the engine plans, trtexec commands and calibration
+    inputs for the device, and the engines built and timed here when TensorRT is installed.
+    """
     from .targets import load_target
 
-    tgt = load_target(target)
-    if tgt.backend != "onnxruntime":
+    tgt = _override_build(load_target(target), precision, calibration)
+    if tgt.backend not in ("onnxruntime", "tensorrt"):
         raise InputError(f"target {tgt.name} uses backend '{tgt.backend}', which this version cannot build yet")
     pruned = load_model(pruned_path, trust_pickle=trust_pickle)
     if baseline_path is None:
@@ -280,7 +286,29 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     for name, loaded in (("dense", dense), ("pruned", pruned)):
         exports[name] = export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset,
                                     check_inputs=_parity_inputs(loaded, te), force=True)
+    if tgt.backend == "tensorrt":
+        from .backends.trt_deploy import prepare_tensorrt
+
+        return prepare_tensorrt({k: e.path for k, e in exports.items()}, tgt, out_dir, calibration=calibration, test=te)
     meta = pruned.checkpoint.meta
     return _profile(exports["dense"].path, exports["pruned"].path, tgt, te, out_dir,
                     method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
                     force=True, progress=progress)
+
+
+def _override_build(tgt: Target, precision: str | None, calibration: str | None) -> Target:
+    """``--precision`` / ``--calibration`` replace the target's build policy values."""
+    from dataclasses import replace
+
+    from .targets import PRECISIONS
+
+    changes: dict[str, str] = {}
+    if precision is not None:
+        if precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+        changes["precision"] = precision
+    if calibration is not None:
+        if not Path(calibration).is_file():
+            raise InputError(f"calibration file not found: {calibration}")
+        changes["calibration"] = str(calibration)
+    return replace(tgt, build=replace(tgt.build, **changes)) if changes else tgt

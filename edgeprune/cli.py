@@ -199,14 +199,31 @@ def deploy(
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
     opset: int = typer.Option(17, "--opset"), trust_pickle: bool = PickleOpt, force: bool = ForceOpt,
     as_json: bool = JsonOpt,
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the target's)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="INT8 calibration images (.npz with x, y)."),
 ) -> None:
     """Export, build and profile dense and pruned models on a target; write the run directory.
 
     Example: edgeprune deploy pruned.pt --target host-cpu --baseline model.pt -o runs/demo
     """
     report = api.deploy(model, target, output, baseline_path=baseline, data=_data(data, data_dir, None, test_limit),
-                        opset=opset, trust_pickle=trust_pickle, force=force, progress=not as_json)
+                        opset=opset, trust_pickle=trust_pickle, force=force, progress=not as_json,
+                        precision=precision, calibration=calibration)
+    if hasattr(report, "built_here"):   # a TensorRT target: plans and commands for the device
+        return _show_trt_deploy(report, as_json)
     _show_report(report, output, as_json)
+
+
+def _show_trt_deploy(r, as_json: bool) -> None:
+    if as_json:
+        return _emit_json(r)
+    out.print(f"{r.target}: TensorRT {r.tensorrt} (API generation {r.generation}), {r.precision}; run directory {r.run_dir}",
+              soft_wrap=True)
+    for name, cmd in r.commands.items():
+        out.print(f"  {name}: {cmd}", soft_wrap=True)
+    for note in r.notes:
+        out.print(f"- {note}", soft_wrap=True)
+    out.print(f"files: {', '.join(r.files)}", soft_wrap=True)
 
 
 @app.command()

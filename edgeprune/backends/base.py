@@ -77,6 +77,7 @@ class Backend(Protocol):
 # name -> "module:attribute"; one line per backend.
 _REGISTRY: dict[str, str] = {
     "onnxruntime": "edgeprune.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "edgeprune.backends.tensorrt:TensorRTBackend",
 }
 
 

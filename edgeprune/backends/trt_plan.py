@@ -265,8 +265,10 @@ def plan_engine(target: Target, facts: OnnxFacts, *, model: str, onnx_file: str,
     onnx_name = onnx_file
     if int8_mode:
         source = calibration if calibration is not None else b.calibration
+        # A static-batch network calibrates at its own batch.
+        cal_batch = min(CALIBRATION_BATCH, max(1, calibration_samples)) if dynamic else batches[0]
         cal = CalibrationPlan(inputs=CALIBRATION_INPUTS, source=str(source), samples=calibration_samples,
-                              method=b.calibration_method, batch_size=min(CALIBRATION_BATCH, max(1, calibration_samples)))
+                              method=b.calibration_method, batch_size=cal_batch)
         if int8_mode == "calibrator":
             cal.cache = f"{model}.calib.cache"
             cal.calibrator = TRT_CALIBRATORS[b.calibration_method]

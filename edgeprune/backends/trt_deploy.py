@@ -1,0 +1,192 @@
+"""`deploy` for a TensorRT target: everything the device needs, prepared on this machine.
+
+From the exported dense and pruned ONNX files in the run directory this writes:
+
+* the ONNX files TensorRT will parse (sparse initializers densified; for INT8 on TensorRT 11 the
+  Q/DQ ONNX quantised here with ONNX Runtime, since 11 has no calibrators);
+* `calibration_inputs.npy` (INT8): the calibration images as the network sees them;
+* `engine_plan.json`: one EnginePlan per model, the exact trtexec commands and the notes;
+* `trtexec_build.sh` and `trtexec_bench.sh`: build, then benchmark, on the device.
+
+Where TensorRT and a CUDA device are present, it also builds both engines through the Python API
+and times them side by side with CUDA events (`trt_results.json`); elsewhere it says, in one line,
+that the build must run on the device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeprune.backends.trt_plan import CALIBRATION_INPUTS, EnginePlan, onnx_facts, plan_engine
+from edgeprune.backends.trtexec import bench_command, bench_script, build_command, build_script
+from edgeprune.errors import InputError
+from edgeprune.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from edgeprune.data import ArrayDataset
+    from edgeprune.targets import Target
+
+PLAN_SCHEMA = "edgeprune.engine_plan/1"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class TrtDeployResult:
+    """What `deploy` did for a TensorRT target. `built_here` is False when the engines must be
+    built on the device; `results` holds the engines' timings when they were built here."""
+
+    run_dir: str
+    target: str
+    tensorrt: str
+    generation: str
+    precision: str
+    built_here: bool
+    files: list[str]
+    commands: dict[str, str]
+    notes: list[str]
+    results: dict[str, Any] | None = None
+    plans: dict[str, dict] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path, *, calibration: str | None = None,
+                     test: ArrayDataset | None = None) -> TrtDeployResult:
+    """Prepare (and where possible build and time) `onnx_files` ({"dense": path, "pruned": path},
+    already in `run_dir`) for `target`."""
+    from edgeprune.backends import get_backend
+
+    run_dir = Path(run_dir)
+    backend = get_backend(target.backend)
+    for path in onnx_files.values():
+        _densify(path)
+    for label, path in onnx_files.items():
+        problems = backend.validate(path, target)
+        if problems:
+            more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
+            raise InputError(f"{label} model {path.name} does not fit target '{target.name}': "
+                             f"{'; '.join(problems[:2])}{more}")
+
+    facts = {label: onnx_facts(path) for label, path in onnx_files.items()}
+    x_cal = None
+    if target.build.precision == "int8":
+        x_cal = _calibration_inputs(calibration or target.build.calibration, calibration is not None,
+                                    facts["pruned"].input_dims[1:])
+        atomic_write(run_dir / CALIBRATION_INPUTS, lambda f: np.save(f, x_cal), force=True)
+    plans = {label: plan_engine(target, facts[label], model=label, onnx_file=path.name, calibration=calibration,
+                                calibration_samples=0 if x_cal is None else len(x_cal))
+             for label, path in onnx_files.items()}
+    for label, plan in plans.items():
+        if plan.int8_mode == "qdq":
+            _quantize(onnx_files[label], run_dir / plan.onnx, x_cal, target.build.calibration_method)
+
+    plan_list = list(plans.values())
+    needs_python = any(p.int8_mode == "calibrator" for p in plan_list)
+    commands = {f"{p.model}.build": _join(build_command(p)) for p in plan_list}
+    for batch in plan_list[0].batch_sizes:
+        commands.update({f"{p.model}.bench.b{batch}": _join(bench_command(p, batch)) for p in plan_list})
+    first = plan_list[0]
+    notes = list(dict.fromkeys(n for p in plan_list for n in p.notes))
+
+    problems = backend.host_problems(target)
+    built_here = not problems
+    if built_here:
+        notes.append(f"TensorRT is installed here: the engines were built and timed on this machine "
+                     f"(trt_results.json); for {target.name} itself, run the scripts on the device.")
+    else:
+        notes.append(f"{problems[0]}: the engines must be built on the device ({target.hardware.get('module', target.name)}, "
+                     f"TensorRT {first.tensorrt}): copy {run_dir} there and run "
+                     f"`bash trtexec_build.sh && bash trtexec_bench.sh`.")
+    if needs_python:
+        notes.append("INT8 calibration on TensorRT <= 10 needs real images, which trtexec cannot read: "
+                     "trtexec_build.sh first builds through `python3 -m edgeprune.backends.tensorrt` "
+                     "(edgeprune and cuda-python on the device) to write the calibration cache trtexec then uses.")
+
+    doc = {"schema": PLAN_SCHEMA, "target": target.name, "tensorrt": first.tensorrt, "generation": first.generation,
+           "models": {k: p.to_dict() for k, p in plans.items()}, "commands": commands, "notes": notes}
+    atomic_write(run_dir / "engine_plan.json", json.dumps(doc, indent=2).encode(), force=True)
+    for name, text in (("trtexec_build.sh", build_script(plan_list, needs_python)),
+                       ("trtexec_bench.sh", bench_script(plan_list))):
+        atomic_write(run_dir / name, text.encode(), force=True)
+        os.chmod(run_dir / name, 0o755)
+
+    results = None
+    if built_here:
+        from edgeprune.backends.trt_profile import build_and_time
+
+        results = build_and_time(plans, run_dir, target, test)
+        atomic_write(run_dir / "trt_results.json", json.dumps(results, indent=2).encode(), force=True)
+    files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    return TrtDeployResult(run_dir=str(run_dir), target=target.name, tensorrt=first.tensorrt,
+                           generation=first.generation, precision=first.precision, built_here=built_here,
+                           files=files, commands=commands, notes=notes, results=results,
+                           plans={k: p.to_dict() for k, p in plans.items()})
+
+
+def _join(cmd: list[str]) -> str:
+    import shlex
+
+    return shlex.join(cmd)
+
+
+def _densify(path: Path) -> None:
+    """TensorRT's ONNX parser reads `graph.initializer` only (DEPLOY §5.3): rewrite sparse ones dense."""
+    if not onnx_facts(path).sparse_initializers:
+        return
+    import onnx
+
+    try:
+        from edgeprune.validation import densify_sparse_initializers
+    except ImportError:
+        raise InputError(f"{path.name} holds sparse initializers, which TensorRT cannot read, and this "
+                         f"installation lacks edgeprune.validation to densify them") from None
+    dense = densify_sparse_initializers(onnx.load(str(path)))
+    atomic_write(path, dense.SerializeToString(), force=True)
+
+
+def _calibration_inputs(source: str, given: bool, sample_dims: tuple) -> np.ndarray:
+    """The calibration images (float32 N x C x H x W, preprocessed as the data loader does)."""
+    from edgeprune.data import load_npz
+
+    if not source:
+        raise InputError("precision int8 needs calibration data: pass --calibration calibration/fmnist.npz")
+    path = Path(source)
+    if not given and not path.is_absolute() and not path.exists():
+        path = REPO / path          # a target's build.calibration is relative to the repository
+    if not path.is_file():
+        raise InputError(f"calibration file not found: {path}")
+    x = load_npz(path).x
+    if tuple(x.shape[1:]) != tuple(sample_dims):
+        raise InputError(f"calibration images in {path} have shape {tuple(x.shape[1:])}; the model takes "
+                         f"{tuple(sample_dims)}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _quantize(src: Path, dst: Path, x: np.ndarray, method: str) -> None:
+    try:
+        from edgeprune.quantize import quantize_qdq
+    except ImportError:
+        raise InputError("INT8 on TensorRT 11 needs a Q/DQ ONNX, and this installation lacks edgeprune.quantize "
+                         "to write one") from None
+    quantize_qdq(src, dst, x, method=method, per_channel=True)
+
+
+def load_engine_plans(run_dir: Path) -> dict[str, EnginePlan]:
+    """The EnginePlans of a prepared run directory (its engine_plan.json)."""
+    path = Path(run_dir) / "engine_plan.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} not found: prepare the run with `edgeprune deploy --target <tensorrt target>`") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not JSON ({e.msg})") from None
+    if doc.get("schema") != PLAN_SCHEMA:
+        raise InputError(f"{path}: not an edgeprune engine plan (schema {doc.get('schema')!r})")
+    return {k: EnginePlan.from_dict(v) for k, v in doc["models"].items()}
