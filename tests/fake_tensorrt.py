@@ -1,0 +1,307 @@
+"""A fake `tensorrt` module and a fake CUDA runtime, for the tests that cannot reach a GPU.
+
+It models only what edgeprune calls, and only where a TensorRT generation has it (DEPLOY.md §1.7):
+no `MemoryPoolType` in 8.2, no binding API from 10.0, no `EXPLICIT_BATCH`, FP16/INT8 flags or
+calibrators in 11, `device_memory_size_v2` from 10.1 and `device_memory_size` up to 10.x. Calling a
+removed API fails as it would on the real module (AttributeError). Every call is recorded in
+`module.calls` as (name, args).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import types
+
+import numpy as np
+
+
+def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "/fc1/Gemm + /act1/Relu, /fc2/Gemm",
+                       picked: str = "/fc1/Gemm + /act1/Relu") -> types.ModuleType:
+    v = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    major = v[0]
+    m = types.ModuleType("tensorrt")
+    m.__version__ = version
+    calls: list[tuple[str, tuple]] = []
+    m.calls = calls
+
+    def rec(name, *args):
+        calls.append((name, args))
+
+    class Severity(enum.IntEnum):
+        INTERNAL_ERROR = 0
+        ERROR = 1
+        WARNING = 2
+        INFO = 3
+        VERBOSE = 4
+
+    class ILogger:
+        def __init__(self):
+            rec("ILogger.__init__")
+
+    ILogger.Severity = Severity
+
+    class Logger(ILogger):
+        WARNING = Severity.WARNING
+        INFO = Severity.INFO
+
+        def __init__(self, severity=Severity.WARNING):
+            ILogger.__init__(self)
+
+        def log(self, severity, msg):
+            pass
+
+    m.ILogger, m.Logger = ILogger, Logger
+    net_flags = ["EXPLICIT_BATCH"] if major < 11 else []
+    if major >= 10:
+        net_flags.append("STRONGLY_TYPED")
+    m.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag",
+                                                   {n: i for i, n in enumerate(net_flags)}, start=0)
+    builder_flags = ["SPARSE_WEIGHTS", "GPU_FALLBACK"] + (["FP16", "INT8"] if major < 11 else [])
+    m.BuilderFlag = enum.Enum("BuilderFlag", builder_flags)
+    if v >= (8, 4):
+        m.MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE", "DLA_MANAGED_SRAM"])
+    m.ProfilingVerbosity = enum.Enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "DETAILED", "NONE"])
+    m.DeviceType = enum.Enum("DeviceType", ["GPU", "DLA"])
+    m.TensorIOMode = enum.Enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
+    m.nptype = lambda dtype: np.float32
+
+    if major < 11:
+        class IInt8Calibrator:
+            def __init__(self):
+                rec(f"{type(self).__mro__[1].__name__}.__init__")
+
+        m.IInt8EntropyCalibrator2 = type("IInt8EntropyCalibrator2", (IInt8Calibrator,), {})
+        m.IInt8MinMaxCalibrator = type("IInt8MinMaxCalibrator", (IInt8Calibrator,), {})
+
+    class TimingCache:
+        def __init__(self, blob):
+            self.blob = blob
+
+        def serialize(self):
+            return b"timing-cache:" + self.blob
+
+    config_attrs = {"profiling_verbosity", "default_device_type", "DLA_core"}
+    if major < 10:
+        config_attrs.add("max_workspace_size")
+    if major < 11:
+        config_attrs.add("int8_calibrator")
+
+    class BuilderConfig:
+        def __init__(self):
+            object.__setattr__(self, "flags", [])
+            object.__setattr__(self, "values", {})
+            object.__setattr__(self, "cache", None)
+
+        def __setattr__(self, name, value):
+            if name not in config_attrs:
+                raise AttributeError(f"'IBuilderConfig' object has no attribute '{name}' (TensorRT {version})")
+            rec(f"config.{name}", value)
+            self.values[name] = value
+
+        def __getattr__(self, name):
+            if name in config_attrs:
+                return self.values.get(name)
+            raise AttributeError(name)
+
+        def set_flag(self, flag):
+            rec("config.set_flag", flag.name)
+            self.flags.append(flag.name)
+
+        def add_optimization_profile(self, profile):
+            rec("config.add_optimization_profile", profile.shapes)
+
+        def create_timing_cache(self, blob):
+            rec("config.create_timing_cache", blob)
+            return TimingCache(blob)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            rec("config.set_timing_cache", ignore_mismatch)
+            object.__setattr__(self, "cache", cache)
+
+        def get_timing_cache(self):
+            return self.cache
+
+    if v >= (8, 4):
+        def set_memory_pool_limit(self, pool, size):
+            rec("config.set_memory_pool_limit", pool.name, size)
+        BuilderConfig.set_memory_pool_limit = set_memory_pool_limit
+    if major < 11:
+        def set_calibration_profile(self, profile):
+            rec("config.set_calibration_profile", profile.shapes)
+        BuilderConfig.set_calibration_profile = set_calibration_profile
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, mn, opt, mx):
+            self.shapes[name] = (list(mn), list(opt), list(mx))
+
+    class ParserError:
+        def desc(self):
+            return "Unsupported ONNX data type: DOUBLE (11)"
+
+        def node(self):
+            return 3
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.num_errors = 0 if parse_ok else 1
+
+        def parse_from_file(self, path):
+            rec("parser.parse_from_file", path)
+            return parse_ok
+
+        def get_error(self, i):
+            return ParserError()
+
+    class Builder:
+        num_DLA_cores = 2
+
+        def __init__(self, logger):
+            rec("Builder", type(logger).__name__)
+            self.logger = logger
+
+        def create_network(self, flags):
+            rec("builder.create_network", flags)
+            return object()
+
+        def create_builder_config(self):
+            return BuilderConfig()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            rec("builder.build_serialized_network")
+            self.logger.log(Severity.VERBOSE, "tactic timing chatter that the log keeps out")
+            if "SPARSE_WEIGHTS" in config.flags:
+                self.logger.log(Severity.INFO, f"(Sparsity) Layers eligible for sparse math: {eligible}")
+                self.logger.log(Severity.INFO, f"(Sparsity) TRT inference plan picked sparse implementation for layers: {picked}")
+            cal = config.values.get("int8_calibrator")
+            if cal is not None:     # calibration: read the cache, else feed every batch, then write it
+                if cal.read_calibration_cache() is None:
+                    n = 0
+                    while cal.get_batch(["input"]) is not None:
+                        n += 1
+                    rec("calibrated_batches", n)
+                    cal.write_calibration_cache(f"TRT-{version}-EntropyCalibration2\ninput: 3c010a14\n".encode())
+            return bytearray(b"fake-plan-" + version.encode())
+
+    class Engine:
+        def __init__(self):
+            self.num_io_tensors = 2
+            self.num_bindings = 2
+
+        def create_execution_context(self):
+            return Context()
+
+    def memory_v1(self):
+        rec("engine.device_memory_size")
+        return 1 << 20
+
+    def memory_v2(self):
+        rec("engine.device_memory_size_v2")
+        return 1 << 20
+
+    if major < 11:
+        Engine.device_memory_size = property(memory_v1)
+    if v >= (10, 1):
+        Engine.device_memory_size_v2 = property(memory_v2)
+    names = ["input", "logits"]
+    shapes = {"input": (-1, 1, 28, 28), "logits": (-1, 10)}
+    if v >= (8, 5):
+        Engine.get_tensor_name = lambda self, i: names[i]
+        Engine.get_tensor_mode = lambda self, n: m.TensorIOMode.INPUT if n == "input" else m.TensorIOMode.OUTPUT
+        Engine.get_tensor_dtype = lambda self, n: "FLOAT"
+    if major < 10:
+        Engine.get_binding_name = lambda self, i: names[i]
+        Engine.get_binding_index = lambda self, n: names.index(n)
+        Engine.binding_is_input = lambda self, i: i == 0
+        Engine.get_binding_dtype = lambda self, i: "FLOAT"
+
+    class Context:
+        def __init__(self):
+            self.batch = None
+
+    def set_input_shape(self, name, shape):
+        rec("ctx.set_input_shape", name, list(shape))
+        self.batch = shape[0]
+
+    def get_tensor_shape(self, name):
+        return (self.batch, *shapes[name][1:])
+
+    def set_binding_shape(self, i, shape):
+        rec("ctx.set_binding_shape", i, list(shape))
+        self.batch = shape[0]
+
+    def get_binding_shape(self, i):
+        return (self.batch, *shapes[names[i]][1:])
+
+    def execute_async_v3(self, stream_handle):
+        rec("ctx.execute_async_v3", stream_handle)
+        return True
+
+    def execute_async_v2(self, bindings, stream_handle):
+        rec("ctx.execute_async_v2", list(bindings), stream_handle)
+        return True
+
+    if v >= (8, 5):
+        Context.set_input_shape, Context.get_tensor_shape = set_input_shape, get_tensor_shape
+        Context.set_tensor_address = lambda self, n, p: rec("ctx.set_tensor_address", n, p)
+        Context.execute_async_v3 = execute_async_v3
+    if major < 10:
+        Context.set_binding_shape, Context.get_binding_shape = set_binding_shape, get_binding_shape
+        Context.execute_async_v2 = execute_async_v2
+
+    class Runtime:
+        def __init__(self, logger):
+            self.DLA_core = -1
+
+        def deserialize_cuda_engine(self, data):
+            rec("runtime.deserialize_cuda_engine", bytes(data), self.DLA_core)
+            return Engine() if bytes(data).startswith(b"fake-plan") else None
+
+    m.Builder, m.OnnxParser, m.Runtime = Builder, OnnxParser, Runtime
+    return m
+
+
+class FakeCuda:
+    """Stands in for edgeprune.backends.tensorrt.Cuda: device memory is a dict of numpy copies."""
+
+    def __init__(self):
+        self.memory: dict[int, np.ndarray] = {}
+        self.copies_in: list[np.ndarray] = []
+        self.events = 0
+        self._next = 0x1000
+
+    def malloc(self, nbytes):
+        self._next += 0x1000
+        return self._next
+
+    def free(self, ptr):
+        self.memory.pop(ptr, None)
+
+    def to_device(self, ptr, a, stream=0):
+        self.memory[ptr] = a.copy()
+        self.copies_in.append(a.copy())
+
+    def to_host(self, a, ptr, stream=0):
+        a[...] = 0
+
+    def stream(self):
+        return 7
+
+    def sync(self, stream):
+        pass
+
+    def event(self):
+        self.events += 1
+        return self.events
+
+    def record(self, event, stream):
+        pass
+
+    def elapsed_ms(self, start, end):
+        return 0.25
