@@ -272,6 +272,10 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     tgt = _override_build(load_target(target), precision, calibration)
     if tgt.backend not in ("onnxruntime", "tensorrt"):
         raise InputError(f"target {tgt.name} uses backend '{tgt.backend}', which this version cannot build yet")
+    if tgt.backend == "tensorrt":
+        from .backends.trt_deploy import check_target
+
+        check_target(tgt, calibration)   # before the exports: a build policy that cannot work fails fast
     pruned = load_model(pruned_path, trust_pickle=trust_pickle)
     if baseline_path is None:
         src = pruned.checkpoint.meta.get("source_path")

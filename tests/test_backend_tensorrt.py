@@ -353,7 +353,7 @@ def test_session_io_api_per_generation_fake_tensorrt(tmp_path, version, execute)
     out = s.run(x)
     assert out.shape == (4, 10) and np.array_equal(cuda.copies_in[0], x)
     assert s.time_ms(x, 5) == [0.25] * 5 and cuda.events == 2       # one event pair, reused
-    assert len(_calls(trt, execute)) == 1 + 1 + 5
+    assert len(_calls(trt, execute)) == 1 + 1 + 5          # run, the load inside time_ms, 5 timed
     shape_call = "ctx.set_input_shape" if version.startswith("10") else "ctx.set_binding_shape"
     assert _calls(trt, shape_call)[0][-1] == [4, 1, 28, 28]
     with pytest.raises(Exception, match="does not fit"):
@@ -365,14 +365,6 @@ def test_session_io_api_per_generation_fake_tensorrt(tmp_path, version, execute)
 def test_host_problems_say_tensorrt_is_missing():
     backend = get_backend("tensorrt")
     assert backend.host_problems(ORIN) == [NOT_INSTALLED]
-
-
-def test_onnx_facts_of_a_real_export(tmp_path, lenet300_ckpt):
-    from edgeprune import api
-
-    api.export(lenet300_ckpt, tmp_path / "m.onnx", check=False)
-    f = onnx_facts(tmp_path / "m.onnx")
-    assert (f.input_name, f.input_dims, f.sparse_initializers, f.qdq_nodes) == ("input", (None, 1, 28, 28), 0, 0)
 
 
 JETSON_TOML = """description = "Jetson Orin Nano 8GB (test copy)"
@@ -439,3 +431,66 @@ def test_cli_deploy_to_tensorrt_11_fp16_is_refused_in_one_line(capsys, tmp_path,
 def test_cli_deploy_rejects_an_unknown_precision(capsys, tmp_path, pruned_ckpt):
     code = main(["deploy", str(pruned_ckpt), "--precision", "fp64", "-o", str(tmp_path / "run")])
     assert code == 2 and "--precision must be one of fp32, fp16, int8" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- device side and results read back
+def _prepared_run(tmp_path, target: Target) -> dict[str, EnginePlan]:
+    plans = {k: plan_engine(target, DYNAMIC, model=k, onnx_file=f"{k}.onnx", calibration_samples=64)
+             for k in ("dense", "pruned")}
+    for p in plans.values():
+        _run_dir(tmp_path, p, samples=64)
+    doc = {"schema": "edgeprune.engine_plan/1", "models": {k: p.to_dict() for k, p in plans.items()}}
+    (tmp_path / "engine_plan.json").write_text(json.dumps(doc))
+    return plans
+
+
+def test_device_entry_builds_one_model_of_the_plan_fake_tensorrt(tmp_path, monkeypatch, capsys):
+    from edgeprune.backends import tensorrt as backend_module
+
+    _prepared_run(tmp_path, replace(ORIN, build=replace(ORIN.build, precision="fp16")))
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", make_fake_tensorrt("10.3.0"))
+    assert backend_module.main(["build", str(tmp_path / "engine_plan.json"), "--model", "pruned"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["engine"] == "pruned.plan" and (tmp_path / "pruned.plan").exists() and not (tmp_path / "dense.plan").exists()
+    assert result["sparsity"]["picked"] == ["/fc1/Gemm + /act1/Relu"] and result["device_memory_bytes"] == 1 << 20
+    assert backend_module.main(["build", str(tmp_path / "engine_plan.json"), "--model", "other"]) == 2
+
+
+def test_build_and_time_interleaves_dense_control_and_pruned_fake_tensorrt(tmp_path, fmnist_small):
+    from edgeprune.backends.trt_profile import build_and_time
+
+    target = replace(ORIN, build=replace(ORIN.build, precision="fp16"), run=replace(RUN, iterations=7, warmup=2))
+    plans = _prepared_run(tmp_path, target)
+    test = fmnist_small.test().head(40)
+    trt, cuda = make_fake_tensorrt("10.3.0"), FakeCuda()
+    r = build_and_time(plans, tmp_path, target, test, trt=trt, cuda=cuda)
+    assert set(r["latency_ms"]) == {"1", "32"} and r["latency_ms"]["1"]["dense"]["n"] == 7
+    assert r["latency_ms"]["32"]["ratio_p50"] == 1.0 and r["latency_ms"]["32"]["aa_ratio_p50"] == 1.0
+    # per session and batch size: one run to load the batch, 2 warm-up and 7 timed executions;
+    # then 2 accuracy batches of 32 for dense and pruned
+    assert len(_calls(trt, "ctx.execute_async_v3")) == 3 * 2 * (1 + 2 + 7) + 2 * 2
+    # the fake engine answers class 0: accuracy is the share of class-0 labels, through the engine
+    assert r["accuracy"]["dense"] == pytest.approx(100 * np.mean(test.y == 0)) and r["accuracy"]["agreement"] == 1.0
+    assert r["builds"]["pruned"]["sparsity"]["eligible"] == ["/fc1/Gemm + /act1/Relu", "/fc2/Gemm"]
+
+
+def test_device_results_reads_what_the_scripts_wrote(tmp_path):
+    import shutil
+
+    from edgeprune.backends.trt_profile import device_results
+
+    _prepared_run(tmp_path, replace(ORIN, build=replace(ORIN.build, precision="fp16")))
+    shutil.copy(FIX / "build_10.3.log", tmp_path / "pruned.build.log")
+    shutil.copy(FIX / "layers_10.3.json", tmp_path / "pruned.layers.json")
+    shutil.copy(FIX / "times_8.2.json", tmp_path / "dense.b1.times.json")     # slower, 8.2-like numbers
+    shutil.copy(FIX / "times_10.3.json", tmp_path / "pruned.b1.times.json")
+    shutil.copy(FIX / "profile_10.3.json", tmp_path / "pruned.b1.profile.json")
+    shutil.copy(FIX / "bench_10.3.log", tmp_path / "pruned.b1.bench.log")
+    r = device_results(tmp_path)
+    pruned = r["models"]["pruned"]
+    assert pruned["sparsity"]["picked"] == ["/conv1/Conv + /relu1/Relu"] and pruned["sparse_weight_layers"] == ["/conv1/Conv + /relu1/Relu"]
+    assert pruned["batches"]["1"]["slowest_layers"][0] == ("/fc1/Gemm + /act1/Relu", 0.1)
+    assert pruned["batches"]["1"]["warnings"][0].startswith("GPU compute time is unstable")
+    dense_median = np.median([0.9, 0.7, 0.5, 0.45, 0.31, 0.33, 0.30, 0.35, 0.32, 0.34])   # 10.x files hold no warm-up
+    assert r["pruned_over_dense_median_gpu_compute"]["1"] == pytest.approx(0.245 / dense_median)
+    assert "dense.build.log" in r["missing"] and "pruned.b32.times.json" in r["missing"]

@@ -282,6 +282,7 @@ class TrtSession:
         self._out: np.ndarray | None = None
         self._ptrs: dict[str, int] = {}
         self._events: tuple[Any, Any] | None = None
+        self._loaded: np.ndarray | None = None
 
     def _io_names(self) -> list[str]:
         e = self.engine
@@ -337,6 +338,7 @@ class TrtSession:
             raise ShapeError(f"input of shape {tuple(x.shape)} does not fit the engine's input "
                              f"'{self.input_name}' [batch, {', '.join(map(str, self.plan.input_shape))}]")
         self._prepare(len(x))
+        self._loaded = None
         self.cuda.to_device(self._ptrs[self.input_name], x, self.stream)
         self._execute()
         self.cuda.to_host(self._out, self._ptrs[self._out_name], self.stream)
@@ -345,7 +347,9 @@ class TrtSession:
 
     def time_ms(self, x: np.ndarray, iterations: int) -> list[float]:
         """GPU time (ms) of `iterations` executions on the batch x, one CUDA event pair each."""
-        self.run(x)
+        if self._loaded is not x:     # copy the batch in once, outside the timed window
+            self.run(x)
+            self._loaded = x
         if self._events is None:
             self._events = (self.cuda.event(), self.cuda.event())
         start, end = self._events

@@ -25,19 +25,18 @@ if TYPE_CHECKING:
     from edgeprune.targets import Target
 
 
-def build_and_time(plans: dict[str, EnginePlan], run_dir: Path, target: Target,
-                   test: ArrayDataset | None) -> dict[str, Any]:
+def build_and_time(plans: dict[str, EnginePlan], run_dir: Path, target: Target, test: ArrayDataset | None, *,
+                   trt: Any = None, cuda: Any = None) -> dict[str, Any]:
     """Build both engines through the Python API and time them interleaved with CUDA events;
-    accuracy on `test` through the engines."""
+    accuracy on `test` through the engines. `trt`/`cuda` default to the real modules."""
     from edgeprune.backends.tensorrt import Cuda, TrtSession, build_engine
     from edgeprune.profiling import predict
     from edgeprune.report.schema import LatencyStats
 
-    cuda = Cuda()
-    builds = {k: build_engine(p, run_dir, cuda=cuda) for k, p in plans.items()}
+    cuda = cuda or Cuda()
+    builds = {k: build_engine(p, run_dir, trt=trt, cuda=cuda) for k, p in plans.items()}
     dense, pruned = plans["dense"], plans["pruned"]
-    sessions = [TrtSession(dense, run_dir, cuda=cuda), TrtSession(dense, run_dir, cuda=cuda),
-                TrtSession(pruned, run_dir, cuda=cuda)]
+    sessions = [TrtSession(p, run_dir, trt=trt, cuda=cuda) for p in (dense, dense, pruned)]
     run = target.run
     latency: dict[str, Any] = {}
     if test is not None:
