@@ -87,7 +87,7 @@ class Cuda:
                                          self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
 
     def stream(self) -> int:
-        return self._ck(self.rt.cudaStreamCreate())
+        return int(self._ck(self.rt.cudaStreamCreate()))   # TensorRT takes the handle as an int
 
     def sync(self, stream: int) -> None:
         self._ck(self.rt.cudaStreamSynchronize(stream))
