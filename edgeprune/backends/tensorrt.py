@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeprune.backends.base import Engine
-from edgeprune.backends.trt_plan import EnginePlan, _trt_generation, _version_tuple, onnx_facts, plan_engine, plan_problems
+from edgeprune.backends.trt_plan import EnginePlan, _trt_generation, onnx_facts, plan_engine, plan_problems, version_tuple
 from edgeprune.backends.trtexec import SparsityResult, parse_sparsity
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import atomic_write
@@ -178,7 +178,7 @@ def build_engine(plan: EnginePlan, run_dir: Path, *, trt: Any = None, cuda: Cuda
     if _trt_generation(installed) != plan.generation:
         raise InputError(f"the plan is for TensorRT {plan.tensorrt} (generation {plan.generation}); "
                          f"this machine has TensorRT {installed}")
-    major = _version_tuple(installed)[0]
+    major = version_tuple(installed)[0]
     lines: list[str] = []
     logger = _capturing_logger(trt, lines)
     builder = trt.Builder(logger)    # needs a CUDA device
@@ -237,7 +237,7 @@ def build_engine(plan: EnginePlan, run_dir: Path, *, trt: Any = None, cuda: Cuda
         atomic_write(cache_path, bytes(config.get_timing_cache().serialize()), force=True)
 
     runtime = trt.Runtime(logger)
-    engine = _deserialize(trt, runtime, data, plan)
+    engine = _deserialize(runtime, data, plan)
     return BuildResult(engine=plan.engine, seconds=seconds, engine_bytes=len(data),
                        device_memory_bytes=device_memory_bytes(engine, installed),
                        sparsity=parse_sparsity("\n".join(lines)), build_log=plan.build_log, tensorrt=installed)
@@ -246,12 +246,12 @@ def build_engine(plan: EnginePlan, run_dir: Path, *, trt: Any = None, cuda: Cuda
 def device_memory_bytes(engine: Any, version: str) -> int:
     """Scratch/activation memory an execution context needs (DEPLOY §1.6): `device_memory_size`
     up to 10.0, `device_memory_size_v2` from 10.1 (the only one left in 11)."""
-    if _version_tuple(version) >= (10, 1):
+    if version_tuple(version) >= (10, 1):
         return int(engine.device_memory_size_v2)
     return int(engine.device_memory_size)
 
 
-def _deserialize(trt: Any, runtime: Any, data: bytes, plan: EnginePlan) -> Any:
+def _deserialize(runtime: Any, data: bytes, plan: EnginePlan) -> Any:
     if plan.dla_core >= 0:
         runtime.DLA_core = plan.dla_core
     engine = runtime.deserialize_cuda_engine(data)
@@ -269,10 +269,10 @@ class TrtSession:
         self.trt = trt or _import_trt()
         self.cuda = cuda or Cuda()
         self.plan = plan
-        self.named_io = _version_tuple(self.trt.__version__) >= (8, 5)
+        self.named_io = version_tuple(self.trt.__version__) >= (8, 5)
         logger = self.trt.Logger(self.trt.Logger.WARNING)
         self.runtime = self.trt.Runtime(logger)
-        self.engine = _deserialize(self.trt, self.runtime, (Path(run_dir) / plan.engine).read_bytes(), plan)
+        self.engine = _deserialize(self.runtime, (Path(run_dir) / plan.engine).read_bytes(), plan)
         self.context = self.engine.create_execution_context()
         self.stream = self.cuda.stream()     # never the default stream: it adds synchronisations
         self.input_name = plan.input_name
@@ -362,6 +362,21 @@ class TrtSession:
         return out
 
 
+def build_here_problem(plan: EnginePlan) -> str | None:
+    """Why this machine cannot build and time `plan` (None = it can): TensorRT and cuda-python
+    installed, and TensorRT of the plan's API generation. A different version of the same
+    generation builds fine, for this machine's GPU."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return NOT_INSTALLED
+    if importlib.util.find_spec("cuda") is None:
+        return "cuda-python is not installed on this machine (pip install cuda-python)"
+    installed = _import_trt().__version__
+    if _trt_generation(installed) != plan.generation:
+        return (f"this machine's TensorRT {installed} is of another API generation than the target's "
+                f"{plan.tensorrt} ({plan.generation})")
+    return None
+
+
 class TensorRTBackend:
     """The `tensorrt` backend: validation and planning anywhere, building and running where
     TensorRT and a CUDA device are."""
@@ -374,7 +389,7 @@ class TensorRTBackend:
         problems = []
         installed = _import_trt().__version__
         wanted = target.stack.get("tensorrt")
-        if wanted and _version_tuple(installed)[:2] != _version_tuple(wanted)[:2]:
+        if wanted and version_tuple(installed)[:2] != version_tuple(wanted)[:2]:
             problems.append(f"installed TensorRT {installed} is not the target's {wanted}: an engine built here "
                             f"would not load there")
         if importlib.util.find_spec("cuda") is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -96,20 +97,22 @@ def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path,
 
     plan_list = list(plans.values())
     needs_python = any(p.int8_mode == "calibrator" for p in plan_list)
-    commands = {f"{p.model}.build": _join(build_command(p)) for p in plan_list}
+    commands = {f"{p.model}.build": shlex.join(build_command(p)) for p in plan_list}
     for batch in plan_list[0].batch_sizes:
-        commands.update({f"{p.model}.bench.b{batch}": _join(bench_command(p, batch)) for p in plan_list})
+        commands.update({f"{p.model}.bench.b{batch}": shlex.join(bench_command(p, batch)) for p in plan_list})
     first = plan_list[0]
     notes = list(dict.fromkeys(n for p in plan_list for n in p.notes))
 
-    problems = backend.host_problems(target)
-    built_here = not problems
+    from edgeprune.backends.tensorrt import build_here_problem
+
+    device = f"{target.hardware.get('module', target.name)}, TensorRT {first.tensorrt}"
+    cannot = build_here_problem(first)
+    built_here = cannot is None
     if built_here:
-        notes.append(f"TensorRT is installed here: the engines were built and timed on this machine "
-                     f"(trt_results.json); for {target.name} itself, run the scripts on the device.")
+        notes.append(f"TensorRT is installed here: the engines were built and timed on this machine's GPU "
+                     f"(trt_results.json); for the device's own numbers ({device}) run the scripts there.")
     else:
-        notes.append(f"{problems[0]}: the engines must be built on the device ({target.hardware.get('module', target.name)}, "
-                     f"TensorRT {first.tensorrt}): copy {run_dir} there and run "
+        notes.append(f"{cannot}: the engines must be built on the device ({device}): copy {run_dir} there and run "
                      f"`bash trtexec_build.sh && bash trtexec_bench.sh`.")
     if needs_python:
         notes.append("INT8 calibration on TensorRT <= 10 needs real images, which trtexec cannot read: "
@@ -135,12 +138,6 @@ def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path,
                            generation=first.generation, precision=first.precision, built_here=built_here,
                            files=files, commands=commands, notes=notes, results=results,
                            plans={k: p.to_dict() for k, p in plans.items()})
-
-
-def _join(cmd: list[str]) -> str:
-    import shlex
-
-    return shlex.join(cmd)
 
 
 def _densify(path: Path) -> None:

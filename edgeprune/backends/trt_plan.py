@@ -58,7 +58,8 @@ def _major_minor(version: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(major, minor, patch) of a TensorRT version string, for comparisons like >= (10, 1)."""
     return tuple(int(p) for p in re.findall(r"\d+", str(version))[:3])
 
 
@@ -143,10 +144,6 @@ class EnginePlan:
     layer_info: str = ""
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def major(self) -> int:
-        return _major_minor(self.tensorrt)[0]
-
     def shape(self, batch: int) -> list[int]:
         return [batch, *self.input_shape]
 
@@ -206,7 +203,7 @@ def _dla_problems(target: Target, version: str, gen: str) -> list[str]:
                    f"has {cores} DLA core(s)")
     if b.precision == "fp32":
         out.append("DLA runs FP16 and INT8 only: set build.precision to fp16 or int8 (or dla_core = -1)")
-    v = _version_tuple(version)
+    v = version_tuple(version)
     if gen == "11" and v < (11, 4, 1):
         out.append(f"TensorRT {version} has no DLA support (DLA is back from 11.4.1, on AGX Orin only)")
     elif v[:1] == (10,) and v >= (10, 8):
