@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -187,6 +188,9 @@ def test_status_says_whether_a_target_can_run_here(tmp_path):
     gpu = GOOD.replace('["CPUExecutionProvider"]', '["CUDAExecutionProvider"]')
     assert "CUDAExecutionProvider" in target_status(load_target(str(write(tmp_path, gpu, "gpu"))))
     trt = 'backend = "tensorrt"\nssh = "nvidia@orin"\n'
-    assert target_status(load_target(str(write(tmp_path, trt, "trt")))).startswith("unavailable")
+    assert target_status(load_target(str(write(tmp_path, trt, "trt")))) == "remote (nvidia@orin)"
+    if importlib.util.find_spec("tensorrt") is None:
+        local_trt = load_target(str(write(tmp_path, 'backend = "tensorrt"\n', "trt-local")))
+        assert target_status(local_trt) == "unavailable: TensorRT is not installed on this machine"
     remote = GOOD.replace('backend = "onnxruntime"', 'backend = "onnxruntime"\nssh = "pi@raspberrypi"')
     assert target_status(load_target(str(write(tmp_path, remote, "pi")))) == "remote (pi@raspberrypi)"
