@@ -186,7 +186,7 @@ def test_status_says_whether_a_target_can_run_here(tmp_path):
     assert target_status(load_target("host-cpu")) == "ready"
     gpu = GOOD.replace('["CPUExecutionProvider"]', '["CUDAExecutionProvider"]')
     assert "CUDAExecutionProvider" in target_status(load_target(str(write(tmp_path, gpu, "gpu"))))
-    trt = 'backend = "tensorrt"\nssh = "nvidia@orin"\n'
+    trt = 'backend = "tensorrt"\nssh = "nvidia@orin"\n[stack]\ntensorrt = "10.3.0"\n'
     assert target_status(load_target(str(write(tmp_path, trt, "trt")))).startswith("unavailable")
     remote = GOOD.replace('backend = "onnxruntime"', 'backend = "onnxruntime"\nssh = "pi@raspberrypi"')
     assert target_status(load_target(str(write(tmp_path, remote, "pi")))) == "remote (pi@raspberrypi)"
