@@ -226,6 +226,15 @@ def target_status(target: Target) -> str:
     return f"unavailable: {problems[0]}" if problems else "ready"
 
 
+def stack_summary(target: Target) -> str:
+    """The software stack in a few words: `JetPack 6.2, TensorRT 10.3.0, CUDA 12.6` or `onnxruntime >=1.18,<2`."""
+    st = target.stack
+    if target.backend == "tensorrt":
+        parts = [("JetPack", st.get("jetpack")), ("TensorRT", st.get("tensorrt")), ("CUDA", st.get("cuda"))]
+        return ", ".join(f"{k} {v}" for k, v in parts if v)
+    return f"{target.backend} {st.get(target.backend, 'any')}"
+
+
 def build_policy_from_dict(data: dict[str, Any], source: str = "build policy") -> BuildPolicy:
     """Validate a `[build]` table (also used for the JSON the memory probe receives)."""
     return _parse_build(data, source)

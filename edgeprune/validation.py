@@ -119,7 +119,7 @@ def validate_onnx(onnx_path: Path, target: Target) -> list[Problem]:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
         return [Problem("model", f"not a readable ONNX model: {_first_line(e)}", "re-export it (edgeprune export)")]
-    problems = _checker_problems(path)
+    problems = _checker_problems(path, model)
     problems += _opset_problems(model, target)
     if target.backend == "tensorrt":
         problems += _tensorrt_problems(model, target)
@@ -154,11 +154,17 @@ def densify_sparse_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 # ------------------------------------------------------------------------------------------ checks
-def _checker_problems(path: Path) -> list[Problem]:
+def _checker_problems(path: Path, model: onnx.ModelProto) -> list[Problem]:
     try:
-        # The path, not the proto: the checker follows external data and handles > 2 GB models.
-        # full_check adds strict shape and type inference.
-        onnx.checker.check_model(str(path), full_check=True)
+        if any(g.sparse_initializer for g in _graphs(model.graph)):
+            # ONNX type inference types a sparse initializer as sparse_tensor, which no standard
+            # operator takes, so the checker rejects every such model. Both runtimes densify them
+            # first (ONNX Runtime at load, edgeprune before TensorRT): check what they will run.
+            onnx.checker.check_model(densify_sparse_initializers(onnx.load(str(path))), full_check=True)
+        else:
+            # The path, not the proto: the checker follows external data and handles > 2 GB
+            # models. full_check adds strict shape and type inference.
+            onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         layer, message = _checker_layer(str(e))
         return [Problem(layer, f"onnx.checker: {message}", "re-export the model or repair the graph it names")]

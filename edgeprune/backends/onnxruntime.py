@@ -156,8 +156,7 @@ def _arch_problems(target: Target) -> list[str]:
     wanted = target.hardware.get("arch")
     here = {"arm64": "aarch64", "amd64": "x86_64"}.get(platform.machine().lower(), platform.machine().lower())
     if wanted and wanted != here:
-        return [f"the target is an {wanted} device and this host is {here}: run it on the device "
-                f"(set ssh = \"user@host\" in the target file)"]
+        return [f"the target is an {wanted} device, this host is {here}"]
     return []
 
 
