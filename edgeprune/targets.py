@@ -272,6 +272,11 @@ def _load_file(path: Path) -> Target:
 def _check_consistency(t: Target, src: str) -> None:
     """Settings that are each valid but contradict each other or the hardware named."""
     b, hw = t.build, t.hardware
+    for where, key, item in (("stack", "available_eps", str), ("hardware", "big_cores", int),
+                             ("hardware", "power_modes", str)):
+        values = (t.stack if where == "stack" else hw).get(key, [])
+        if not all(isinstance(v, item) and not isinstance(v, bool) for v in values):
+            raise InputError(f"{src}: {where}.{key} must be a list of {item.__name__}")
     if t.backend == "tensorrt":
         if not t.stack.get("tensorrt"):
             raise InputError(f"{src}: backend 'tensorrt' needs stack.tensorrt (the device's TensorRT version, e.g. \"10.3.0\")")
@@ -288,13 +293,12 @@ def _check_consistency(t: Target, src: str) -> None:
         if "dla_cores" in hw and b.dla_core >= hw["dla_cores"]:
             raise InputError(f"{src}: build.dla_core = {b.dla_core}, but hardware.dla_cores = {hw['dla_cores']} "
                              f"(cores are numbered from 0; -1 = GPU)")
+    modes = hw.get("power_modes")
+    if t.run.power_mode and modes and t.run.power_mode not in modes:
+        raise InputError(f"{src}: run.power_mode '{t.run.power_mode}' is not one of hardware.power_modes "
+                         f"({', '.join(map(str, modes))})")
     if b.ort_target_platform and t.backend != "onnxruntime":
         raise InputError(f"{src}: build.ort_target_platform applies to backend 'onnxruntime' only")
-    for where, key, item in (("stack", "available_eps", str), ("hardware", "big_cores", int),
-                             ("hardware", "power_modes", str)):
-        values = (t.stack if where == "stack" else hw).get(key, [])
-        if not all(isinstance(v, item) and not isinstance(v, bool) for v in values):
-            raise InputError(f"{src}: {where}.{key} must be a list of {item.__name__}")
 
 
 def _parse_generic(table: dict, known: dict[str, tuple[type, ...]], src: str, prefix: str) -> dict:

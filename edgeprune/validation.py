@@ -129,6 +129,7 @@ def validate_onnx(onnx_path: Path, target: Target) -> list[Problem]:
 
 
 def errors(problems: list[Problem]) -> list[Problem]:
+    """The problems that stop a build (notes left out)."""
     return [p for p in problems if p.severity == "error"]
 
 

@@ -304,8 +304,10 @@ def test_jetson_keys_parse(tmp_path):
         ("dla_core = 1", "dla_core = -2", "build.dla_core must be >= -1"),
         ('power_modes = ["MAXN", "15W"]', "power_modes = [15]", "hardware.power_modes must be a list of str"),
         ('power_mode = "MAXN"', "power_mode = 0", "'run.power_mode' must be str"),
+        ('power_mode = "MAXN"', 'power_mode = "MAX"', "run.power_mode 'MAX' is not one of hardware.power_modes (MAXN, 15W)"),
         ("jetson_clocks = true", "jetson_clock = true", "unknown key 'run.jetson_clock'"),
         ('sparsity = "2:4"', 'sparsity = "4:8"', "'build.sparsity' must be one of none, 2:4"),
+        ('precision = "fp16"', 'precision = "fp16"\nort_target_platform = "arm"', "applies to backend 'onnxruntime' only"),
     ],
 )
 def test_contradictions_in_a_jetson_file_are_input_errors(tmp_path, old, new, match):
