@@ -78,9 +78,6 @@ DLA_OPERATORS = frozenset("""
     Softmax Split Sub Sum Tanh Transpose Upsample""".split())
 _DLA_CONSTANT_WEIGHTS = {"Gemm", "MatMul"}  # DLA needs their second input to be a constant
 
-SEVERITIES = ("error", "note")
-
-
 @dataclass(frozen=True)
 class Problem:
     """One finding about one layer: what is wrong and what to do about it."""
@@ -118,7 +115,8 @@ def validate_onnx(onnx_path: Path, target: Target) -> list[Problem]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
-        return [Problem("model", f"not a readable ONNX model: {_first_line(e)}", "re-export it (edgeprune export)")]
+        why = (str(e).strip() or type(e).__name__).splitlines()[0][:300]
+        return [Problem("model", f"not a readable ONNX model: {why}", "re-export it (edgeprune export)")]
     problems = _checker_problems(path, model)
     problems += _opset_problems(model, target)
     if target.backend == "tensorrt":
@@ -328,8 +326,3 @@ def _default_opset(model: onnx.ModelProto) -> int:
 
 def _vtext(version: tuple[int, ...]) -> str:
     return ".".join(map(str, version))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
