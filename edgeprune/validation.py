@@ -6,7 +6,8 @@
 - the model's opset against the target's `stack.max_opset` (and TensorRT 10+'s minimum, 9);
 - for TensorRT targets, every node against the operator list of the target's TensorRT release
   (`TRT_ONNX_OPERATORS`, from onnx-tensorrt's `docs/operators.md` and Changelog), Q/DQ zero points
-  (TensorRT quantizes symmetrically), and INT8 on TensorRT 11 (no calibrator: Q/DQ only);
+  (TensorRT quantizes symmetrically), and FP16/INT8 on TensorRT 11, which builds the types the
+  ONNX has (FP16 tensors, Q/DQ nodes);
 - with a DLA core (`build.dla_core >= 0`): static input shapes, FP16/INT8 precision, and the
   layers DLA cannot run (they fall back to the GPU, or are errors without `gpu_fallback`);
 - sparse initializers: a note that they are densified before TensorRT, whose parser reads only
@@ -214,10 +215,8 @@ def _tensorrt_problems(model: onnx.ModelProto, target: Target) -> list[Problem]:
             if zp is not None and np.any(zp != 0):
                 out.append(Problem(_layer(node, i), f"{node.op_type} has a non-zero zero point; TensorRT "
                                    "quantizes symmetrically", "quantize with symmetric activations and weights"))
-    if trt_generation(version) == "11" and target.build.precision == "int8" and not any(
-            n.op_type == "QuantizeLinear" for _, n in _nodes(model.graph)):
-        out.append(Problem("model", f"TensorRT {_vtext(version)} has no INT8 calibrator: INT8 must come as "
-                           "Q/DQ nodes in the ONNX", "quantize the model to Q/DQ first, or use precision fp16"))
+    if trt_generation(version) == "11":
+        out += _strongly_typed_problems(model, target.build.precision, version)
     for graph in _graphs(model.graph):
         for sparse in graph.sparse_initializer:
             out.append(Problem(sparse.values.name, "sparse initializer: densified before TensorRT, whose ONNX "
@@ -227,6 +226,22 @@ def _tensorrt_problems(model: onnx.ModelProto, target: Target) -> list[Problem]:
             out.append(Problem(_layer(node, i), "Constant with sparse_value: densified before TensorRT "
                                "(its parser does not read sparse_value)", severity="note"))
     return out
+
+
+def _strongly_typed_problems(model: onnx.ModelProto, precision: str, version: tuple[int, ...]) -> list[Problem]:
+    """TensorRT 11 builds the types the ONNX has (no FP16/INT8 builder flags, no calibrator), so a
+    reduced precision must already be in the model (DEPLOY.md §0.2)."""
+    trt = f"TensorRT {_vtext(version)}"
+    if precision == "int8" and not any(n.op_type == "QuantizeLinear" for _, n in _nodes(model.graph)):
+        return [Problem("model", f"{trt} has no INT8 calibrator: INT8 must come as Q/DQ nodes in the ONNX",
+                        "quantize the model to Q/DQ first, or use precision fp16")]
+    fp16 = onnx.TensorProto.FLOAT16
+    has_fp16 = any(t.data_type == fp16 for g in _graphs(model.graph) for t in g.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for _, n in _nodes(model.graph))
+    if precision == "fp16" and not has_fp16:
+        return [Problem("model", f"{trt} builds the types in the ONNX, and this model has no FP16 tensors",
+                        "convert it to FP16 first (ModelOpt AutoCast), or use precision fp32")]
+    return []
 
 
 def _dla_problems(model: onnx.ModelProto, target: Target) -> list[Problem]:

@@ -119,12 +119,24 @@ def test_dla_accepts_the_fixed_shape_model_and_reports_fp32_and_fallback(exporte
     assert any("gpu_fallback = true" in p.fix for p in strict)
 
 
-def test_trt_11_int8_needs_qdq(exported):
+def test_trt_11_needs_reduced_precision_in_the_onnx(exported, tmp_path):
     orin = load_target("jetson-agx-orin")
     jp7 = dataclasses.replace(orin, stack={**orin.stack, "tensorrt": "11.4.1"})
     problems = validate_onnx(exported[17], jp7)
     assert len(problems) == 1 and "no INT8 calibrator" in problems[0].message
-    assert validate_onnx(exported[17], with_build(jp7, precision="fp16")) == []
+    fp16 = validate_onnx(exported[17], with_build(jp7, precision="fp16"))
+    assert len(fp16) == 1 and "no FP16 tensors" in fp16[0].message and "AutoCast" in fp16[0].fix
+    assert validate_onnx(exported[17], with_build(jp7, precision="fp32")) == []
+    # The same model with FP16 weights (and FP16 I/O) is what TensorRT 11 builds in FP16.
+    half = onnx.load(str(exported[17]))
+    for t in half.graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    for v in [*half.graph.input, *half.graph.output, *half.graph.value_info]:
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+            v.type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.save(half, str(tmp_path / "half.onnx"))
+    assert validate_onnx(tmp_path / "half.onnx", with_build(jp7, precision="fp16")) == []
 
 
 def test_qdq_zero_point_must_be_zero_for_tensorrt(tmp_path):
