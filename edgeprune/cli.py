@@ -256,22 +256,61 @@ def profile(
 
 @app.command()
 def targets(as_json: bool = JsonOpt) -> None:
-    """List the targets in targets/*.toml with their backend and status.
+    """List the targets in targets/*.toml with their backend, software stack, build policy and status.
 
     Example: edgeprune targets
     """
-    from .targets import list_targets, target_status
+    from .targets import list_targets, stack_summary, target_status
 
     rows = [(t, target_status(t)) for t in list_targets()]
     if as_json:
-        return _emit_json([{"name": t.name, "backend": t.backend, "description": t.description, "status": s}
+        return _emit_json([{"name": t.name, "backend": t.backend, "description": t.description, "status": s,
+                            "stack_summary": stack_summary(t), "precision": t.build.precision,
+                            "sparsity": t.build.sparsity, "dla_core": t.build.dla_core,
+                            "trt_generation": t.trt_generation, "ssh": t.ssh, "stack": t.stack,
+                            "hardware": t.hardware, "build": t.build.to_dict(), "run": t.run.to_dict()}
                            for t, s in rows])
     table = Table(title="targets")
-    for col in ("name", "backend", "status", "description"):
+    for col in ("name", "backend", "stack", "precision", "sparsity", "DLA", "status"):
         table.add_column(col)
     for t, s in rows:
-        table.add_row(t.name, t.backend, s, t.description)
+        dla = t.hardware.get("dla_cores", 0)
+        dla_text = "-" if not dla else (f"{dla} (GPU used)" if t.build.dla_core < 0 else f"core {t.build.dla_core}")
+        table.add_row(t.name, t.backend, stack_summary(t), t.build.precision, t.build.sparsity, dla_text, s)
     out.print(table)
+
+
+@app.command()
+def validate(
+    model: Path = typer.Argument(..., help="ONNX model to check."),
+    target: str = typer.Option("host-cpu", "--target", help="Target name (see `edgeprune targets`) or a .toml path."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check an ONNX model against a target without the device: ONNX checker and shape inference,
+    opset, the TensorRT release's operator list, DLA limits, sparse initializers. One line per
+    problem, naming the layer and the fix; exit code 0 when nothing stops a build, 1 otherwise.
+
+    Example: edgeprune validate pruned.onnx --target jetson-orin-nano
+    """
+    from .targets import load_target
+    from .validation import errors, validate_onnx
+
+    tgt = load_target(target)
+    problems = validate_onnx(model, tgt)
+    failed = bool(errors(problems))
+    if as_json:
+        _emit_json({"model": str(model), "target": tgt.name, "ok": not failed, "errors": len(errors(problems)),
+                    "notes": len(problems) - len(errors(problems)),
+                    "problems": [p.to_dict() for p in problems]})
+    else:
+        for p in problems:
+            out.print(str(p), markup=False, highlight=False, soft_wrap=True)
+        n_err, n_note = len(errors(problems)), len(problems) - len(errors(problems))
+        out.print(f"{model.name} on {tgt.name}: {'problems found' if failed else 'ok'} "
+                  f"({n_err} error{'s' * (n_err != 1)}, {n_note} note{'s' * (n_note != 1)})",
+                  markup=False, highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,16 +77,22 @@ def to_onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int = D
     example = (torch.zeros(2, *input_shape),)
     try:
         with _quiet(), torch.no_grad():
-            if isinstance(model, torch.jit.ScriptModule):
-                buf = io.BytesIO()
-                torch.onnx.export(model, example, buf, dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
-                return onnx.load_from_string(buf.getvalue())
-            program = torch.onnx.export(model, example, None, dynamo=True, opset_version=opset, external_data=False,
-                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], optimize=True,
-                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
-            return program.model_proto
+            if not isinstance(model, torch.jit.ScriptModule):
+                program = torch.onnx.export(model, example, None, dynamo=True, opset_version=opset,
+                                            external_data=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                            optimize=True,
+                                            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
+                # The dynamo exporter writes opset 18 and converts down; where ONNX has no down
+                # converter (below 14 for Relu, Reshape, ...) it keeps 18 without a word. Those
+                # opsets (TensorRT 8.2 on a Jetson Nano reads up to 13) come from the TorchScript
+                # exporter, which writes any opset.
+                if any(i.domain in ("", "ai.onnx") and i.version == opset for i in program.model_proto.opset_import):
+                    return program.model_proto
+            buf = io.BytesIO()
+            torch.onnx.export(model, example, buf, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            return onnx.load_from_string(buf.getvalue())
     except Exception as e:  # the exporters raise many unrelated types
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise InputError(f"ONNX export failed: {msg}") from None

@@ -58,7 +58,18 @@ _HARDWARE_KEYS: dict[str, tuple[type, ...]] = {
     "compute_capability": (str,),
     "dla_cores": (int,),
     "sparse_tensor_cores": (bool,),
+    "power_modes": (list,),  # nominal nvpmodel mode names; `nvpmodel -p --verbose` lists the real ones
 }
+
+# TensorRT API generations (DEPLOY.md §1.1, §1.7): 8.2-8.4 bind by index (`execute_async_v2`,
+# `max_workspace_size` on 8.2); 8.5 brought name-based I/O, which 10.0 made the only API; 11.0
+# removed weak typing (FP16/INT8 builder flags, calibrators). Code that branches on the API asks
+# `trt_generation`, never compares versions itself.
+TRT_GENERATIONS = ("8.2", "8.5-10", "11")
+# Highest ONNX opset each TensorRT release's ONNX parser reads (onnx-tensorrt docs/operators.md of
+# that release: 8.2/8.4 -> 13, 8.5/8.6 -> 17, 9.2 -> 19, 10.0 -> 20, 10.15 -> 24; 11.x -> 25 per
+# DEPLOY.md §1.1). A target's stack.max_opset may be lower, never higher.
+_TRT_PARSER_MAX_OPSET = ((8, 2), 13), ((8, 5), 17), ((9, 2), 19), ((10, 0), 20), ((10, 15), 24), ((11, 0), 25)
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,10 @@ class RunPolicy:
     batch_sizes: tuple[int, ...] = (1, 64)
     percentiles: tuple[float, ...] = (50.0, 90.0, 99.0)
     min_seconds: float = 0.0
+    # Jetson: the nvpmodel mode (by name) and jetson_clocks state measurements are meant for;
+    # latency differs ~10x across modes, so runs with different values must not be compared.
+    power_mode: str = ""
+    jetson_clocks: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -126,6 +141,46 @@ class Target:
     run: RunPolicy = field(default_factory=RunPolicy)
     ssh: str | None = None
     path: Path | None = None
+
+    @property
+    def trt_version(self) -> tuple[int, ...] | None:
+        """`stack.tensorrt` as a tuple (`"10.3.0"` -> `(10, 3, 0)`), None when the stack names none."""
+        text = self.stack.get("tensorrt")
+        return _vtuple(text) if text else None
+
+    @property
+    def trt_generation(self) -> str | None:
+        """The TensorRT API generation of the stack (see `trt_generation`), None without TensorRT."""
+        version = self.trt_version
+        return trt_generation(version) if version else None
+
+
+def trt_generation(version: str | tuple[int, ...]) -> str:
+    """`"8.2"` for TensorRT 8.2-8.4, `"8.5-10"` for 8.5-10.x, `"11"` for 11.x and later.
+
+    Raises InputError for anything older than 8.2, which edgeprune does not support.
+    """
+    v = version_tuple(version)
+    if not v:
+        raise InputError(f"'{_vtext(version)}' is not a TensorRT version (e.g. 10.3.0)")
+    if v < (8, 2):
+        raise InputError(f"TensorRT {_vtext(version)} is older than 8.2, the oldest version edgeprune supports")
+    if v < (8, 5):
+        return "8.2"
+    if v < (11,):
+        return "8.5-10"
+    return "11"
+
+
+def trt_parser_max_opset(version: str | tuple[int, ...]) -> int:
+    """The highest opset the ONNX parser of TensorRT `version` reads (>= 8.2)."""
+    v = version_tuple(version)
+    trt_generation(v)  # rejects versions before 8.2
+    return max(opset for since, opset in _TRT_PARSER_MAX_OPSET if v >= since)
+
+
+def _vtext(version: str | tuple[int, ...]) -> str:
+    return version if isinstance(version, str) else ".".join(map(str, version))
 
 
 def default_targets_dir() -> Path:
@@ -171,6 +226,15 @@ def target_status(target: Target) -> str:
     return f"unavailable: {problems[0]}" if problems else "ready"
 
 
+def stack_summary(target: Target) -> str:
+    """The software stack in a few words: `JetPack 6.2, TensorRT 10.3.0, CUDA 12.6` or `onnxruntime >=1.18,<2`."""
+    st = target.stack
+    if target.backend == "tensorrt":
+        parts = [("JetPack", st.get("jetpack")), ("TensorRT", st.get("tensorrt")), ("CUDA", st.get("cuda"))]
+        return ", ".join(f"{k} {v}" for k, v in parts if v)
+    return f"{target.backend} {st.get(target.backend, 'any')}"
+
+
 def build_policy_from_dict(data: dict[str, Any], source: str = "build policy") -> BuildPolicy:
     """Validate a `[build]` table (also used for the JSON the memory probe receives)."""
     return _parse_build(data, source)
@@ -190,7 +254,7 @@ def _load_file(path: Path) -> Target:
     if backend not in BACKENDS:
         raise InputError(f"{src}: unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
     ssh = _get(data, "ssh", str, src, "")
-    return Target(
+    target = Target(
         name=path.stem,
         description=_get(data, "description", str, src, "", default=""),
         backend=backend,
@@ -201,6 +265,40 @@ def _load_file(path: Path) -> Target:
         ssh=ssh or None,
         path=path.resolve(),
     )
+    _check_consistency(target, src)
+    return target
+
+
+def _check_consistency(t: Target, src: str) -> None:
+    """Settings that are each valid but contradict each other or the hardware named."""
+    b, hw = t.build, t.hardware
+    for where, key, item in (("stack", "available_eps", str), ("hardware", "big_cores", int),
+                             ("hardware", "power_modes", str)):
+        values = (t.stack if where == "stack" else hw).get(key, [])
+        if not all(isinstance(v, item) and not isinstance(v, bool) for v in values):
+            raise InputError(f"{src}: {where}.{key} must be a list of {item.__name__}")
+    if t.backend == "tensorrt":
+        if not t.stack.get("tensorrt"):
+            raise InputError(f"{src}: backend 'tensorrt' needs stack.tensorrt (the device's TensorRT version, e.g. \"10.3.0\")")
+        ceiling = trt_parser_max_opset(t.stack["tensorrt"])
+        if t.stack.get("max_opset", 0) > ceiling:
+            raise InputError(f"{src}: stack.max_opset {t.stack['max_opset']} is above {ceiling}, the highest opset "
+                             f"TensorRT {t.stack['tensorrt']}'s ONNX parser reads")
+    if b.sparsity == "2:4" and hw.get("sparse_tensor_cores") is False:
+        raise InputError(f"{src}: build.sparsity = \"2:4\" needs sparse tensor cores (Ampere or newer), but "
+                         f"hardware.sparse_tensor_cores is false; use sparsity = \"none\"")
+    if b.dla_core >= 0:
+        if t.backend != "tensorrt":
+            raise InputError(f"{src}: build.dla_core needs backend 'tensorrt'; use dla_core = -1")
+        if "dla_cores" in hw and b.dla_core >= hw["dla_cores"]:
+            raise InputError(f"{src}: build.dla_core = {b.dla_core}, but hardware.dla_cores = {hw['dla_cores']} "
+                             f"(cores are numbered from 0; -1 = GPU)")
+    modes = hw.get("power_modes")
+    if t.run.power_mode and modes and t.run.power_mode not in modes:
+        raise InputError(f"{src}: run.power_mode '{t.run.power_mode}' is not one of hardware.power_modes "
+                         f"({', '.join(map(str, modes))})")
+    if b.ort_target_platform and t.backend != "onnxruntime":
+        raise InputError(f"{src}: build.ort_target_platform applies to backend 'onnxruntime' only")
 
 
 def _parse_generic(table: dict, known: dict[str, tuple[type, ...]], src: str, prefix: str) -> dict:
@@ -287,6 +385,8 @@ def _parse_run(table: dict, src: str) -> RunPolicy:
         batch_sizes=tuple(sorted(set(batches))),
         percentiles=tuple(sorted({float(p) for p in pcts})),
         min_seconds=float(min_seconds),
+        power_mode=_get(table, "power_mode", str, src, "run", default=d.power_mode),
+        jetson_clocks=_get(table, "jetson_clocks", bool, src, "run", default=d.jetson_clocks),
     )
 
 
@@ -360,6 +460,11 @@ def version_in_range(version: str, spec: str) -> bool:
         if not ok:
             return False
     return True
+
+
+def version_tuple(version: str | tuple[int, ...]) -> tuple[int, ...]:
+    """`"10.3.0.26"` -> `(10, 3, 0, 26)`; a tuple is returned as it is."""
+    return tuple(version) if isinstance(version, tuple) else _vtuple(version)
 
 
 def _vtuple(s: str) -> tuple[int, ...]:

@@ -15,11 +15,12 @@ import pytest
 
 from edgeprune.backends import get_backend
 from edgeprune.backends.tensorrt import NOT_INSTALLED, TrtSession, build_engine, make_calibrator
-from edgeprune.backends.trt_plan import (EnginePlan, OnnxFacts, _trt_generation, onnx_facts, plan_engine,
+from edgeprune.backends.trt_plan import (EnginePlan, OnnxFacts, onnx_facts, plan_engine,
                                          plan_problems)
 from edgeprune.backends.trtexec import (bench_command, build_command, parse_sparsity, parse_trtexec_layer_info,
                                         parse_trtexec_profile, parse_trtexec_summary, parse_trtexec_times)
 from edgeprune.cli import main
+from edgeprune.targets import trt_generation
 from edgeprune.data import load_npz
 from edgeprune.errors import InputError
 from edgeprune.targets import BuildPolicy, RunPolicy, Target
@@ -53,13 +54,13 @@ def plan_for(target: Target, facts: OnnxFacts = DYNAMIC, samples: int = 512) -> 
 @pytest.mark.parametrize("version, gen", [("8.2.1", "8.2"), ("8.4.3.1", "8.2"), ("8.5.2", "8.5-10"), ("8.6.2", "8.5-10"),
                                           ("10.3.0.30", "8.5-10"), ("10.16", "8.5-10"), ("11.1.0", "11"), ("11.4.1", "11")])
 def test_generation_of_tensorrt_versions(version, gen):
-    assert _trt_generation(version) == gen
+    assert trt_generation(version) == gen
 
 
 @pytest.mark.parametrize("bad", ["7.1.3", "8.0.1", "ten", ""])
 def test_generation_refuses_old_or_malformed_versions(bad):
     with pytest.raises(InputError):
-        _trt_generation(bad)
+        trt_generation(bad)
 
 
 def test_plan_for_orin_int8_sparse_uses_flags_and_calibrator_and_round_trips_as_json():

@@ -155,6 +155,37 @@ def test_targets_lists_host_cpu(capsys):
     assert code == 0 and rows["host-cpu"]["backend"] == "onnxruntime"
 
 
+def test_targets_show_stack_and_build_policy(capsys, monkeypatch):
+    code, out, _ = run(capsys, "targets", "--json")
+    rows = {t["name"]: t for t in json.loads(out)}
+    nano = rows["jetson-nano"]
+    assert code == 0 and nano["stack_summary"] == "JetPack 4.6.1, TensorRT 8.2.1, CUDA 10.2"
+    assert (nano["precision"], nano["sparsity"], nano["trt_generation"]) == ("fp16", "none", "8.2")
+    assert rows["jetson-agx-orin"]["build"]["sparsity"] == "2:4" and rows["jetson-agx-orin"]["hardware"]["dla_cores"] == 2
+    assert rows["host-cpu"]["status"] == "ready" and rows["raspberry-pi-5"]["status"].startswith("unavailable")
+    monkeypatch.setenv("COLUMNS", "200")  # a terminal wide enough for one line per target
+    code, out, _ = run(capsys, "targets")
+    header = out.splitlines()[2]
+    assert "JetPack 6.2, TensorRT 10.3.0, CUDA 12.6" in next(ln for ln in out.splitlines() if "jetson-agx-orin" in ln)
+    assert code == 0 and all(col in header for col in ("name", "backend", "stack", "precision", "sparsity", "DLA", "status"))
+
+
+def test_validate_exit_code_says_whether_the_model_fits(capsys, tmp_path, lenet300_ckpt):
+    model = tmp_path / "m.onnx"
+    assert main(["export", str(lenet300_ckpt), "-o", str(model), "--no-check", "--json"]) == 0
+    capsys.readouterr()
+    code, out, _ = run(capsys, "validate", model, "--target", "jetson-orin-nano")
+    assert code == 0 and out.strip() == "m.onnx on jetson-orin-nano: ok (0 errors, 0 notes)"
+    code, out, _ = run(capsys, "validate", model, "--target", "jetson-nano")
+    assert code == 1 and out.splitlines()[0] == "model: opset 17 is above the target's max_opset 13; fix: re-export with --opset 13"
+    code, out, _ = run(capsys, "validate", model, "--target", "jetson-nano", "--json")
+    r = json.loads(out)
+    assert code == 1 and (r["ok"], r["errors"], r["notes"]) == (False, 1, 0) and r["problems"][0]["layer"] == "model"
+    code, out, _ = run(capsys, "validate", "--help")
+    assert "Example: edgeprune validate" in " ".join(out.split())
+    bad(capsys, "validate", tmp_path / "nope.onnx", match="not found")
+
+
 # ------------------------------------------------------------------ bad input: exit 2, one line, no traceback
 def bad(capsys, *argv, match: str):
     code, out, err = run(capsys, *argv)

@@ -44,6 +44,17 @@ def test_residual_cnn_exports_with_parity(tmp_path, resnet_ckpt, fmnist_small):
     assert r.parity.ok and r.size_bytes == (tmp_path / "r.onnx").stat().st_size
 
 
+def test_opsets_below_what_the_dynamo_exporter_reaches_are_honoured(tmp_path, resnet_ckpt, fmnist_small):
+    # The dynamo exporter cannot bring BatchNormalization below opset 18 and used to keep 18 silently.
+    loaded = load_model(resnet_ckpt)
+    for opset in (13, 16):
+        r = export(loaded, tmp_path / f"r{opset}.onnx", opset=opset, check_inputs=fmnist_small.test().x[:32])
+        model = onnx.load(r.path)
+        assert r.opset == opset and r.parity.ok
+        assert [i.version for i in model.opset_import if i.domain == ""] == [opset]
+        onnx.checker.check_model(model, full_check=True)
+
+
 def test_parity_check_fails_loudly_when_onnx_disagrees(tmp_path, lenet300_ckpt, fmnist_small):
     loaded = load_model(lenet300_ckpt)
     proto = to_onnx_model(loaded.model, (1, 28, 28))

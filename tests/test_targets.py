@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import platform
+import re
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,13 @@ from edgeprune.targets import (
     BuildPolicy,
     RunPolicy,
     Target,
+    TRT_GENERATIONS,
     list_targets,
     load_target,
+    stack_summary,
     target_status,
+    trt_generation,
+    trt_parser_max_opset,
     version_in_range,
 )
 
@@ -187,10 +193,133 @@ def test_status_says_whether_a_target_can_run_here(tmp_path):
     assert target_status(load_target("host-cpu")) == "ready"
     gpu = GOOD.replace('["CPUExecutionProvider"]', '["CUDAExecutionProvider"]')
     assert "CUDAExecutionProvider" in target_status(load_target(str(write(tmp_path, gpu, "gpu"))))
-    trt = 'backend = "tensorrt"\nssh = "nvidia@orin"\n'
+    trt = 'backend = "tensorrt"\nssh = "nvidia@orin"\n[stack]\ntensorrt = "10.3.0"\n'
     assert target_status(load_target(str(write(tmp_path, trt, "trt")))) == "remote (nvidia@orin)"
     if importlib.util.find_spec("tensorrt") is None:
-        local_trt = load_target(str(write(tmp_path, 'backend = "tensorrt"\n', "trt-local")))
+        local_trt = load_target(str(write(tmp_path, 'backend = "tensorrt"\n[stack]\ntensorrt = "10.3.0"\n', "trt-local")))
         assert target_status(local_trt) == "unavailable: TensorRT is not installed on this machine"
     remote = GOOD.replace('backend = "onnxruntime"', 'backend = "onnxruntime"\nssh = "pi@raspberrypi"')
     assert target_status(load_target(str(write(tmp_path, remote, "pi")))) == "remote (pi@raspberrypi)"
+
+
+# ------------------------------------------------------------------ the shipped device files
+TARGET_FILES = sorted((Path(__file__).resolve().parents[1] / "targets").glob("*.toml"))
+JETSONS = ["jetson-nano", "jetson-xavier-nx", "jetson-agx-xavier", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin"]
+
+
+def test_the_issue_targets_ship():
+    assert {p.stem for p in TARGET_FILES} >= {*JETSONS, "raspberry-pi-4", "raspberry-pi-5", "android-arm64", "host-cpu"}
+
+
+@pytest.mark.parametrize("path", TARGET_FILES, ids=lambda p: p.stem)
+def test_every_target_file_loads_and_is_consistent(path):
+    t = load_target(path)
+    assert t.name == path.stem and t.description and t.stack.get("max_opset")
+    if t.backend == "tensorrt":
+        assert t.hardware["family"] == "jetson" and t.hardware["compute_capability"]
+        assert {"jetpack", "l4t", "tensorrt", "cuda", "cudnn"} <= set(t.stack)
+        assert t.build.precision in ("fp16", "int8") and t.build.calibration == "calibration/fmnist.npz"
+        assert (Path(__file__).resolve().parents[1] / t.build.calibration).is_file()
+        # 2:4 sparse kernels exist only on Ampere-class GPUs: Orin (CC 8.7).
+        assert (t.build.sparsity == "2:4") == t.hardware["sparse_tensor_cores"] == (t.hardware["compute_capability"] == "8.7")
+        assert t.stack["max_opset"] <= trt_parser_max_opset(t.stack["tensorrt"])
+        assert t.run.power_mode in t.hardware["power_modes"] and t.run.jetson_clocks
+    else:
+        assert t.trt_version is None and t.trt_generation is None
+        assert t.build.precision == "fp32" and t.build.dla_core == -1
+
+
+def test_jetson_stacks_follow_the_jetpack_matrix():
+    ts = {n: load_target(n) for n in JETSONS}
+    assert {n: t.trt_generation for n, t in ts.items()} == {
+        "jetson-nano": "8.2", "jetson-xavier-nx": "8.5-10", "jetson-agx-xavier": "8.5-10",
+        "jetson-orin-nano": "8.5-10", "jetson-orin-nx": "8.5-10", "jetson-agx-orin": "8.5-10"}
+    assert ts["jetson-nano"].trt_version == (8, 2, 1) and ts["jetson-nano"].stack["max_opset"] == 13
+    assert ts["jetson-nano"].build.precision == "fp16"  # Maxwell: no INT8 tensor cores
+    assert [ts[n].hardware["dla_cores"] for n in JETSONS] == [0, 2, 2, 0, 2, 2]
+
+
+def test_arm_cpu_targets_build_for_arm():
+    for name in ("raspberry-pi-4", "raspberry-pi-5", "android-arm64"):
+        t = load_target(name)
+        assert t.backend == "onnxruntime" and t.build.ort_target_platform == "arm"
+        assert t.build.graph_optimization_level != "all"  # "all" bakes in x86-only layouts
+        assert t.build.threads == len(t.hardware["big_cores"])
+    assert load_target("raspberry-pi-4").build.model_format == "onnx"
+    assert load_target("raspberry-pi-5").build.model_format == "ort"
+    assert load_target("android-arm64").build.execution_providers[0] == "XnnpackExecutionProvider"
+
+
+def test_a_target_for_another_cpu_is_unavailable_here(tmp_path):
+    other = "aarch64" if platform.machine().lower() not in ("aarch64", "arm64") else "x86_64"
+    text = GOOD.replace('family = "host"', f'family = "linux-arm"\narch = "{other}"')
+    status = target_status(load_target(str(write(tmp_path, text))))
+    assert status.startswith("unavailable") and f"{other} device" in status
+
+
+def test_trt_generations():
+    assert [trt_generation(v) for v in ("8.2.1", "8.4.3", "8.5.2", "8.6.2", "9.2", "10.3.0", "10.16", "11.0", "11.4.1")] == [
+        "8.2", "8.2", "8.5-10", "8.5-10", "8.5-10", "8.5-10", "8.5-10", "11", "11"]
+    assert trt_generation((10, 3)) == "8.5-10" and set(TRT_GENERATIONS) == {"8.2", "8.5-10", "11"}
+    for old in ("8.0.1", "7.1.3"):
+        with pytest.raises(InputError, match="older than 8.2"):
+            trt_generation(old)
+    with pytest.raises(InputError, match="not a TensorRT version"):
+        trt_generation("latest")
+    assert [trt_parser_max_opset(v) for v in ("8.2.1", "8.5.2", "10.3.0", "10.15", "11.1")] == [13, 17, 20, 24, 25]
+
+
+JETSON = """
+description = "test jetson"
+backend = "tensorrt"
+[stack]
+tensorrt = "10.3.0"
+max_opset = 20
+[hardware]
+family = "jetson"
+dla_cores = 2
+sparse_tensor_cores = true
+power_modes = ["MAXN", "15W"]
+[build]
+precision = "fp16"
+sparsity = "2:4"
+dla_core = 1
+[run]
+power_mode = "MAXN"
+jetson_clocks = true
+"""
+
+
+def test_jetson_keys_parse(tmp_path):
+    t = load_target(str(write(tmp_path, JETSON)))
+    assert (t.build.dla_core, t.build.sparsity, t.run.power_mode, t.run.jetson_clocks) == (1, "2:4", "MAXN", True)
+    assert t.hardware["power_modes"] == ["MAXN", "15W"] and t.trt_version == (10, 3, 0)
+    assert stack_summary(t) == "TensorRT 10.3.0" and stack_summary(load_target("host-cpu")) == "onnxruntime >=1.18,<2"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ('tensorrt = "10.3.0"\n', "", "needs stack.tensorrt"),
+        ("max_opset = 20", "max_opset = 21", "above 20, the highest opset TensorRT 10.3.0"),
+        ('tensorrt = "10.3.0"', 'tensorrt = "7.1.3"', "older than 8.2"),
+        ("sparse_tensor_cores = true", "sparse_tensor_cores = false", "needs sparse tensor cores"),
+        ("dla_core = 1", "dla_core = 2", "hardware.dla_cores = 2"),
+        ("dla_core = 1", "dla_core = -2", "build.dla_core must be >= -1"),
+        ('power_modes = ["MAXN", "15W"]', "power_modes = [15]", "hardware.power_modes must be a list of str"),
+        ('power_mode = "MAXN"', "power_mode = 0", "'run.power_mode' must be str"),
+        ('power_mode = "MAXN"', 'power_mode = "MAX"', "run.power_mode 'MAX' is not one of hardware.power_modes (MAXN, 15W)"),
+        ("jetson_clocks = true", "jetson_clock = true", "unknown key 'run.jetson_clock'"),
+        ('sparsity = "2:4"', 'sparsity = "4:8"', "'build.sparsity' must be one of none, 2:4"),
+        ('precision = "fp16"', 'precision = "fp16"\nort_target_platform = "arm"', "applies to backend 'onnxruntime' only"),
+    ],
+)
+def test_contradictions_in_a_jetson_file_are_input_errors(tmp_path, old, new, match):
+    assert old in JETSON
+    with pytest.raises(InputError, match=re.escape(match)):
+        load_target(str(write(tmp_path, JETSON.replace(old, new, 1))))
+
+
+def test_dla_core_needs_tensorrt(tmp_path):
+    with pytest.raises(InputError, match="dla_core needs backend 'tensorrt'"):
+        load_target(str(write(tmp_path, GOOD.replace("threads = 2", "threads = 2\ndla_core = 0"))))

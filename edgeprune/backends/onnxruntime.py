@@ -75,34 +75,18 @@ class OnnxRuntimeBackend:
     def validate(self, onnx_path: Path, target: Target) -> list[str]:
         # Imported here: the memory probe opens sessions through this module, and a device-side
         # process needs onnxruntime, not onnx (whose import alone costs tens of MB of RSS).
-        import onnx
+        from edgeprune.validation import errors, validate_onnx
 
-        path = Path(onnx_path)
-        if not path.is_file():
-            raise InputError(f"ONNX file not found: {path}")
-        problems: list[str] = []
-        try:
-            model = onnx.load(str(path), load_external_data=False)
-        except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
-            return [f"not a readable ONNX model: {_first_line(e)}"]
-        try:
-            # The path, not the proto: lets the checker follow external data and >2 GB models.
-            onnx.checker.check_model(str(path), full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-            problems.append(f"onnx.checker: {_first_line(e)}")
-        opset = next((i.version for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
-        max_opset = target.stack.get("max_opset")
-        if max_opset is not None and opset > max_opset:
-            problems.append(f"opset {opset} is above the target's max_opset {max_opset}; re-export with opset <= {max_opset}")
+        problems = [str(p) for p in errors(validate_onnx(Path(onnx_path), target))]
         if target.build.precision != "fp32":
             problems.append(f"precision '{target.build.precision}' is not implemented by the onnxruntime backend (use fp32)")
         # A remote target's stack is checked on the device; only a local one is this process's.
         if target.ssh is None:
-            problems += _version_problems(target)
+            problems += _arch_problems(target) + _version_problems(target)
         return problems
 
     def host_problems(self, target: Target) -> list[str]:
-        return _missing_providers(target.build) + _version_problems(target)
+        return _arch_problems(target) + _missing_providers(target.build) + _version_problems(target)
 
     def build(self, onnx_path: Path, target: Target, out_dir: Path) -> Engine:
         src = Path(onnx_path)
@@ -165,6 +149,15 @@ class OnnxRuntimeBackend:
                 f"execution provider '{lost[0]}' was asked for but the session runs on {', '.join(got)}"
             )
         return sess
+
+
+def _arch_problems(target: Target) -> list[str]:
+    """A target for another CPU architecture measured here would report this host's numbers."""
+    wanted = target.hardware.get("arch")
+    here = {"arm64": "aarch64", "amd64": "x86_64"}.get(platform.machine().lower(), platform.machine().lower())
+    if wanted and wanted != here:
+        return [f"the target is an {wanted} device, this host is {here}"]
+    return []
 
 
 def _version_problems(target: Target) -> list[str]:

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeprune.backends.base import Engine
-from edgeprune.backends.trt_plan import EnginePlan, _trt_generation, onnx_facts, plan_engine, plan_problems, version_tuple
+from edgeprune.backends.trt_plan import EnginePlan, onnx_facts, plan_engine, plan_problems
+from edgeprune.targets import trt_generation, version_tuple
 from edgeprune.backends.trtexec import SparsityResult, parse_sparsity
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import atomic_write
@@ -175,7 +176,7 @@ def build_engine(plan: EnginePlan, run_dir: Path, *, trt: Any = None, cuda: Cuda
     trt = trt or _import_trt()
     run_dir = Path(run_dir)
     installed = trt.__version__
-    if _trt_generation(installed) != plan.generation:
+    if trt_generation(installed) != plan.generation:
         raise InputError(f"the plan is for TensorRT {plan.tensorrt} (generation {plan.generation}); "
                          f"this machine has TensorRT {installed}")
     major = version_tuple(installed)[0]
@@ -371,7 +372,7 @@ def build_here_problem(plan: EnginePlan) -> str | None:
     if importlib.util.find_spec("cuda") is None:
         return "cuda-python is not installed on this machine (pip install cuda-python)"
     installed = _import_trt().__version__
-    if _trt_generation(installed) != plan.generation:
+    if trt_generation(installed) != plan.generation:
         return (f"this machine's TensorRT {installed} is of another API generation than the target's "
                 f"{plan.tensorrt} ({plan.generation})")
     return None

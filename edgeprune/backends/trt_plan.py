@@ -15,17 +15,16 @@ typed networks only: reduced precision must be in the ONNX, INT8 as Q/DQ nodes).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import InputError
+from edgeprune.targets import trt_generation, version_tuple
 
 if TYPE_CHECKING:
     from edgeprune.targets import Target
 
-GENERATIONS = ("8.2", "8.5-10", "11")
 # Jetson clocks ramp up under load (DVFS); trtexec's default 200 ms warm-up is too short there.
 TRTEXEC_WARMUP_MS = 2000
 # Calibration batches fed to TensorRT's calibrator; the cache is what the device keeps.
@@ -33,34 +32,6 @@ CALIBRATION_BATCH = 32
 CALIBRATION_INPUTS = "calibration_inputs.npy"
 # TensorRT's implicit-quantisation calibrators, by the build policy's method names.
 TRT_CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
-
-
-def _trt_generation(version: str) -> str:
-    """"8.2", "8.5-10" or "11" for a TensorRT version string like "10.3.0.30".
-
-    Same contract as `edgeprune.targets.trt_generation` (written on another branch); this private
-    copy goes once both are merged.
-    """
-    major, minor = _major_minor(version)
-    if (major, minor) < (8, 2):
-        raise InputError(f"TensorRT {version} is older than 8.2, the oldest version edgeprune builds for")
-    if major >= 11:
-        return "11"
-    if major == 8 and minor < 5:
-        return "8.2"
-    return "8.5-10"
-
-
-def _major_minor(version: str) -> tuple[int, int]:
-    m = re.match(r"^\s*(\d+)\.(\d+)", str(version))
-    if not m:
-        raise InputError(f"TensorRT version '{version}' is not of the form MAJOR.MINOR[.PATCH]")
-    return int(m.group(1)), int(m.group(2))
-
-
-def version_tuple(version: str) -> tuple[int, ...]:
-    """(major, minor, patch) of a TensorRT version string, for comparisons like >= (10, 1)."""
-    return tuple(int(p) for p in re.findall(r"\d+", str(version))[:3])
 
 
 @dataclass(frozen=True)
@@ -170,7 +141,7 @@ def plan_problems(target: Target, facts: OnnxFacts | None = None, *, calibration
     if not version:
         return [f"target {target.name} names no TensorRT version: set stack.tensorrt (e.g. \"10.3\")"]
     try:
-        gen = _trt_generation(version)
+        gen = trt_generation(version)
     except InputError as e:
         return [str(e)]
     b, problems = target.build, []
@@ -222,9 +193,9 @@ def plan_engine(target: Target, facts: OnnxFacts, *, model: str, onnx_file: str,
     if problems:
         raise InputError(f"target {target.name}: {problems[0]}")
     version = str(target.stack["tensorrt"])
-    gen = _trt_generation(version)
+    gen = trt_generation(version)
     b, run = target.build, target.run
-    major = _major_minor(version)[0]
+    major = version_tuple(version)[0]
     notes: list[str] = []
 
     dims = facts.input_dims
