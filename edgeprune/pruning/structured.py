@@ -63,15 +63,22 @@ class ScoreImportance(tp.importance.Importance):
     by arbitrary scale (a conv followed by BatchNorm can be rescaled freely).
     """
 
-    def __init__(self, scores: dict[str, torch.Tensor], model: nn.Module, normalize: bool = False) -> None:
+    def __init__(self, scores: dict[str, torch.Tensor], model: nn.Module, normalize: bool = False,
+                 filter_scores: dict[str, torch.Tensor] | None = None) -> None:
         self.scores = scores
         self.names = {m: n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
         self.normalize = normalize
+        # A method's own per-filter scores (Method.filter_scores) replace the aggregate for their root layers.
+        self.filter_scores = filter_scores or {}
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
         # Root channel number -> position in the returned vector (groups may hold a subset).
         position = {r: i for i, r in enumerate(group[0].root_idxs)}
+        root = self.names.get(group[0].dep.target.module)
+        if root in self.filter_scores and group[0].dep.handler in _OUT_FNS:
+            imp = self.filter_scores[root].detach().double()[torch.tensor(group[0].idxs, dtype=torch.long)]
+            return imp / imp.mean() if self.normalize and imp.mean() > 0 else imp
         imp = torch.zeros(len(position), dtype=torch.float64)
         found = False
         for item in group:
@@ -225,12 +232,13 @@ def prune_channels(
     scope: str,
     budget: str,
     round_to: int,
+    filter_scores: dict[str, torch.Tensor] | None = None,
 ) -> list[dict]:
     """Physically remove output channels / neurons until `budget` has shrunk by `sparsity`.
 
     budget "params": fraction of prunable (Conv/Linear) weights removed; "macs": fraction of MACs
     per sample removed; both relative to `model` as passed. Channel importance is
-    `ScoreImportance` over `scores`. scope "layer" removes the same share of channels from every
+    `ScoreImportance` over `scores` (or `filter_scores` where given). scope "layer" removes the same share of channels from every
     group of coupled layers; "global" ranks all channels together (importance normalised per
     group) with at most MAX_LAYER_RATIO of any group removed. Widths land on multiples of
     `round_to` (layers narrower than that are left alone). The classifier's outputs are never
@@ -254,7 +262,7 @@ def prune_channels(
 
     graph = _build_graph(model, example_input)
     output = _output_layer(model, example_input)
-    importance = ScoreImportance(scores, model, normalize=(scope == "global"))
+    importance = ScoreImportance(scores, model, normalize=(scope == "global"), filter_scores=filter_scores)
     names = {m: n for n, m in model.named_modules()}
     groups = []
     for group in graph.get_all_groups(ignored_layers=[output] if output is not None else [],
