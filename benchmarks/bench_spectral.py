@@ -60,7 +60,7 @@ class Settings:
     arch: str = "lenet5"
     train_limit: int = 15000           # of the 54k train split (the 6k validation split stays whole)
     dense_epochs: float = 5.0
-    dense_lr: float = 1e-3
+    dense_lr: float = 3e-3
     finetune_epochs: float = 2.0       # in all, split over the steps
     steps: int = 3
     batch_size: int = 128

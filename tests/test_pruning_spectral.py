@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from edgeprune import api
@@ -14,6 +15,7 @@ from edgeprune.errors import InputError
 from edgeprune.model_io import load_model
 from edgeprune.pruning import PruneSpec, get_method, prune
 from edgeprune.pruning.spectral import channel_factors, flatness_report, radial_spectra
+from edgeprune.pruning.structured import ScoreImportance
 
 DATA = ["--data", "fashion-mnist", "--limit", "1000"]
 
@@ -127,6 +129,21 @@ def test_channel_variant_removes_filters_by_spectral_filter_score(lenet5):
     assert plans[0.0] != plans[1.0]
     model, _ = pruned(path, calib, PruneSpec("spectral", 0.5, **spec))
     assert model(torch.from_numpy(calib[0].numpy()[:2])).shape == (2, 10)   # compacted and still runs
+
+
+def test_a_residual_channel_is_scored_by_every_filter_that_writes_it(resnet_ckpt, fmnist_small):
+    loaded = load_model(resnet_ckpt)
+    model = loaded.model
+    calib = [torch.from_numpy(fmnist_small.train_val()[0].x[:128])]
+    method = get_method("spectral", attenuation=0.5)
+    stats = method.collect(model, calib)
+    filters = method.filter_scores(model, stats)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=loaded.example_input)
+    group = next(g for g in graph.get_all_groups(ignored_layers=[model.fc], root_module_types=(nn.Conv2d,))
+                 if any(item.dep.target.module is model.layers[0].conv2 for item in g))
+    imp = ScoreImportance(method.score(model, stats), model, filter_scores=filters)(group)
+    # stem and block 1's conv2 both write the 16 channels of the first residual stage
+    torch.testing.assert_close(imp, filters["stem.0"] + filters["layers.0.conv2"])
 
 
 @pytest.mark.parametrize("options", [{"attenuation": 1.5}, {"attenuation": -0.1}, {"width": 0}, {"images": 0},

@@ -68,16 +68,15 @@ class ScoreImportance(tp.importance.Importance):
         self.scores = scores
         self.names = {m: n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
         self.normalize = normalize
-        # A method's own per-filter scores (Method.filter_scores) replace the aggregate for their root layers.
+        # A method's own per-filter scores (Method.filter_scores) replace the aggregate in the groups they reach.
         self.filter_scores = filter_scores or {}
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
         # Root channel number -> position in the returned vector (groups may hold a subset).
         position = {r: i for i, r in enumerate(group[0].root_idxs)}
-        root = self.names.get(group[0].dep.target.module)
-        if root in self.filter_scores and group[0].dep.handler in _OUT_FNS:
-            imp = self.filter_scores[root].detach().double()[torch.tensor(group[0].idxs, dtype=torch.long)]
+        imp = self._filter_importance(group, position)
+        if imp is not None:
             return imp / imp.mean() if self.normalize and imp.mean() > 0 else imp
         imp = torch.zeros(len(position), dtype=torch.float64)
         found = False
@@ -104,6 +103,24 @@ class ScoreImportance(tp.importance.Importance):
         if self.normalize and imp.mean() > 0:
             imp = imp / imp.mean()
         return imp
+
+    def _filter_importance(self, group, position: dict[int, int]) -> torch.Tensor | None:
+        # Sum of the method's own filter scores over every layer whose output channels this group
+        # removes (one conv, or each conv feeding a residual add); None where it scored none of them.
+        imp = torch.zeros(len(position), dtype=torch.float64)
+        found = False
+        for item in group:
+            layer = item.dep.target.module
+            name = self.names.get(layer) if isinstance(layer, nn.Module) else None
+            if name not in self.filter_scores or item.dep.handler not in _OUT_FNS:
+                continue
+            if any(r is None for r in item.root_idxs):
+                continue
+            where = torch.tensor([position[r] for r in item.root_idxs], dtype=torch.long)
+            scores = self.filter_scores[name].detach().double()
+            imp.scatter_add_(0, where, scores[torch.tensor(item.idxs, dtype=torch.long)])
+            found = True
+        return imp if found else None
 
 
 @dataclass
