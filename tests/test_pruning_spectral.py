@@ -80,7 +80,7 @@ def test_attenuation_prunes_channels_with_energy_at_the_peak_harder(lenet5):
     dense = load_model(path).model
     spectra = radial_spectra(dense, calib)
     _, magnitude = pruned(path, calib, PruneSpec("magnitude", 0.75, scope="layer"))
-    _, spectral = pruned(path, calib, PruneSpec("spectral", 0.75, options={"attenuation": 1.0}))
+    _, spectral = pruned(path, calib, PruneSpec("spectral", 0.75, options={"attenuation": 1.0, "width": 1.0}))
     for name in ("features.0", "features.3"):
         m, _ = channel_factors(spectra[name], 1.0, 1.0)   # low m = high share at the peak
         kept_mag = magnitude.masks[name].flatten(1).sum(1).double()
@@ -116,7 +116,7 @@ def test_channel_variant_removes_filters_by_spectral_filter_score(lenet5):
     spec = dict(granularity="channel", round_to=1, scope="layer")
     dense = load_model(path).model
     spectra = radial_spectra(dense, calib)
-    plans = {a: pruned(path, calib, PruneSpec("spectral", 0.5, options={"attenuation": a}, **spec))[1].plan
+    plans = {a: pruned(path, calib, PruneSpec("spectral", 0.5, options={"attenuation": a, "width": 1.0}, **spec))[1].plan
              for a in (0.0, 1.0)}
     for a, plan in plans.items():
         removed = {step["layer"]: step["idxs"] for step in plan}
