@@ -17,7 +17,7 @@ runs. LeNet-5 is the network METHODS.md 3.5 suggests; its two convs hold 2,550 o
 prunable weights, and with per-layer thresholds its Linear layers are pruned identically by both
 methods, so any difference comes from the convs.
 
-    .venv/bin/python benchmarks/bench_spectral.py            # about 17 min on 2 busy cores
+    .venv/bin/python benchmarks/bench_spectral.py            # 22 min on 2 busy cores (load average 15)
     .venv/bin/python benchmarks/bench_spectral.py --quick    # smoke run, ~1 min; writes spectral-quick.*
 """
 
