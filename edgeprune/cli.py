@@ -101,7 +101,8 @@ def compress(
     method: str = typer.Option("magnitude", "--method", help="Pruning method (magnitude, random)."),
     sparsity: str = typer.Option("0.5", "--sparsity", help="Fraction of prunable weights removed, in [0, 1)."),
     granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured) or channel (physical removal)."),
-    scope: str = typer.Option("global", "--scope", help="global or layer."),
+    scope: Optional[str] = typer.Option(None, "--scope", help="global or layer (default: the method's; layer for "
+                                        "spectral, global for the others)."),
     schedule: str = typer.Option("oneshot", "--schedule", help="oneshot or iterative (cubic)."),
     steps: int = typer.Option(5, "--steps", help="Prune steps for --schedule iterative."),
     budget: str = typer.Option("params", "--budget", help="Channel pruning: --sparsity counts params or macs."),
@@ -152,6 +153,8 @@ def compress(
     out.print(f"sparsity {r.sparsity:.2%} of prunable weights (target {r.target_sparsity:.2%}); "
               f"before fine-tuning val {r.pruned_val_accuracy:.2f} %; fine-tuned {r.finetune_epochs:g} epochs at lr {r.finetune_lr:g}; "
               f"{r.total_seconds:.1f} s -> {r.path}")
+    if r.details.get("summary"):
+        out.print(r.details["summary"])   # the method's own one-line report; --json has all of r.details
 
 
 @app.command()

@@ -32,7 +32,9 @@ class PruneSpec:
     method: str = "magnitude"
     sparsity: float = 0.5
     granularity: str = "weight"
-    scope: str = "global"
+    # None = the method's own default (Method.default_scope: "global" for most, "layer" for
+    # spectral, whose thresholds are per layer by design); validate() fills it in.
+    scope: str | None = None
     schedule: str = "oneshot"
     steps: int = 5
     budget: str = "params"
@@ -52,6 +54,8 @@ class PruneSpec:
         if not (0.0 <= float(self.sparsity) < 1.0):
             raise InputError(f"sparsity must be in [0, 1) (the fraction removed), got {self.sparsity}")
         _check_choice("granularity", self.granularity, GRANULARITIES)
+        if self.scope is None:
+            self.scope = _REGISTRY[self.method].default_scope
         _check_choice("scope", self.scope, SCOPES)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("budget", self.budget, BUDGETS)
@@ -84,6 +88,8 @@ class Method(ABC):
     """
 
     name: ClassVar[str]
+    # The selection scope when the user names none (PruneSpec.scope None).
+    default_scope: ClassVar[str] = "global"
 
     def __init__(self, seed: int = 0) -> None:
         # Methods with options take them as keyword arguments after `seed` (with defaults) and
@@ -96,6 +102,16 @@ class Method(ABC):
     def collect(self, model: nn.Module, batches: Iterable[torch.Tensor] | None) -> Any:
         """Gather what `score` needs (activations, spectra, ...). Weight-only methods need nothing."""
         return None
+
+    def filter_scores(self, model: nn.Module, stats: Any) -> dict[str, torch.Tensor] | None:
+        """Whole-filter scores (one per output channel; higher = keep) for granularity "channel", for the
+        layers whose filters the method ranks itself; other layers aggregate `score` over their
+        Torch-Pruning group (structured.ScoreImportance). None (the default) for all layers."""
+        return None
+
+    def finish(self, model: nn.Module, batches: Iterable[torch.Tensor] | None) -> None:
+        """Called once on the final model (after the last step and its fine-tune), e.g. to measure into
+        `self.details` what pruning changed. Most methods need nothing."""
 
     @abstractmethod
     def score(self, model: nn.Module, stats: Any) -> dict[str, torch.Tensor]:

@@ -84,7 +84,8 @@ def prune(
 
     for t, target in enumerate(steps, start=1):
         step_start = time.perf_counter()
-        scores = method.score(model, method.collect(model, batches))
+        stats = method.collect(model, batches)
+        scores = method.score(model, stats)
         if spec.granularity == "weight":
             if result.masks is not None:
                 # already-removed weights rank below everything, so masks can only shrink
@@ -101,7 +102,8 @@ def prune(
             remaining = 1.0 - (1.0 - target) * base / current if current else 0.0
             if remaining > 0:
                 result.plan.extend(prune_channels(
-                    model, example_input, scores, remaining, spec.scope, spec.budget, spec.round_to))
+                    model, example_input, scores, remaining, spec.scope, spec.budget, spec.round_to,
+                    filter_scores=method.filter_scores(model, stats)))
             achieved = 1.0 - budget_count(model, example_input, spec.budget) / base if base else 0.0
         pruned_at = time.perf_counter()
         if finetune is not None:
@@ -109,6 +111,7 @@ def prune(
         result.steps.append(PruneStep(t, target, achieved, pruned_at - step_start, time.perf_counter() - pruned_at))
 
     result.seconds = sum(step.seconds for step in result.steps)
+    method.finish(model, batches)
     result.details = method.details
     final = result.steps[-1].achieved
     if abs(final - spec.sparsity) > TOLERANCE:

@@ -63,15 +63,21 @@ class ScoreImportance(tp.importance.Importance):
     by arbitrary scale (a conv followed by BatchNorm can be rescaled freely).
     """
 
-    def __init__(self, scores: dict[str, torch.Tensor], model: nn.Module, normalize: bool = False) -> None:
+    def __init__(self, scores: dict[str, torch.Tensor], model: nn.Module, normalize: bool = False,
+                 filter_scores: dict[str, torch.Tensor] | None = None) -> None:
         self.scores = scores
         self.names = {m: n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
         self.normalize = normalize
+        # A method's own per-filter scores (Method.filter_scores) replace the aggregate in the groups they reach.
+        self.filter_scores = filter_scores or {}
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
         # Root channel number -> position in the returned vector (groups may hold a subset).
         position = {r: i for i, r in enumerate(group[0].root_idxs)}
+        imp = self._filter_importance(group, position)
+        if imp is not None:
+            return imp / imp.mean() if self.normalize and imp.mean() > 0 else imp
         imp = torch.zeros(len(position), dtype=torch.float64)
         found = False
         for item in group:
@@ -97,6 +103,24 @@ class ScoreImportance(tp.importance.Importance):
         if self.normalize and imp.mean() > 0:
             imp = imp / imp.mean()
         return imp
+
+    def _filter_importance(self, group, position: dict[int, int]) -> torch.Tensor | None:
+        # Sum of the method's own filter scores over every layer whose output channels this group
+        # removes (one conv, or each conv feeding a residual add); None where it scored none of them.
+        imp = torch.zeros(len(position), dtype=torch.float64)
+        found = False
+        for item in group:
+            layer = item.dep.target.module
+            name = self.names.get(layer) if isinstance(layer, nn.Module) else None
+            if name not in self.filter_scores or item.dep.handler not in _OUT_FNS:
+                continue
+            if any(r is None for r in item.root_idxs):
+                continue
+            where = torch.tensor([position[r] for r in item.root_idxs], dtype=torch.long)
+            scores = self.filter_scores[name].detach().double()
+            imp.scatter_add_(0, where, scores[torch.tensor(item.idxs, dtype=torch.long)])
+            found = True
+        return imp if found else None
 
 
 @dataclass
@@ -225,12 +249,13 @@ def prune_channels(
     scope: str,
     budget: str,
     round_to: int,
+    filter_scores: dict[str, torch.Tensor] | None = None,
 ) -> list[dict]:
     """Physically remove output channels / neurons until `budget` has shrunk by `sparsity`.
 
     budget "params": fraction of prunable (Conv/Linear) weights removed; "macs": fraction of MACs
     per sample removed; both relative to `model` as passed. Channel importance is
-    `ScoreImportance` over `scores`. scope "layer" removes the same share of channels from every
+    `ScoreImportance` over `scores` (or `filter_scores` where given). scope "layer" removes the same share of channels from every
     group of coupled layers; "global" ranks all channels together (importance normalised per
     group) with at most MAX_LAYER_RATIO of any group removed. Widths land on multiples of
     `round_to` (layers narrower than that are left alone). The classifier's outputs are never
@@ -254,7 +279,7 @@ def prune_channels(
 
     graph = _build_graph(model, example_input)
     output = _output_layer(model, example_input)
-    importance = ScoreImportance(scores, model, normalize=(scope == "global"))
+    importance = ScoreImportance(scores, model, normalize=(scope == "global"), filter_scores=filter_scores)
     names = {m: n for n, m in model.named_modules()}
     groups = []
     for group in graph.get_all_groups(ignored_layers=[output] if output is not None else [],
