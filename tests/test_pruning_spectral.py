@@ -1,6 +1,5 @@
 """Adaptive spectral density shaping (edgeprune/pruning/spectral.py) on a LeNet-5 trained on Fashion-MNIST."""
 
-import copy
 import json
 import math
 
