@@ -100,7 +100,7 @@ def compress(
     output: Path = typer.Option(..., "-o", "--output", help="Pruned checkpoint to write."),
     method: str = typer.Option("magnitude", "--method", help="Pruning method (magnitude, random)."),
     sparsity: str = typer.Option("0.5", "--sparsity", help="Fraction of prunable weights removed, in [0, 1)."),
-    granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured) or channel (physical removal)."),
+    granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured), channel (physical removal) or 2:4 (2 of every 4 along the reduction axis; sparsity 0.5)."),
     scope: str = typer.Option("global", "--scope", help="global or layer."),
     schedule: str = typer.Option("oneshot", "--schedule", help="oneshot or iterative (cubic)."),
     steps: int = typer.Option(5, "--steps", help="Prune steps for --schedule iterative."),
@@ -255,6 +255,32 @@ def targets(as_json: bool = JsonOpt) -> None:
     for t, s in rows:
         table.add_row(t.name, t.backend, s, t.description)
     out.print(table)
+
+
+@app.command("check-sparsity")
+def check_sparsity(
+    model: Path = typer.Argument(..., help="ONNX file or model file (edgeprune checkpoint, TorchScript, .pt2)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check every Conv/Linear (Gemm/MatMul) layer for the 2:4 pattern and the widths sparse kernels need.
+
+    Example: edgeprune check-sparsity pruned.onnx
+    """
+    from .pruning.semistructured import MIN_WIDTH, check_2to4
+
+    checks = check_2to4(model)
+    if as_json:
+        return _emit_json([c.to_dict() for c in checks])
+    t = Table(title=f"2:4 check of {model.name}")
+    for col in ("layer", "type", "weight", "2:4", f"wide (>= {MIN_WIDTH})", "x8", "note"):
+        t.add_column(col)
+    for c in checks:
+        t.add_row(c.name, c.kind, "x".join(map(str, c.shape)), "yes" if c.satisfies else "no",
+                  "yes" if c.wide else "no", "yes" if c.aligned else "no", c.note)
+    out.print(t)
+    n_ok = sum(c.satisfies for c in checks)
+    out.print(f"{n_ok} of {len(checks)} layers satisfy 2:4; {sum(c.likely_faster for c in checks)} are also wide and "
+              f"aligned enough for sparse tensor-core kernels to be likely to beat dense ones")
 
 
 def main(argv: list[str] | None = None) -> int:
