@@ -162,6 +162,8 @@ def export(
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt,
     check: bool = typer.Option(True, "--check/--no-check", help="Parity check against PyTorch on real inputs."),
     trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt, force: bool = ForceOpt,
+    sparse_weights: bool = typer.Option(False, "--sparse-weights", help="Store zero-rich weights as sparse "
+                                        "tensors where smaller (ONNX Runtime; not TensorRT); report sizes."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Export a model to ONNX, checked against PyTorch on real test inputs.
@@ -169,13 +171,22 @@ def export(
     Example: edgeprune export pruned.pt -o pruned.onnx
     """
     r = api.export(model, output, opset=opset, data=_data(data, data_dir), check=check,
-                   trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force)
+                   trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force,
+                   sparse_weights=sparse_weights)
     if as_json:
         return _emit_json(r)
     p = r.parity
     parity = (f"parity on {p.samples} test inputs: max |diff| {p.max_abs_diff:.2e}, top-1 agreement "
               f"{p.top1_agreement:.2%}" if p else "parity not checked")
     out.print(f"wrote {r.path} (opset {r.opset}, {r.size_bytes:,} bytes); {parity}")
+    if r.sizes:
+        out.print(_sizes_line(r.sizes))
+
+
+def _sizes_line(sz) -> str:
+    forms = ", ".join(f"{name.replace('_', ' ')} {n:,}" for name, n in sz.forms().items())
+    return (f"sizes in bytes: {forms}; {sz.sparse_tensors} tensors stored sparse; smallest: "
+            f"{sz.smallest.replace('_', ' ')} ({sz.ratio(sz.smallest):.3f}x the dense file)")
 
 
 def _show_report(report, out_dir: Optional[Path], as_json: bool) -> None:
