@@ -294,6 +294,26 @@ def check_sparsity(
               f"aligned enough for sparse tensor-core kernels to be likely to beat dense ones")
 
 
+@app.command("explain")
+def explain_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory written by deploy (report.json, dense.onnx, pruned.onnx)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target name or .toml (default: the report's)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Say what the pruned model got and why it is (not) faster on the target.
+
+    Example: edgeprune explain runs/demo
+    """
+    from .explain import explain_run
+
+    ex = explain_run(run_dir, target)
+    if as_json:
+        return _emit_json(ex.to_dict())
+    out.print(f"[bold]{ex.run_dir}[/]: pruned vs dense on {ex.target} ({ex.backend})")
+    for f in ex.findings:
+        out.print(f"- {f.line()}", highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become `error: <one line>` and exit code 2."""
     command = typer.main.get_command(app)
