@@ -54,6 +54,8 @@ class ExportResult:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["path"] = str(self.path)
+        if self.sizes is not None:
+            d["sizes"] = self.sizes.to_dict()
         return d
 
 

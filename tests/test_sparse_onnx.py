@@ -1,5 +1,10 @@
 """Sparse weights in ONNX (edgeprune/sparse_onnx.py) and `export --sparse-weights`."""
 
+import contextlib
+import io
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -7,22 +12,26 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeprune import api
-from edgeprune.cli import main
+from edgeprune.cli import _sizes_line, main
 from edgeprune.errors import InputError
 from edgeprune.onnx_stats import model_stats, xz_size
 from edgeprune.pruning import PruneSpec
-from edgeprune.sparse_onnx import sparse_export, sparse_tensor, sparsify
+from edgeprune.sparse_onnx import Sizes, sparse_export, sparse_tensor, sparsify
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, lenet300_ckpt, fmnist_small):
-    """lenet300 pruned to 90 % and fine-tuned on Fashion-MNIST, exported dense and with sparse weights."""
+    """lenet300 pruned to 90 % and fine-tuned on Fashion-MNIST, exported dense (API) and with sparse
+    weights (CLI, --json: the ExportResult as a user gets it)."""
     d = tmp_path_factory.mktemp("sparse")
     api.compress(lenet300_ckpt, PruneSpec(sparsity=0.9), d / "p.pt", data=fmnist_small, finetune_epochs=0.3,
                  progress=False)
     dense = api.export(d / "p.pt", d / "dense.onnx", data=fmnist_small)
-    sparse = api.export(d / "p.pt", d / "sparse.onnx", data=fmnist_small, sparse_weights=True)
-    return dense, sparse
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        assert main(["export", str(d / "p.pt"), "--sparse-weights", "--data", "fashion-mnist", "-o",
+                     str(d / "sparse.onnx"), "--json"]) == 0
+    return dense, json.loads(text.getvalue())
 
 
 def run(path, x):
@@ -32,29 +41,32 @@ def run(path, x):
 
 def test_sparse_file_passes_the_full_checker_and_matches_the_dense_one_exactly(exports, fmnist_small):
     dense, sparse = exports
-    model = onnx.load(str(sparse.path))
+    model = onnx.load(sparse["path"])
     onnx.checker.check_model(model, full_check=True)
     assert sum(n.op_type == "Constant" and n.attribute[0].name == "sparse_value" for n in model.graph.node) >= 2
     x = fmnist_small.test().x
-    assert np.array_equal(run(dense.path, x), run(sparse.path, x))
-    assert sparse.parity.top1_agreement == 1.0
+    assert np.array_equal(run(dense.path, x), run(sparse["path"], x))
+    assert sparse["parity"]["top1_agreement"] == 1.0
 
 
 def test_sizes_are_the_real_file_sizes_side_by_side(exports):
     dense, sparse = exports
-    sz = sparse.sizes
-    raw_dense, raw_sparse = dense.path.read_bytes(), sparse.path.read_bytes()
-    assert (sz.dense, sz.sparse) == (len(raw_dense), len(raw_sparse)) == (dense.size_bytes, sparse.size_bytes)
+    sz = Sizes(**{k: v for k, v in sparse["sizes"].items() if not k.startswith("smallest")})
+    raw_dense, raw_sparse = dense.path.read_bytes(), Path(sparse["path"]).read_bytes()
+    assert (sz.dense, sz.sparse) == (len(raw_dense), len(raw_sparse)) == (dense.size_bytes, sparse["size_bytes"])
     assert (sz.dense_xz, sz.sparse_xz) == (xz_size(raw_dense), xz_size(raw_sparse))
     # at 90 % zeros: COO with int64 indices is ~0.3x the dense file; compressed forms smaller still
     assert 0.25 < sz.ratio("sparse") < 0.4
     assert sz.smallest in ("dense_xz", "sparse_xz") and sz.ratio(sz.smallest) <= 0.2
     assert dense.sizes is None
+    line = _sizes_line(sz)   # what the CLI prints without --json
+    assert f"dense {sz.dense:,}, sparse {sz.sparse:,}, dense xz {sz.dense_xz:,}, sparse xz {sz.sparse_xz:,}" in line
+    assert f"smallest: {sz.smallest.replace('_', ' ')} ({sz.ratio(sz.smallest):.3f}x the dense file)" in line
 
 
 def test_stats_of_the_sparse_file_count_what_the_dense_file_holds(exports):
     dense, sparse = exports
-    a, b = model_stats(dense.path), model_stats(sparse.path)
+    a, b = model_stats(dense.path), model_stats(sparse["path"])
     assert (a.params, a.nonzero_params, a.macs) == (b.params, b.nonzero_params, b.macs)
 
 
@@ -108,11 +120,3 @@ def test_onnx_full_check_rejects_graph_sparse_initializers_hence_constants():
 def test_old_opset_is_a_one_line_error():
     with pytest.raises(InputError, match="opset >= 11"):
         sparsify(graph_with({"w": with_zeros(100, 0.9, 0)}, opset=10))
-
-
-def test_cli_prints_sizes(capsys, exports, tmp_path):
-    pruned_pt = exports[0].path.parent / "p.pt"
-    assert main(["export", str(pruned_pt), "--sparse-weights", "--data", "fashion-mnist", "-o",
-                 str(tmp_path / "s.onnx")]) == 0
-    text = " ".join(capsys.readouterr().out.split())
-    assert "sizes in bytes: dense " in text and "sparse xz" in text and "tensors stored sparse; smallest:" in text

@@ -127,7 +127,8 @@ def check_weight(name: str, kind: str, weight: np.ndarray) -> LayerCheck:
     if not wide:
         notes.append(f"narrow (reduction {reduction}x{kernel}, outputs {out}; sparse kernels win from about {MIN_WIDTH})")
     if not aligned:
-        notes.append(f"widths {reduction}/{out} not multiples of {ALIGN}")
+        off = [f"{what} {n}" for what, n in (("reduction", reduction), ("outputs", out)) if n % ALIGN]
+        notes.append(f"{', '.join(off)} not a multiple of {ALIGN}")
     return LayerCheck(name, kind, list(w.shape), int(zeros.size), violating, satisfies, wide, aligned, "; ".join(notes))
 
 
