@@ -113,13 +113,12 @@ def _model(run: Path, side: str, recorded: str) -> onnx.ModelProto:
 
 def _layer_changes(dense: onnx.ModelProto, pruned: onnx.ModelProto) -> list[LayerChange]:
     dl, pl = weighted_layers(dense), weighted_layers(pruned)
+    if not dl or len(dl) != len(pl):
+        raise InputError(f"the pruned model has {len(pl)} Conv/Gemm/MatMul layers with constant weights and the "
+                         f"dense one {len(dl)}: nothing to compare layer by layer")
     by_name = {L.name: L for L in pl}
     # the same architecture exported twice keeps its weight names; otherwise fall back to graph order
-    pairs = [(d, by_name[d.name]) for d in dl] if all(d.name in by_name for d in dl) and len(dl) == len(pl) \
-        else list(zip(dl, pl)) if len(dl) == len(pl) else []
-    if not pairs:
-        raise InputError(f"the pruned model has {len(pl)} weighted layers and the dense one {len(dl)}: "
-                         "not the same architecture")
+    pairs = [(d, by_name[d.name]) for d in dl] if all(d.name in by_name for d in dl) else list(zip(dl, pl))
     dm, pm = node_macs(dense), node_macs(pruned)
     return [LayerChange(d.name, d.op, list(d.weight.shape), list(p.weight.shape), dm.get(d.node, 0), pm.get(p.node, 0),
                         1.0 - np.count_nonzero(p.weight) / max(p.weight.size, 1)) for d, p in pairs]
@@ -143,9 +142,10 @@ def _zeros(report: Report, layers: list[LayerChange], checks: list[LayerCheck]) 
     zeros = sum(L.zero_fraction * np.prod(L.pruned_shape) for L in layers) / max(pruned_total, 1)
     if zeros - report.dense.zero_fraction < ZERO_FINDING:
         return None
-    pattern = "in the 2:4 pattern" if checks and all(c.satisfies or c.groups == 0 for c in checks) else "unstructured"
+    two_four = any(c.satisfies for c in checks) and all(c.satisfies or c.groups == 0 for c in checks)
+    pattern = "in the 2:4 pattern" if two_four else "unstructured"
     why = _DENSIFIES.get(report.backend, f"the {report.backend} backend runs dense kernels")
-    size = f"; they shrink the xz-compressed file to {report.ratios.size_xz:.2f}x" if report.ratios.size_xz else ""
+    size = f"; they shrink the xz-compressed file to {report.ratios.size_xz:.2f}x the dense one's" if report.ratios.size_xz else ""
     return Finding("zeros", f"{zeros:.0%} of the pruned model's layer weights are zero ({pattern})",
                    f"zeros are densified: {why}, so they bring no speed-up{size}")
 
