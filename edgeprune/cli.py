@@ -100,7 +100,8 @@ def compress(
     output: Path = typer.Option(..., "-o", "--output", help="Pruned checkpoint to write."),
     method: str = typer.Option("magnitude", "--method", help="Pruning method (magnitude, random)."),
     sparsity: str = typer.Option("0.5", "--sparsity", help="Fraction of prunable weights removed, in [0, 1)."),
-    granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured), channel (physical removal) or 2:4 (2 of every 4 along the reduction axis; sparsity 0.5)."),
+    granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured), channel (physical "
+                                    "removal) or 2:4 (2 of every 4 along the reduction axis; sparsity 0.5)."),
     scope: str = typer.Option("global", "--scope", help="global or layer."),
     schedule: str = typer.Option("oneshot", "--schedule", help="oneshot or iterative (cubic)."),
     steps: int = typer.Option(5, "--steps", help="Prune steps for --schedule iterative."),

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from edgeprune.errors import EdgepruneError, InputError
-from edgeprune.onnx_layers import OnnxLayer, quant_nodes, weighted_layers
+from edgeprune.onnx_layers import quant_nodes, weighted_layers
 from edgeprune.onnx_stats import node_macs
 from edgeprune.profiling import NOISY_AA, noise_band
 from edgeprune.pruning.semistructured import ALIGN, MIN_WIDTH, LayerCheck, check_weight
@@ -145,7 +145,8 @@ def _zeros(report: Report, layers: list[LayerChange], checks: list[LayerCheck]) 
     two_four = any(c.satisfies for c in checks) and all(c.satisfies or c.groups == 0 for c in checks)
     pattern = "in the 2:4 pattern" if two_four else "unstructured"
     why = _DENSIFIES.get(report.backend, f"the {report.backend} backend runs dense kernels")
-    size = f"; they shrink the xz-compressed file to {report.ratios.size_xz:.2f}x the dense one's" if report.ratios.size_xz else ""
+    xz = report.ratios.size_xz
+    size = f"; they shrink the xz-compressed file to {xz:.2f}x the dense one's" if xz else ""
     return Finding("zeros", f"{zeros:.0%} of the pruned model's layer weights are zero ({pattern})",
                    f"zeros are densified: {why}, so they bring no speed-up{size}")
 
@@ -160,8 +161,8 @@ def _int8(report: Report, pruned: onnx.ModelProto) -> tuple[Finding, bool]:
             pass
     where = {k: v for k, v in found.items() if v}
     if where:
-        text = "; ".join(f"{sum(v.values())} quantization nodes in {k} ({', '.join(f'{n} {op}' for op, n in v.items())})"
-                         for k, v in where.items())
+        text = "; ".join(f"{sum(v.values())} quantization nodes in {k} "
+                         f"({', '.join(f'{n} {op}' for op, n in v.items())})" for k, v in where.items())
         return Finding("int8", f"INT8: {text}", "8-bit kernels move a quarter of fp32's bytes and run faster where "
                                                 "the backend has them; accuracy is in the report"), True
     return Finding("int8", "no INT8: no quantization nodes in the pruned model or its engine",
@@ -254,7 +255,8 @@ def _speed(report: Report, widths: list[str], int8: bool, zeros: bool) -> list[F
                     "widths off multiples of 8 fall off fast kernels" if widths
                     else "per-call overhead and non-MAC work (activations, memory traffic) did not shrink")
             else:
-                reason = f"more than the MAC ratio predicts (latency/MAC {per_mac:.2f}): smaller tensors fit caches better"
+                reason = (f"more than the MAC ratio predicts (latency/MAC {per_mac:.2f}): smaller tensors fit "
+                          "caches better")
         else:
             text = f"{head}: {r:.2f}x slower"
             reason = ("widths off multiples of 8 fall off fast kernels" if widths

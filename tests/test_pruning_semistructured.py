@@ -44,7 +44,7 @@ def test_masks_hold_two_of_four_along_the_reduction_axis_after_finetuning(pruned
             assert int((m.weight == 0).sum()) == 0      # left dense
             continue
         # fine-tuning moved the kept weights, yet exactly 2 of every 4 are nonzero, along C / in
-        assert torch.equal(nonzeros_per_group(m.weight.detach()), torch.full_like(nonzeros_per_group(m.weight), 2)), name
+        assert bool((nonzeros_per_group(m.weight.detach()) == 2).all()), name
     assert 0.45 < result.sparsity <= 0.5
 
 
@@ -100,7 +100,8 @@ def test_checker_reads_the_onnx_export_like_the_model():
     apply_masks(model, masks)
     from_torch = check_2to4(model)
     from_onnx = check_2to4(to_onnx_model(model, (1, 28, 28)))
-    assert [(c.shape, c.satisfies, c.groups) for c in from_onnx] == [(c.shape, c.satisfies, c.groups) for c in from_torch]
+    key = [(c.shape, c.satisfies, c.groups) for c in from_torch]
+    assert [(c.shape, c.satisfies, c.groups) for c in from_onnx] == key and all(c.satisfies for c in from_torch[1:])
 
 
 def test_wide_aligned_layer_is_likely_faster():

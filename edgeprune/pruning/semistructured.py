@@ -125,7 +125,8 @@ def check_weight(name: str, kind: str, weight: np.ndarray) -> LayerCheck:
     if not satisfies:
         notes.append(f"{violating} of {zeros.size} groups of 4 have fewer than {GROUP - KEEP} zeros")
     if not wide:
-        notes.append(f"narrow (reduction {reduction}x{kernel}, outputs {out}; sparse kernels win from about {MIN_WIDTH})")
+        notes.append(f"narrow (reduction {reduction}x{kernel}, outputs {out}; sparse kernels win from about "
+                     f"{MIN_WIDTH})")
     if not aligned:
         off = [f"{what} {n}" for what, n in (("reduction", reduction), ("outputs", out)) if n % ALIGN]
         notes.append(f"{', '.join(off)} not a multiple of {ALIGN}")
