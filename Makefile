@@ -48,6 +48,11 @@ bench: install data
 bench-seeds: install data
 	$(BIN)/python benchmarks/bench_seeds.py --seeds 1 2
 
+# Dense, sparse-weight and xz sizes of pruned lenet300/fc5 (benchmarks/results/sizes.{json,md}).
+.PHONY: bench-sizes
+bench-sizes: install data
+	$(BIN)/python benchmarks/bench_sizes.py --out benchmarks/results
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 

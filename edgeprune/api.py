@@ -198,14 +198,16 @@ def _layer_rows(before, after) -> list[dict]:
 # ---------------------------------------------------------------- export
 def export(model_path: Path, out: Path, *, opset: int = DEFAULT_OPSET, data: DataOptions | None = None,
            check: bool = True, trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None,
-           force: bool = False) -> ExportResult:
-    """Export a model file to ONNX; parity-checked on real test inputs unless ``check`` is False."""
+           force: bool = False, sparse_weights: bool = False) -> ExportResult:
+    """Export a model file to ONNX; parity-checked on real test inputs unless ``check`` is False.
+
+    ``sparse_weights`` stores zero-rich weights sparse and reports dense/sparse/compressed sizes."""
     loaded = load_model(model_path, trust_pickle=trust_pickle, input_shape=input_shape)
     x = None
     if check:
         data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
         x = _parity_inputs(loaded, DataOptions(data.data, data.data_dir, test_limit=PARITY_SAMPLES).test())
-    return export_onnx(loaded, Path(out), opset=opset, check_inputs=x, force=force)
+    return export_onnx(loaded, Path(out), opset=opset, check_inputs=x, force=force, sparse_weights=sparse_weights)
 
 
 def _parity_inputs(loaded: LoadedModel, test: ArrayDataset) -> np.ndarray:

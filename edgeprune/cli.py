@@ -100,7 +100,8 @@ def compress(
     output: Path = typer.Option(..., "-o", "--output", help="Pruned checkpoint to write."),
     method: str = typer.Option("magnitude", "--method", help="Pruning method (magnitude, random)."),
     sparsity: str = typer.Option("0.5", "--sparsity", help="Fraction of prunable weights removed, in [0, 1)."),
-    granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured) or channel (physical removal)."),
+    granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured), channel (physical "
+                                    "removal) or 2:4 (2 of every 4 along the reduction axis; sparsity 0.5)."),
     scope: Optional[str] = typer.Option(None, "--scope", help="global or layer (default: the method's; layer for "
                                         "spectral, global for the others)."),
     schedule: str = typer.Option("oneshot", "--schedule", help="oneshot or iterative (cubic)."),
@@ -165,6 +166,8 @@ def export(
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt,
     check: bool = typer.Option(True, "--check/--no-check", help="Parity check against PyTorch on real inputs."),
     trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt, force: bool = ForceOpt,
+    sparse_weights: bool = typer.Option(False, "--sparse-weights", help="Store zero-rich weights as sparse "
+                                        "tensors where smaller (ONNX Runtime; not TensorRT); report sizes."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Export a model to ONNX, checked against PyTorch on real test inputs.
@@ -172,13 +175,22 @@ def export(
     Example: edgeprune export pruned.pt -o pruned.onnx
     """
     r = api.export(model, output, opset=opset, data=_data(data, data_dir), check=check,
-                   trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force)
+                   trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force,
+                   sparse_weights=sparse_weights)
     if as_json:
         return _emit_json(r)
     p = r.parity
     parity = (f"parity on {p.samples} test inputs: max |diff| {p.max_abs_diff:.2e}, top-1 agreement "
               f"{p.top1_agreement:.2%}" if p else "parity not checked")
     out.print(f"wrote {r.path} (opset {r.opset}, {r.size_bytes:,} bytes); {parity}")
+    if r.sizes:
+        out.print(_sizes_line(r.sizes))
+
+
+def _sizes_line(sz) -> str:
+    forms = ", ".join(f"{name.replace('_', ' ')} {n:,}" for name, n in sz.forms().items())
+    return (f"sizes in bytes: {forms}; {sz.sparse_tensors} tensors stored sparse; smallest: "
+            f"{sz.smallest.replace('_', ' ')} ({sz.ratio(sz.smallest):.3f}x the dense file)")
 
 
 def _show_report(report, out_dir: Optional[Path], as_json: bool) -> None:
@@ -314,6 +326,52 @@ def validate(
                   markup=False, highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("check-sparsity")
+def check_sparsity(
+    model: Path = typer.Argument(..., help="ONNX file or model file (edgeprune checkpoint, TorchScript, .pt2)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check every Conv/Linear (Gemm/MatMul) layer for the 2:4 pattern and the widths sparse kernels need.
+
+    Example: edgeprune check-sparsity pruned.onnx
+    """
+    from .pruning.semistructured import MIN_WIDTH, check_2to4
+
+    checks = check_2to4(model)
+    if as_json:
+        return _emit_json([c.to_dict() for c in checks])
+    t = Table(title=f"2:4 check of {model.name}")
+    for col in ("layer", "type", "weight", "2:4", f"wide (>= {MIN_WIDTH})", "x8", "note"):
+        t.add_column(col)
+    for c in checks:
+        t.add_row(c.name, c.kind, "x".join(map(str, c.shape)), "yes" if c.satisfies else "no",
+                  "yes" if c.wide else "no", "yes" if c.aligned else "no", c.note)
+    out.print(t)
+    n_ok = sum(c.satisfies for c in checks)
+    out.print(f"{n_ok} of {len(checks)} layers satisfy 2:4; {sum(c.likely_faster for c in checks)} are also wide and "
+              f"aligned enough for sparse tensor-core kernels to be likely to beat dense ones")
+
+
+@app.command("explain")
+def explain_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory written by deploy (report.json, dense.onnx, pruned.onnx)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target name or .toml (default: the report's)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Say what the pruned model got and why it is (not) faster on the target.
+
+    Example: edgeprune explain runs/demo
+    """
+    from .explain import explain_run
+
+    ex = explain_run(run_dir, target)
+    if as_json:
+        return _emit_json(ex.to_dict())
+    out.print(f"[bold]{ex.run_dir}[/]: pruned vs dense on {ex.target} ({ex.backend})")
+    for f in ex.findings:
+        out.print(f"- {f.line()}", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from . import __version__
 from .errors import InputError, ParityError
 from .fileio import atomic_write
 from .model_io import LoadedModel, set_mode
+from .sparse_onnx import Sizes, sparse_export
 
 DEFAULT_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -48,10 +49,13 @@ class ExportResult:
     opset: int
     size_bytes: int
     parity: Parity | None
+    sizes: Sizes | None = None      # with sparse weights: dense, sparse and compressed sizes side by side
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["path"] = str(self.path)
+        if self.sizes is not None:
+            d["sizes"] = self.sizes.to_dict()
         return d
 
 
@@ -113,8 +117,13 @@ def parity_check(model: nn.Module, onnx_bytes: bytes, x: np.ndarray, rtol: float
 
 
 def export(loaded: LoadedModel, out: Path, *, opset: int = DEFAULT_OPSET, check_inputs: np.ndarray | None = None,
-           force: bool = False, extra_metadata: dict[str, str] | None = None) -> ExportResult:
-    """Write ``loaded``'s model as ONNX to ``out`` (atomically), after a parity check on ``check_inputs``."""
+           force: bool = False, extra_metadata: dict[str, str] | None = None,
+           sparse_weights: bool = False) -> ExportResult:
+    """Write ``loaded``'s model as ONNX to ``out`` (atomically), after a parity check on ``check_inputs``.
+
+    ``sparse_weights``: store zero-rich weights sparse where that is smaller (`edgeprune.sparse_onnx`);
+    the result's ``sizes`` then compares the dense, sparse and compressed forms.
+    """
     out = Path(out)
     if out.exists() and not force:
         raise InputError(f"output {out} exists (use --force to overwrite)")
@@ -141,5 +150,12 @@ def export(loaded: LoadedModel, out: Path, *, opset: int = DEFAULT_OPSET, check_
         if not parity.ok:
             raise ParityError(f"ONNX output differs from PyTorch: max |diff| {parity.max_abs_diff:.3g} "
                               f"(tolerance {parity.tolerance:.3g}), top-1 agreement {parity.top1_agreement:.2%}")
+    sizes = None
+    if sparse_weights:
+        # identical outputs are checked on the parity inputs, or on seeded noise when there are none
+        x = check_inputs if check_inputs is not None and len(check_inputs) else \
+            np.random.default_rng(0).standard_normal((8, *ckpt.input_shape)).astype(np.float32)
+        data, sizes = sparse_export(proto, data, x[:256])
     atomic_write(out, data, force=force)
-    return ExportResult(path=out, opset=proto.opset_import[0].version, size_bytes=len(data), parity=parity)
+    return ExportResult(path=out, opset=proto.opset_import[0].version, size_bytes=len(data), parity=parity,
+                        sizes=sizes)

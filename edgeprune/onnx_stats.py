@@ -59,9 +59,14 @@ def model_stats(onnx_path: str | Path) -> ModelStats:
         nonzero_params=nonzero,
         macs=count_macs(model),
         size_bytes=len(raw),
-        size_xz_bytes=len(lzma.compress(raw, format=lzma.FORMAT_XZ, preset=XZ_PRESET)),
+        size_xz_bytes=xz_size(raw),
         opset=opset_of(model),
     )
+
+
+def xz_size(data: bytes) -> int:
+    """Bytes of ``data`` compressed as `xz -6` would."""
+    return len(lzma.compress(data, format=lzma.FORMAT_XZ, preset=XZ_PRESET))
 
 
 def read_metadata(onnx_path: str | Path) -> dict[str, str]:
@@ -78,7 +83,7 @@ def opset_of(model: onnx.ModelProto) -> int:
 
 
 def count_params(model: onnx.ModelProto) -> tuple[int, int]:
-    """(elements, nonzero elements) over float initializers and sparse initializers."""
+    """(elements, nonzero elements) over float initializers and sparse initializers or constants."""
     total = nonzero = 0
     for init in model.graph.initializer:
         if init.data_type not in _FLOAT_TYPES:
@@ -86,7 +91,10 @@ def count_params(model: onnx.ModelProto) -> tuple[int, int]:
         arr = numpy_helper.to_array(init)
         total += int(arr.size)
         nonzero += int(np.count_nonzero(arr))
-    for sparse in model.graph.sparse_initializer:
+    # sparse weights: sparse initializers, and the Constant(sparse_value) nodes `export --sparse-weights` writes
+    sparse_constants = [att.sparse_tensor for node in model.graph.node if node.op_type == "Constant"
+                        for att in node.attribute if att.name == "sparse_value"]
+    for sparse in list(model.graph.sparse_initializer) + sparse_constants:
         if sparse.values.data_type not in _FLOAT_TYPES:
             continue
         total += int(np.prod(sparse.dims, dtype=np.int64))
@@ -101,41 +109,47 @@ def count_macs(model: onnx.ModelProto) -> int:
     kernel; Gemm/MatMul: output elements x K. Fused ONNX Runtime variants count like their base
     op. Nodes whose shapes cannot be inferred count as 0.
     """
+    return int(sum(node_macs(model).values()))
+
+
+def node_macs(model: onnx.ModelProto) -> dict[str, int]:
+    """`count_macs` per compute node, keyed by the node's first output name."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:  # noqa: BLE001 - an uninferable graph still has countable nodes
         inferred = model
     shapes = _shape_table(inferred)
 
-    macs = 0
+    macs: dict[str, int] = {}
     for node in inferred.graph.node:
         op = node.op_type
+        key = node.output[0]
         if op in ("Conv", "FusedConv", "ConvInteger", "QLinearConv"):
             w_idx = 3 if op == "QLinearConv" else 1
             out = shapes.get(node.output[0])
             w = shapes.get(node.input[w_idx]) if len(node.input) > w_idx else None
             if out is not None and w is not None:
-                macs += _prod(out) * _prod(w[1:])
+                macs[key] = _prod(out) * _prod(w[1:])
         elif op == "ConvTranspose":
             x = shapes.get(node.input[0])
             w = shapes.get(node.input[1])
             if x is not None and w is not None:
-                macs += _prod(x) * _prod(w[1:])
+                macs[key] = _prod(x) * _prod(w[1:])
         elif op in ("Gemm", "FusedGemm"):
             a = shapes.get(node.input[0])
             out = shapes.get(node.output[0])
             if a is not None and out is not None and len(a) == 2:
                 trans_a = next((att.i for att in node.attribute if att.name == "transA"), 0)
                 k = a[0] if trans_a else a[1]
-                macs += _prod(out) * k
+                macs[key] = _prod(out) * k
         elif op in ("MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul"):
             a = shapes.get(node.input[0])
             out = shapes.get(node.output[0])
             if a is not None and out is not None and len(a) >= 1:
                 trans_a = next((att.i for att in node.attribute if att.name == "transA"), 0)
                 k = a[-2] if (trans_a and len(a) >= 2) else a[-1]
-                macs += _prod(out) * k
-    return int(macs)
+                macs[key] = _prod(out) * k
+    return macs
 
 
 def _shape_table(model: onnx.ModelProto) -> dict[str, list[int]]:
@@ -156,6 +170,8 @@ def _shape_table(model: onnx.ModelProto) -> dict[str, list[int]]:
             for att in node.attribute:
                 if att.name == "value" and att.HasField("t"):
                     table[node.output[0]] = list(att.t.dims)
+                elif att.name == "sparse_value" and att.HasField("sparse_tensor"):
+                    table[node.output[0]] = list(att.sparse_tensor.dims)
     return table
 
 

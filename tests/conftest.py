@@ -41,3 +41,12 @@ def resnet_ckpt(tmp_path_factory, fmnist_small) -> Path:
     data = api.DataOptions("fashion-mnist", limit=1000, test_limit=500)
     api.train("zoo:resnet8", out, data=data, epochs=1, arch_kwargs={"widths": [16, 32, 64]}, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def fast_target(tmp_path_factory) -> Path:
+    """host-cpu with fewer timed iterations: a user adds a device by adding a file."""
+    text = (REPO / "targets" / "host-cpu.toml").read_text().replace("iterations = 200", "iterations = 30")
+    path = tmp_path_factory.mktemp("targets") / "host-cpu-fast.toml"
+    path.write_text(text.replace("warmup = 20", "warmup = 5"))
+    return path

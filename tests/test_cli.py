@@ -14,8 +14,6 @@ import torch
 from edgeprune.cli import main
 from edgeprune.model_io import load_model
 
-from .conftest import REPO
-
 DATA = ["--data", "fashion-mnist", "--limit", "2000"]
 REPORT_KEYS = {"schema", "target", "method", "sparsity", "dense", "pruned", "ratios", "accuracy_drop_pt"}
 SIDE_KEYS = {"latency_ms", "peak_rss_mb", "accuracy", "size_bytes", "params", "macs"}
@@ -25,15 +23,6 @@ def run(capsys, *argv):
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def fast_target(tmp_path_factory) -> Path:
-    """host-cpu with fewer timed iterations: a user adds a device by adding a file."""
-    text = (REPO / "targets" / "host-cpu.toml").read_text().replace("iterations = 200", "iterations = 30")
-    path = tmp_path_factory.mktemp("targets") / "host-cpu-fast.toml"
-    path.write_text(text.replace("warmup = 20", "warmup = 5"))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from torch import nn
 
 from edgeprune.errors import InputError, UnknownNameError
 
-GRANULARITIES = ("weight", "channel")
+GRANULARITIES = ("weight", "channel", "2:4")
 SCOPES = ("global", "layer")
 SCHEDULES = ("oneshot", "iterative")
 BUDGETS = ("params", "macs")
@@ -62,6 +62,11 @@ class PruneSpec:
         if self.budget == "macs" and self.granularity != "channel":
             # unstructured zeros are still multiplied by every runtime we target
             raise InputError("budget 'macs' needs granularity 'channel': zeroed weights do not reduce executed MACs")
+        if self.granularity == "2:4" and float(self.sparsity) != 0.5:
+            raise InputError("granularity 2:4 removes exactly 2 of every 4 weights: "
+                             f"sparsity must be 0.5 (or omitted), got {self.sparsity}")
+        if self.granularity == "2:4" and self.schedule != "oneshot":
+            raise InputError("granularity 2:4 is one fixed pattern: use schedule 'oneshot' (fine-tuning keeps the masks)")
         if not _is_int(self.steps) or self.steps < 1:
             raise InputError(f"steps must be an integer >= 1, got {self.steps!r}")
         if not _is_int(self.round_to) or self.round_to < 1:

@@ -1,0 +1,271 @@
+"""`explain`: what a pruned model got, and why its measured speed-up on a target is what it is.
+
+Reads a run directory (`report.json` and the two ONNX models that `deploy` writes beside it) and
+turns the weights, the graph and the measurements into findings, one line each with its reason:
+compacted layers and the share of MACs they removed; zeros the backend densifies; INT8 (Q/DQ
+nodes); layers eligible for 2:4 sparse tensor cores and whether the target has them; widths off
+multiples of 8; and the measured latency ratio against the MAC ratio and the A/A noise band.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgeprune.errors import EdgepruneError, InputError
+from edgeprune.onnx_layers import quant_nodes, weighted_layers
+from edgeprune.onnx_stats import node_macs
+from edgeprune.profiling import NOISY_AA, noise_band
+from edgeprune.pruning.semistructured import ALIGN, MIN_WIDTH, LayerCheck, check_weight
+from edgeprune.report.schema import Report, read_report
+
+# Fewer zeros than this (beyond the dense model's own) are not worth a finding.
+ZERO_FINDING = 0.05
+# A latency ratio within this factor of the MAC ratio "tracks" it.
+MAC_TRACKING = 0.25
+# Below this dense p50, per-call overhead rather than arithmetic dominates a CPU run.
+TINY_MS = 0.1
+_DENSIFIES = {
+    "onnxruntime": "ONNX Runtime densifies sparse weights at load and multiplies by zeros like by any weight",
+    "tensorrt": "TensorRT runs dense kernels over unstructured zeros (only 2:4 weights on sparse tensor cores "
+                "skip any)",
+}
+
+
+@dataclass
+class Finding:
+    """One thing the pruned model got (or did not), and why it matters for speed."""
+
+    topic: str
+    text: str
+    reason: str
+
+    def line(self) -> str:
+        return f"{self.topic}: {self.text}; {self.reason}"
+
+
+@dataclass
+class LayerChange:
+    """A weighted layer of the dense model against the pruned one (weights as [out, in, *kernel])."""
+
+    name: str
+    op: str
+    dense_shape: list[int]
+    pruned_shape: list[int]
+    dense_macs: int
+    pruned_macs: int
+    zero_fraction: float          # of the pruned layer's weights
+
+    @property
+    def compacted(self) -> bool:
+        return self.dense_shape != self.pruned_shape
+
+
+@dataclass
+class Explanation:
+    run_dir: str
+    target: str
+    backend: str
+    findings: list[Finding] = field(default_factory=list)
+    layers: list[LayerChange] = field(default_factory=list)
+    checks: list[LayerCheck] = field(default_factory=list)   # 2:4 check of the pruned layers
+
+    def to_dict(self) -> dict:
+        return {"run_dir": self.run_dir, "target": self.target, "backend": self.backend,
+                "findings": [asdict(f) | {"line": f.line()} for f in self.findings],
+                "layers": [asdict(L) | {"compacted": L.compacted} for L in self.layers],
+                "two_four": [c.to_dict() for c in self.checks]}
+
+
+def explain_run(run_dir: str | Path, target: str | Path | None = None) -> Explanation:
+    """Explain the run in ``run_dir``. ``target`` (a name or .toml path) overrides the target the
+    report names, e.g. when it was given as a file that has moved."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise InputError(f"run directory not found: {run}")
+    report = read_report(run)
+    dense, pruned = (_model(run, side, getattr(report, side).path) for side in ("dense", "pruned"))
+    layers = _layer_changes(dense, pruned)
+    checks = [check_weight(L.name, L.op, L.weight) for L in weighted_layers(pruned)]
+    int8, quantized = _int8(report, pruned)
+    widths, off = _widths(layers)
+    zeros = _zeros(report, layers, checks)
+    findings = [_compaction(layers), zeros, int8, _two_four(report, checks, target), widths]
+    findings = [f for f in findings if f is not None]
+    findings += _speed(report, off, quantized, zeros is not None)
+    return Explanation(str(run), report.target, report.backend, findings, layers, checks)
+
+
+def _model(run: Path, side: str, recorded: str) -> onnx.ModelProto:
+    path = run / f"{side}.onnx"
+    if not path.is_file():
+        path = Path(recorded)
+    if not path.is_file():
+        raise InputError(f"{run}: no {side}.onnx, and the report's {side} model {recorded or '(none)'} is gone")
+    try:
+        return onnx.load(str(path))
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
+        raise InputError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
+
+
+def _layer_changes(dense: onnx.ModelProto, pruned: onnx.ModelProto) -> list[LayerChange]:
+    dl, pl = weighted_layers(dense), weighted_layers(pruned)
+    if not dl or len(dl) != len(pl):
+        raise InputError(f"the pruned model has {len(pl)} Conv/Gemm/MatMul layers with constant weights and the "
+                         f"dense one {len(dl)}: nothing to compare layer by layer")
+    by_name = {L.name: L for L in pl}
+    # the same architecture exported twice keeps its weight names; otherwise fall back to graph order
+    pairs = [(d, by_name[d.name]) for d in dl] if all(d.name in by_name for d in dl) else list(zip(dl, pl))
+    dm, pm = node_macs(dense), node_macs(pruned)
+    return [LayerChange(d.name, d.op, list(d.weight.shape), list(p.weight.shape), dm.get(d.node, 0), pm.get(p.node, 0),
+                        1.0 - np.count_nonzero(p.weight) / max(p.weight.size, 1)) for d, p in pairs]
+
+
+def _compaction(layers: list[LayerChange]) -> Finding:
+    total = sum(L.dense_macs for L in layers)
+    compacted = [L for L in layers if L.compacted]
+    if not compacted:
+        return Finding("compaction", f"no layer was compacted: all {len(layers)} weight tensors keep their dense "
+                       "shapes", "no channel or neuron was removed, so the model executes the dense model's MACs")
+    removed = sum(L.dense_macs - L.pruned_macs for L in layers)
+    shapes = ", ".join(f"{L.name} {_shape(L.dense_shape)}->{_shape(L.pruned_shape)}" for L in compacted)
+    return Finding("compaction", f"{len(compacted)} of {len(layers)} layers compacted ({shapes}), removing "
+                                 f"{removed / max(total, 1):.0%} of the dense model's layer MACs",
+                   "physically smaller tensors: every backend executes fewer multiply-adds")
+
+
+def _zeros(report: Report, layers: list[LayerChange], checks: list[LayerCheck]) -> Finding | None:
+    pruned_total = sum(int(np.prod(L.pruned_shape)) for L in layers)
+    zeros = sum(L.zero_fraction * np.prod(L.pruned_shape) for L in layers) / max(pruned_total, 1)
+    if zeros - report.dense.zero_fraction < ZERO_FINDING:
+        return None
+    two_four = any(c.satisfies for c in checks) and all(c.satisfies or c.groups == 0 for c in checks)
+    pattern = "in the 2:4 pattern" if two_four else "unstructured"
+    why = _DENSIFIES.get(report.backend, f"the {report.backend} backend runs dense kernels")
+    xz = report.ratios.size_xz
+    size = f"; they shrink the xz-compressed file to {xz:.2f}x the dense one's" if xz else ""
+    return Finding("zeros", f"{zeros:.0%} of the pruned model's layer weights are zero ({pattern})",
+                   f"zeros are densified: {why}, so they bring no speed-up{size}")
+
+
+def _int8(report: Report, pruned: onnx.ModelProto) -> tuple[Finding, bool]:
+    found = {"pruned.onnx": quant_nodes(pruned)}
+    engine = Path(str(report.run.get("engines", {}).get("pruned", "")))
+    if engine.suffix == ".onnx" and engine.is_file():   # ONNX Runtime's engine: the optimised graph
+        try:
+            found["the pruned engine"] = quant_nodes(onnx.load(str(engine)))
+        except Exception:  # noqa: BLE001 - an unreadable engine just is not inspected
+            pass
+    where = {k: v for k, v in found.items() if v}
+    if where:
+        text = "; ".join(f"{sum(v.values())} quantization nodes in {k} "
+                         f"({', '.join(f'{n} {op}' for op, n in v.items())})" for k, v in where.items())
+        return Finding("int8", f"INT8: {text}", "8-bit kernels move a quarter of fp32's bytes and run faster where "
+                                                "the backend has them; accuracy is in the report"), True
+    return Finding("int8", "no INT8: no quantization nodes in the pruned model or its engine",
+                   "it computes in floating point"), False
+
+
+def _two_four(report: Report, checks: list[LayerCheck], target: str | Path | None) -> Finding:
+    from edgeprune.targets import load_target
+
+    n_ok = sum(c.satisfies for c in checks)
+    n_fast = sum(c.likely_faster for c in checks)
+    text = (f"{n_ok} of {len(checks)} layers satisfy 2:4, {n_fast} of them wide (>= {MIN_WIDTH}) and aligned "
+            f"enough for sparse kernels to win")
+    name = target or report.target
+    try:
+        tgt = load_target(name)
+    except EdgepruneError as e:
+        return Finding("2:4", text, f"target '{name}' could not be loaded ({e}): cannot say whether it has sparse "
+                                    "tensor cores")
+    cores = tgt.hardware.get("sparse_tensor_cores")
+    if not cores:
+        setting = "false" if cores is False else "unset"
+        reason = f"{tgt.name} has no sparse tensor cores (hardware.sparse_tensor_cores {setting}): a 2:4 pattern is " \
+                 "stored, not exploited"
+    elif tgt.build.sparsity != "2:4":
+        reason = f"{tgt.name} has sparse tensor cores, but build.sparsity is '{tgt.build.sparsity}': the engine " \
+                 "will not try sparse kernels"
+    elif n_fast == 0:
+        reason = f"{tgt.name} builds with 2:4 sparsity, but no layer is wide enough: TensorRT keeps dense kernels " \
+                 f"below about {MIN_WIDTH} channels"
+    else:
+        reason = f"{tgt.name} builds with 2:4 sparsity: TensorRT may pick sparse kernels for those layers (its " \
+                 "build log says which it picked)"
+    return Finding("2:4", text, reason)
+
+
+def _widths(layers: list[LayerChange]) -> tuple[Finding | None, list[str]]:
+    """Widths pruning changed to something off a multiple of 8 (the dense model's own are not pruning's doing)."""
+    off = []
+    for L in layers:
+        for axis, what in ((0, "out"), (1, "in")):
+            w = L.pruned_shape[axis]
+            if w != L.dense_shape[axis] and w % ALIGN:
+                off.append(f"{L.name} {what} {w}")
+    if off:
+        return Finding("widths", f"pruned widths not multiples of {ALIGN}: {', '.join(off)}",
+                       "ONNX Runtime's blocked NCHWc convolution layout (x86) and TensorRT's tensor-core tiles want "
+                       f"multiples of {ALIGN}; such layers can run slower than their MACs predict (compress "
+                       "--round-to 8 avoids them)"), off
+    if any(L.compacted for L in layers):
+        return Finding("widths", f"all compacted widths are multiples of {ALIGN}",
+                       "they stay on ONNX Runtime's blocked kernels and tensor-core tiles"), off
+    return None, off
+
+
+def _speed(report: Report, widths: list[str], int8: bool, zeros: bool) -> list[Finding]:
+    """Per batch size: the measured ratio against the A/A band and the MAC ratio, and why."""
+    m = report.ratios.macs
+    findings = []
+    for bs in sorted(report.latency):
+        bl = report.latency[bs]
+        r, aa = bl.ratio_p50, bl.aa_ratio_p50
+        if r is None or aa is None or m is None:
+            continue
+        band = noise_band(aa)
+        head = (f"batch {bs}: p50 {bl.dense.p50:.3g} -> {bl.pruned.p50:.3g} ms, ratio {r:.2f} (A/A {aa:.2f}, "
+                f"band ±{band:.0%}), MAC ratio {m:.2f}")
+        if abs(r - 1.0) <= band:
+            text = f"{head}: no measurable speed-up"
+            if m >= 0.99:
+                reason = "the pruned model executes as many MACs as the dense one" + (
+                    ", and its zeros are densified" if zeros else "")
+            elif widths:
+                reason = "fewer MACs, but the widths pruning left are off multiples of 8 and fall off fast kernels"
+            elif bl.dense.p50 < TINY_MS:
+                reason = f"fewer MACs, but at {bl.dense.p50:.3g} ms a call the fixed per-run overhead dominates"
+            else:
+                reason = "fewer MACs, but the removed work is not where the time goes (memory or overhead bound)"
+        elif r < 1.0:
+            text = f"{head}: {1 / r:.2f}x faster"
+            per_mac = r / m
+            if int8 and m >= 0.99:
+                reason = "the MACs are unchanged: INT8 kernels make each one cheaper"
+            elif m >= 0.99:
+                reason = "outside the noise band, yet nothing in the model is smaller: repeat the run"
+            elif abs(per_mac - 1.0) <= MAC_TRACKING:
+                reason = f"it tracks the MAC ratio (latency/MAC {per_mac:.2f}): the removed channels were compute"
+            elif per_mac > 1.0:
+                reason = f"less than the MAC ratio promises (latency/MAC {per_mac:.2f}): " + (
+                    "widths off multiples of 8 fall off fast kernels" if widths
+                    else "per-call overhead and non-MAC work (activations, memory traffic) did not shrink")
+            else:
+                reason = (f"more than the MAC ratio predicts (latency/MAC {per_mac:.2f}): smaller tensors fit "
+                          "caches better")
+        else:
+            text = f"{head}: {r:.2f}x slower"
+            reason = ("widths off multiples of 8 fall off fast kernels" if widths
+                      else "nothing pruning did explains a slow-down: check the A/A control and repeat the run")
+        if abs(aa - 1.0) > NOISY_AA:
+            reason += f" (the A/A control is off by {abs(aa - 1.0):.0%}: the machine was noisy)"
+        findings.append(Finding("speed-up", text, reason))
+    return findings
+
+
+def _shape(dims: list[int]) -> str:
+    return "x".join(map(str, dims))
