@@ -50,3 +50,8 @@ bench-seeds: install data
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# The predicted pruning limit (Zhang et al.) against the measured one: fc5 on Fashion-MNIST, with and without L1.
+.PHONY: bench-limit
+bench-limit: install data
+	$(BIN)/python benchmarks/bench_limit.py --out benchmarks/results
