@@ -61,7 +61,7 @@ def _sparsity(value: str) -> float:
     try:
         s = float(value)
     except ValueError:
-        raise InputError(f"--sparsity must be a number in [0, 1), got '{value}'") from None
+        raise InputError(f"--sparsity must be a number in [0, 1) or auto, got '{value}'") from None
     if not 0.0 <= s < 1.0:
         raise InputError(f"--sparsity must be in [0, 1), got {s}")
     return s

@@ -334,6 +334,7 @@ class LimitEstimate:
     hvps: int
     seconds: dict[str, float] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    spectrum: dict[str, list[float]] = field(default_factory=dict)   # SLQ "nodes" and "weights" (zero mass included)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -395,7 +396,8 @@ def estimate_limit(model: nn.Module, train: ArrayDataset, config: LimitConfig | 
         radius=radius, trace_bound=1.0 / (1.0 + radius * radius * mean_abs / (2 * epsilon)),
         prunable=path.size, hessian_dim=dim, lambda_min=float(spec.nodes.min()), lambda_max=float(spec.nodes.max()),
         mean_abs_lambda=mean_abs, zero_mass=p0, l1=l1, hvps=hvps, seconds=seconds,
-        settings={**asdict(config), "subset": len(ds)})
+        settings={**asdict(config), "subset": len(ds)},
+        spectrum={"nodes": spec.nodes.tolist(), "weights": spec.weights.tolist()})
 
 
 # ---------------------------------------------------------------- the measured limit
