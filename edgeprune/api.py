@@ -24,6 +24,7 @@ from .pruning.base import PruneSpec
 from .training import TrainConfig, evaluate, finetune_lr, train as train_loop
 
 if TYPE_CHECKING:
+    from .analysis.limit import LimitConfig, LimitEstimate, MeasuredLimit
     from .targets import Target
 
 DEFAULT_DATA = "fashion-mnist"
@@ -125,13 +126,20 @@ class CompressResult:
 
 def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions | None = None,
              finetune_epochs: float = 2.0, lr: float | None = None, batch_size: int = 128, trust_pickle: bool = False,
-             input_shape: tuple[int, ...] | None = None, force: bool = False, progress: bool = True) -> CompressResult:
+             input_shape: tuple[int, ...] | None = None, force: bool = False, progress: bool = True,
+             auto_limit: LimitConfig | None = None) -> CompressResult:
     """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint.
 
-    ``lr`` defaults to ``training.finetune_lr(spec.granularity)``.
+    ``lr`` defaults to ``training.finetune_lr(spec.granularity)``. ``auto_limit`` (method lomp only,
+    the CLI's ``--sparsity auto``) replaces ``spec.sparsity`` by the predicted pruning limit s*,
+    estimated on the training split before pruning; ``details["predicted_limit"]`` says what it was.
     """
     t0 = time.perf_counter()
     spec.validate()
+    if spec.method == "lomp" or auto_limit is not None:
+        from .pruning.lomp import check_spec
+
+        check_spec(spec, auto_limit is not None)
     lr = finetune_lr(spec.granularity) if lr is None else lr
     out = _check_output(out, force)
     if finetune_epochs < 0:
@@ -148,6 +156,11 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
     model, example = loaded.model, loaded.example_input
     before = sparsity_report(model, example)
     dense_val = evaluate(model, val)
+    lomp_details: dict = {}
+    if spec.method == "lomp":
+        from .pruning.lomp import resolve
+
+        spec, lomp_details = resolve(spec, model, tr, auto_limit, float(ckpt.meta.get("l1", 0.0)), progress)
 
     pruned_acc: list[float] = []   # validation accuracy after each prune step, before its fine-tune
 
@@ -159,6 +172,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
 
     calib = [torch.from_numpy(tr.x[i:i + 256]) for i in range(0, min(len(tr), 2048), 256)]
     result = prune(model, spec, example, finetune=finetune, batches=calib)
+    result.details.update(lomp_details)
     after = sparsity_report(model, example)
     # One definition for both granularities: prunable weights gone, whether zeroed or physically removed.
     sparsity = 1.0 - after.nonzero / max(before.total, 1)
@@ -318,3 +332,39 @@ def _override_build(tgt: Target, precision: str | None, calibration: str | None)
             raise InputError(f"calibration file not found: {calibration}")
         changes["calibration"] = str(calibration)
     return replace(tgt, build=replace(tgt.build, **changes)) if changes else tgt
+
+
+# ---------------------------------------------------------------- limit
+@dataclass
+class LimitResult:
+    """The predicted pruning limit of a model (and, with ``measure``, the one measured by a sweep)."""
+
+    path: str
+    data: str
+    estimate: LimitEstimate
+    measured: MeasuredLimit | None = None
+    error_pt: float | None = None        # predicted s* minus measured s (δ = 0.1 pt), in points
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "data": self.data, "estimate": self.estimate.to_dict(),
+                "measured": self.measured.to_dict() if self.measured else None, "error_pt": self.error_pt}
+
+
+def limit(model_path: Path, *, data: DataOptions | None = None, config: LimitConfig | None = None,
+          measure: bool = False, points: int = 101, trust_pickle: bool = False,
+          input_shape: tuple[int, ...] | None = None, progress: bool = True) -> LimitResult:
+    """Predict how much of ``model_path`` one-shot global magnitude pruning can remove (Zhang et al.,
+    METHODS.md §1), from a fixed subset of the training split; ``measure`` also sweeps ``points``
+    sparsities without fine-tuning and finds the actual limit on the validation split (§1.5)."""
+    from .analysis.limit import LimitConfig, estimate_limit, measure_limit
+
+    config = config or LimitConfig()
+    config.validate()
+    loaded = load_model(model_path, trust_pickle=trust_pickle, input_shape=input_shape)
+    data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
+    tr, val = data.train_val()
+    _check_fits(loaded, tr)
+    est = estimate_limit(loaded.model, tr, config, l1=float(loaded.checkpoint.meta.get("l1", 0.0)), progress=progress)
+    measured = measure_limit(loaded.model, val, points, progress=progress) if measure else None
+    error = 100.0 * (est.sparsity - measured.limits["0.1"]) if measured else None
+    return LimitResult(str(model_path), data.data, est, measured, error)

@@ -61,10 +61,15 @@ def _sparsity(value: str) -> float:
     try:
         s = float(value)
     except ValueError:
-        raise InputError(f"--sparsity must be a number in [0, 1), got '{value}'") from None
+        raise InputError(f"--sparsity must be a number in [0, 1) or auto, got '{value}'") from None
     if not 0.0 <= s < 1.0:
         raise InputError(f"--sparsity must be in [0, 1), got {s}")
     return s
+
+
+def _is_auto(value: str) -> bool:
+    """`--sparsity auto`: take the predicted pruning limit (method lomp)."""
+    return value.strip().lower() == "auto"
 
 
 def _method_options(**given) -> dict:
@@ -79,7 +84,7 @@ def train(
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, limit: Optional[int] = LimitOpt,
     epochs: float = typer.Option(5.0, "--epochs"), lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(128, "--batch-size"),
-    l1: float = typer.Option(0.0, "--l1", help="L1 penalty on Conv/Linear weights."),
+    l1: float = typer.Option(0.0, "--l1", help="L1 penalty on every weight and bias (LOMP training)."),
     seed: int = typer.Option(0, "--seed"), force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Train a reference model from scratch.
@@ -99,7 +104,8 @@ def compress(
     model: Path = typer.Argument(..., help="Model file (edgeprune checkpoint, TorchScript, .pt2)."),
     output: Path = typer.Option(..., "-o", "--output", help="Pruned checkpoint to write."),
     method: str = typer.Option("magnitude", "--method", help="Pruning method (magnitude, random)."),
-    sparsity: str = typer.Option("0.5", "--sparsity", help="Fraction of prunable weights removed, in [0, 1)."),
+    sparsity: str = typer.Option("0.5", "--sparsity", help="Fraction of prunable weights removed, in [0, 1), "
+                                 "or auto (lomp: the predicted pruning limit, see `edgeprune limit`)."),
     granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured), channel (physical "
                                     "removal) or 2:4 (2 of every 4 along the reduction axis; sparsity 0.5)."),
     scope: Optional[str] = typer.Option(None, "--scope", help="global or layer (default: the method's; layer for "
@@ -125,12 +131,13 @@ def compress(
     """
     from .pruning.base import PruneSpec
 
-    spec = PruneSpec(method=method, sparsity=_sparsity(sparsity), granularity=granularity, scope=scope,
+    auto = _is_auto(sparsity)
+    spec = PruneSpec(method=method, sparsity=0.0 if auto else _sparsity(sparsity), granularity=granularity, scope=scope,
                      schedule=schedule, steps=steps, budget=budget, round_to=round_to, seed=seed,
                      options=_method_options(score=score, count=count, attenuation=attenuation, width=width))
     r = api.compress(model, spec, output, data=_data(data, data_dir, limit), finetune_epochs=finetune_epochs,
                      lr=lr, trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force,
-                     progress=not as_json)
+                     progress=not as_json, auto_limit=_auto_limit() if auto else None)
     if as_json:
         return _emit_json(r)
     t = Table(title=f"{r.method} {r.granularity} pruning, {r.scope} scope, {r.schedule}")
@@ -151,11 +158,71 @@ def compress(
               f"{r.params_after / max(r.params_before, 1):.3f}")
     s.add_row("MACs", f"{r.macs_before:,}", f"{r.macs_after:,}", f"{r.macs_after / max(r.macs_before, 1):.3f}")
     out.print(s)
+    if "predicted_limit" in r.details:
+        out.print(_limit_line(r.details["predicted_limit"]))
     out.print(f"sparsity {r.sparsity:.2%} of prunable weights (target {r.target_sparsity:.2%}); "
               f"before fine-tuning val {r.pruned_val_accuracy:.2f} %; fine-tuned {r.finetune_epochs:g} epochs at lr {r.finetune_lr:g}; "
               f"{r.total_seconds:.1f} s -> {r.path}")
     if r.details.get("summary"):
         out.print(r.details["summary"])   # the method's own one-line report; --json has all of r.details
+
+
+def _auto_limit():
+    from .analysis.limit import LimitConfig
+
+    return LimitConfig()
+
+
+def _limit_line(e: dict) -> str:
+    """The prediction in both conventions, named (METHODS.md §0: "pruning ratio" is ambiguous)."""
+    (s_lo, s_hi), (k_lo, k_hi) = e["sparsity_band"], e["keep_band"]
+    return (f"predicted limit: sparsity s* = {e['sparsity']:.2%} removed (band {s_lo:.2%} .. {s_hi:.2%}), "
+            f"keep ratio κ* = {e['keep']:.2%} kept (band {k_lo:.2%} .. {k_hi:.2%})")
+
+
+@app.command()
+def limit(
+    model: Path = typer.Argument(..., help="Trained model (edgeprune checkpoint, TorchScript, .pt2)."),
+    data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, limit: Optional[int] = LimitOpt,
+    subset: int = typer.Option(10_000, "--subset", help="Fixed training samples for ε and the Hessian-vector products."),
+    steps: int = typer.Option(128, "--steps", help="Lanczos steps per probe (the authors: 128)."),
+    probes: int = typer.Option(1, "--probes", help="SLQ probe vectors (the authors: 1)."),
+    epsilon: str = typer.Option("std", "--epsilon", help="std (std of the batch-128 training loss, the authors') "
+                                "or a fraction of the loss, e.g. 0.01."),
+    eta: float = typer.Option(0.01, "--eta", help="Failure probability of the band (κ* ± sqrt(8 log(4/η)/D))."),
+    zero_mass: bool = typer.Option(False, "--zero-mass", help="Add the zero-curvature mass from 100 Hessian rows "
+                                   "(the authors, for conv nets)."),
+    quadrature: str = typer.Option("nodes", "--quadrature", help="nodes (F on the Ritz nodes) or grid "
+                                   "(the authors' 1e5-bin smoothed density)."),
+    measure: bool = typer.Option(False, "--measure", help="Also sweep 101 sparsities (one-shot, no fine-tuning) "
+                                 "and report the measured limit on the validation split."),
+    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Predict how much one-shot global magnitude pruning can remove, before pruning (Zhang et al., NeurIPS 2024).
+
+    Example: edgeprune limit model.pt --data fashion-mnist --measure
+    """
+    from .analysis.limit import LimitConfig
+
+    config = LimitConfig(subset=subset, steps=steps, probes=probes, epsilon=epsilon, eta=eta, zero_mass=zero_mass,
+                         quadrature=quadrature, seed=seed)
+    r = api.limit(model, data=_data(data, data_dir, limit), config=config, measure=measure,
+                  trust_pickle=trust_pickle, input_shape=_shape(input_shape), progress=not as_json)
+    if as_json:
+        return _emit_json(r)
+    e = r.estimate
+    out.print(_limit_line(e.to_dict()))
+    out.print(f"  D = {e.prunable:,} prunable weights, Hessian over {e.hessian_dim:,} parameters; "
+              f"ε = {e.epsilon:.4g} ({e.epsilon_rule}), L(w*) = {e.loss:.4g}, R(s*) = {e.radius:.4g}, "
+              f"λ in [{e.lambda_min:.3g}, {e.lambda_max:.3g}], trace bound s* >= {e.trace_bound:.2%}"
+              + (f", zero-curvature mass {e.zero_mass:.0%}" if e.zero_mass is not None else ""))
+    out.print(f"  {e.hvps} Hessian-vector products on {e.settings['subset']:,} samples in {e.seconds['total']:.1f} s")
+    if r.measured:
+        m = r.measured
+        out.print(f"measured limit (one-shot, no fine-tuning, {len(m.sparsities)}-point sweep, validation "
+                  f"{m.dense_accuracy:.2f} % dense): s = {m.limits['0.1']:.2%} within 0.1 pt, "
+                  f"{m.limits['0']:.2%} within 0 pt; predicted - measured = {r.error_pt:+.1f} pt")
 
 
 @app.command()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .data import ArrayDataset
-from .pruning.masks import apply_masks, prunable_layers
+from .pruning.masks import apply_masks
 from .model_io import set_mode
 from .progress import progress_bar
 
@@ -28,7 +28,7 @@ class TrainConfig:
     lr: float = 1e-3
     batch_size: int = 128
     weight_decay: float = 0.0
-    l1: float = 0.0          # L1 penalty on Conv/Linear weights (LOMP-style training)
+    l1: float = 0.0          # L1 penalty on every weight and bias (LOMP training, see l1_penalty)
     seed: int = 0
     cosine: bool = True
 
@@ -53,6 +53,16 @@ class TrainLog:
     val_accuracy: list[float] = field(default_factory=list)
 
 
+def l1_penalty(model: nn.Module) -> torch.Tensor:
+    """Sum of |θ| over every parameter named *.weight or *.bias, norm layers included.
+
+    This is the L1 term of Zhang et al.'s LOMP training (their code, METHODS.md §1.4): wider than
+    the pruned pool (Conv/Linear weights), and the same term enters the pruning-limit loss.
+    """
+    terms = [p.abs().sum() for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in ("weight", "bias")]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -73,7 +83,6 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.cosine else None
     gen = torch.Generator().manual_seed(cfg.seed)
-    l1_params = [m.weight for m in prunable_layers(model).values()] if cfg.l1 > 0 else []
     loss_fn = nn.CrossEntropyLoss()
     log = TrainLog()
     t0 = time.perf_counter()
@@ -88,8 +97,8 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(x[idx]), y[idx])
-                if l1_params:
-                    loss = loss + cfg.l1 * sum(p.abs().sum() for p in l1_params)
+                if cfg.l1 > 0:
+                    loss = loss + cfg.l1 * l1_penalty(model)
                 loss.backward()
                 opt.step()
                 if sched:
