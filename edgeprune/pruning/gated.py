@@ -1,0 +1,317 @@
+"""The accuracy-gated pruning schedule of Ganguli & Chong (METHODS.md sections 2.2-2.4), and the
+removal of dead neurons.
+
+Training runs with the method's counters attached. At the end of an epoch whose running training
+accuracy reaches the next gate, one pruning event happens: global scope removes the next share of
+the exponentially decaying schedule (p_i = P b^i / sum_j b^j, b = 0.8) from all hidden layers at
+once; local scope prunes the next hidden layer (first layer first) to the target fraction. After
+every event, neurons whose incoming weights are all pruned lose their outgoing weights too, their
+constant output relu(b_j) folded into the next layer's bias first so the network computes the same
+function. When the events are done the dead neurons are removed physically (Torch-Pruning), and the
+smaller network retrains until its training accuracy reaches the target or the budget runs out.
+
+Departures from the paper, each because of the budget: training is Adam with cosine decay (the
+project's loop) instead of Keras SGD at lr 0.01 for up to 500 epochs; the events must be done within
+the first PRUNE_SHARE of the epoch budget, so a gate not reached by its deadline fires anyway (the
+report marks it `forced`); training starts from the trained model `compress` is given, not from
+initialisation. The counters start with one pass over calibration images and then add every
+training batch until the last event, as the paper's August-2022 code does.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from edgeprune.data import ArrayDataset
+from edgeprune.pruning.base import PruneSpec, get_method
+from edgeprune.pruning.masks import apply_masks, masks_from_model, prunable_layers, select
+from edgeprune.pruning.schedule import PruneResult, PruneStep
+from edgeprune.pruning.structured import _IN_FNS, _OUT_FNS, _build_graph, _out_fn, replay_plan
+
+GATE_START = 0.80     # training accuracy that opens the first pruning event (the paper's a_start)
+DECAY = 0.8           # b: each global event removes 0.8x the share of the one before
+PRUNE_SHARE = 0.5     # events must be done within this share of the epoch budget; the rest retrains
+
+
+def cycle_fractions(n: int, total: float, decay: float = DECAY) -> list[float]:
+    """Per-event share of all prunable weights, p_i = total * decay^i / sum_j decay^j; sums to total."""
+    weights = [decay ** i for i in range(n)]
+    return [total * w / sum(weights) for w in weights]
+
+
+def gates(n: int, final: float, start: float = GATE_START) -> list[float]:
+    """Training-accuracy gate of each event: start + i (final - start) / n (the paper's code)."""
+    start = min(start, final)
+    return [start + i * (final - start) / n for i in range(n)]
+
+
+# ------------------------------------------------------------------------------------ dead units
+@dataclass
+class _Consumers:
+    """Where each unit of one hidden layer goes: consumer layer name -> its input indices, per unit."""
+
+    links: dict[int, list[tuple[str, list[int]]]] = field(default_factory=dict)
+    coupled: bool = False   # shares its channels with another layer (a residual add): never removed
+
+
+def _consumers(model: nn.Module, example_input: torch.Tensor, hidden: dict[str, nn.Module]) -> dict[str, _Consumers]:
+    graph = _build_graph(model, example_input)
+    names = {m: n for n, m in model.named_modules()}
+    out: dict[str, _Consumers] = {}
+    for name, layer in hidden.items():
+        units = list(range(layer.weight.shape[0]))
+        info = _Consumers(links={j: [] for j in units})
+        per_unit: dict[tuple[int, str], list[int]] = {}
+        for item in graph.get_pruning_group(layer, _out_fn(layer), units):
+            module, fn = item.dep.target.module, item.dep.handler
+            if fn in _OUT_FNS and module is not layer:
+                info.coupled = True
+            if fn in _IN_FNS and names.get(module) is not None:
+                for idx, root in zip(item.idxs, item.root_idxs):
+                    per_unit.setdefault((root, names[module]), []).append(int(idx))
+        for (root, consumer), idxs in per_unit.items():
+            info.links[root].append((consumer, sorted(idxs)))
+        out[name] = info
+    return out
+
+
+@torch.no_grad()
+def _consumer_inputs(model: nn.Module, names: set[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    modules = dict(model.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [modules[n].register_forward_pre_hook(lambda m, i, n=n: seen.setdefault(n, i[0].detach()))
+             for n in names]
+    was = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _constant(values: torch.Tensor) -> torch.Tensor | None:
+    """The value of a slice that is the same for every sample (and position), else None."""
+    per_channel = values.transpose(0, 1).reshape(values.shape[1], -1)
+    first = per_channel[:, :1]
+    if torch.all((per_channel - first).abs() <= 1e-6 * (1 + first.abs())):
+        return first.flatten()
+    return None
+
+
+@torch.no_grad()
+def _fold(consumer: nn.Module, idxs: list[int], value: torch.Tensor) -> bool:
+    """Add the constant input `value` on inputs `idxs` of `consumer` into its bias; False if it cannot."""
+    w = consumer.weight
+    if not torch.any(value != 0):
+        return True
+    if consumer.bias is None:
+        return False
+    if isinstance(consumer, nn.Linear):
+        consumer.bias += w[:, idxs].double().matmul(value.double()).to(w.dtype)
+        return True
+    padding = consumer.padding if isinstance(consumer.padding, tuple) else (consumer.padding,)
+    # zero padding makes border positions see less of the constant, so only unpadded, ungrouped convs fold exactly
+    if consumer.groups != 1 or any(p != 0 for p in padding) or isinstance(consumer.padding, str):
+        return False
+    consumer.bias += (w[:, idxs].double().flatten(2).sum(2) * value.double()).sum(1).to(w.dtype)
+    return True
+
+
+@torch.no_grad()
+def retire_dead_units(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.Tensor,
+                      consumers: dict[str, _Consumers]) -> None:
+    """Make every dead hidden unit removable without changing the network's outputs.
+
+    A unit is dead when all its incoming weights are pruned: it outputs a constant, which is folded
+    into its consumers' biases before their weights from it are pruned. A unit whose outgoing weights
+    are all pruned has its incoming weights pruned too (they do nothing). Repeats until nothing
+    changes, since either can create the other one layer over. Updates `masks` and the weights in place.
+    """
+    modules = dict(model.named_modules())
+    while True:
+        changed = False
+        for name, info in consumers.items():
+            for j, links in info.links.items():
+                if masks[name][j].any() and links and all(not masks[c][:, idxs].any() for c, idxs in links):
+                    masks[name][j] = False
+                    changed = True
+        apply_masks(model, masks)
+        dead = {(name, j) for name, info in consumers.items() for j, links in info.links.items()
+                if not masks[name][j].any() and any(masks[c][:, idxs].any() for c, idxs in links)}
+        if dead:
+            seen = _consumer_inputs(model, {c for name, j in dead for c, _ in consumers[name].links[j]}, x)
+            for name, j in sorted(dead):
+                links = consumers[name].links[j]
+                values = [_constant(seen[c][:, idxs]) for c, idxs in links]
+                if any(v is None for v in values):
+                    continue
+                trial = {c: (modules[c].bias.clone() if modules[c].bias is not None else None) for c, _ in links}
+                if all(_fold(modules[c], idxs, v) for (c, idxs), v in zip(links, values)):
+                    for c, idxs in links:
+                        masks[c][:, idxs] = False
+                    changed = True
+                else:
+                    for c, bias in trial.items():
+                        if bias is not None:
+                            modules[c].bias.copy_(bias)
+            apply_masks(model, masks)
+        if not changed:
+            return
+
+
+def removable_units(masks: dict[str, torch.Tensor], consumers: dict[str, _Consumers]) -> dict[str, list[int]]:
+    """Per hidden layer, the units with no incoming and no outgoing weights left (never a whole layer)."""
+    out = {}
+    for name, info in consumers.items():
+        if info.coupled:
+            continue
+        rows = masks[name].reshape(masks[name].shape[0], -1).any(1)
+        idxs = [j for j, links in info.links.items()
+                if not rows[j] and all(not masks[c][:, i].any() for c, i in links)]
+        if idxs and len(idxs) < len(rows):
+            out[name] = idxs
+    return out
+
+
+def compact(model: nn.Module, masks: dict[str, torch.Tensor], example_input: torch.Tensor,
+            removable: dict[str, list[int]]) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Physically remove `removable` units (Torch-Pruning); returns the plan and the masks in the new shapes.
+
+    The plan has structured.py's format, so `model_io` rebuilds the compacted model by replaying it.
+    """
+    plan = [{"layer": name, "dim": "out", "idxs": idxs} for name, idxs in removable.items()]
+    if not plan:
+        return [], masks
+    # The masks follow the weights through the same surgery: carried as 0/1 weights of a copy.
+    carrier = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, layer in prunable_layers(carrier).items():
+            layer.weight.copy_(masks[name].to(layer.weight.dtype))
+    replay_plan(carrier, example_input, plan)
+    replay_plan(model, example_input, plan)
+    return plan, {name: layer.weight != 0 for name, layer in prunable_layers(carrier).items()}
+
+
+# ------------------------------------------------------------------------------------ the schedule
+def prune_gated(model: nn.Module, spec: PruneSpec, example_input: torch.Tensor, train_set: ArrayDataset,
+                cfg, *, calib: Iterable[torch.Tensor], val_set: ArrayDataset | None = None,
+                progress: bool = True) -> PruneResult:
+    """Prune `model` in place with the accuracy-gated schedule; `cfg.epochs` is the whole budget
+    (pruning events and retraining). `spec.steps` is the number of global events (local: one per
+    hidden layer), `spec.target_accuracy` the last gate and the retraining stop."""
+    from edgeprune.training import TrainConfig, evaluate, train
+
+    spec.validate()
+    method = get_method(spec.method, seed=spec.seed, **spec.options)
+    calib = list(calib)
+    hidden = prunable_layers(model, exclude_output=True)
+    masks = masks_from_model(model)
+    total = sum(m.numel() for m in masks.values())
+    hidden_total = sum(masks[n].numel() for n in hidden)
+    consumers = _consumers(model, example_input, hidden)
+    probe_x = calib[0]
+
+    live = getattr(method, "counter", None)
+    counter = live(model, example_input) if live is not None else None
+    if counter is not None:
+        counter.count(model, calib)
+
+    if spec.scope == "local":
+        names = list(hidden)
+        n = len(names)
+        per_layer = min(spec.sparsity * total / max(hidden_total, 1), 0.999)
+        targets = [per_layer] * n
+    else:
+        names = []
+        n = spec.steps
+        targets = [sum(cycle_fractions(n, spec.sparsity)[: i + 1]) for i in range(n)]
+    gate_list = gates(n, spec.target_accuracy)
+    prune_epochs = cfg.epochs * PRUNE_SHARE
+    deadlines = [prune_epochs * (i + 1) / n for i in range(n)]
+    events: list[dict] = []
+    result = PruneResult(masks=None)
+    clock = {"last": time.perf_counter()}
+
+    def fire(epoch: float, accuracy: float | None, forced: bool) -> None:
+        i = len(events)
+        start = time.perf_counter()
+        stats = method.stats(counter) if counter is not None else method.collect(model, calib)
+        scores = method.score(model, stats)
+        scores = {k: s.masked_fill(~masks[k], float("-inf")) for k, s in scores.items() if k in hidden}
+        if spec.scope == "local":
+            chosen = select({names[i]: scores[names[i]]}, targets[i], "layer")
+        else:
+            pruned_now = total - sum(int(m.sum()) for m in masks.values())
+            need = round(targets[i] * total) - pruned_now
+            hidden_pruned = sum(int((~masks[k]).sum()) for k in hidden)
+            chosen = select(scores, min(max(hidden_pruned + need, 0) / hidden_total, 0.9999), "global") if need > 0 else {}
+        for k, keep in chosen.items():
+            masks[k] &= keep
+        apply_masks(model, masks)
+        retire_dead_units(model, masks, probe_x, consumers)
+        achieved = 1.0 - sum(int(m.sum()) for m in masks.values()) / total
+        now = time.perf_counter()
+        events.append({"event": i + 1, "epoch": epoch, "train_accuracy": accuracy, "gate": gate_list[i],
+                       "forced": forced, "target": targets[i] if spec.scope != "local" else spec.sparsity,
+                       "achieved": achieved, **({"layer": names[i]} if spec.scope == "local" else {})})
+        result.steps.append(PruneStep(i + 1, events[-1]["target"], achieved, now - start, start - clock["last"]))
+        clock["last"] = now
+        if spec.scope == "local" and i + 1 < n and accuracy is not None:
+            gate_list[i + 1] = accuracy   # the paper's layer-wise gate: the accuracy at the last event
+
+    def on_epoch_end(epoch: int, accuracy: float) -> bool:
+        if len(events) < n:
+            i = len(events)
+            if accuracy >= gate_list[i] or epoch >= deadlines[i] - 1e-9:
+                fire(epoch, accuracy, accuracy < gate_list[i])
+            while len(events) < n and epoch >= deadlines[len(events)] - 1e-9:
+                fire(epoch, accuracy, True)
+        return len(events) >= n
+
+    per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    pruning_epochs = 0.0
+    if prune_epochs > 0:
+        log = train(model, train_set, TrainConfig(epochs=prune_epochs, lr=cfg.lr, batch_size=cfg.batch_size,
+                                                  seed=cfg.seed), masks=masks, progress=progress,
+                    description="prune (gated)", on_epoch_end=on_epoch_end)
+        pruning_epochs = log.steps / per_epoch
+    while len(events) < n:   # no training budget: every event at once, on the calibration counts
+        fire(0.0, None, True)
+    if counter is not None:
+        counter.remove()
+    val_before = evaluate(model, val_set) if val_set is not None else None
+
+    start = time.perf_counter()
+    plan, masks = compact(model, masks, example_input, removable_units(masks, consumers))
+    result.steps[-1].seconds += time.perf_counter() - start
+
+    retraining_epochs = 0.0
+    rest = cfg.epochs - pruning_epochs
+    if rest > 0:
+        start = time.perf_counter()
+        log = train(model, train_set, TrainConfig(epochs=rest, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed + 1),
+                    masks=masks, progress=progress, description="retrain",
+                    on_epoch_end=lambda e, acc: acc >= spec.target_accuracy)
+        retraining_epochs = log.steps / per_epoch
+        result.steps[-1].finetune_seconds += time.perf_counter() - start
+
+    result.masks, result.plan = masks, plan
+    result.seconds = sum(s.seconds for s in result.steps)
+    removed = {step["layer"]: len(step["idxs"]) for step in plan}
+    result.details = {**method.details, "scope": spec.scope, "events": events,
+                      "pruning_epochs": pruning_epochs, "retraining_epochs": retraining_epochs,
+                      "epochs": pruning_epochs + retraining_epochs,
+                      "val_accuracy_before_retraining": val_before,
+                      "removed_units": removed,
+                      "widths": {k: int(m.weight.shape[0]) for k, m in prunable_layers(model).items()}}
+    return result
