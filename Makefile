@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 DEMO    := runs/demo
 
-.PHONY: install data calibration demo test bench bench-seeds clean
+.PHONY: install data calibration demo test bench bench-seeds bench-activation clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ bench: install data
 # The seed spread of bench's resnet8 accuracy comparison (reads seed 0 from bench's results).
 bench-seeds: install data
 	$(BIN)/python benchmarks/bench_seeds.py --seeds 1 2
+
+# Activation-based pruning (Ganguli & Chong) on fc5 against global magnitude, with latency (~30 min).
+bench-activation: install data
+	$(BIN)/python benchmarks/bench_activation.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

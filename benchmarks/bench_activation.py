@@ -27,7 +27,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from edgeprune.pruning import PruneSpec  # noqa: E402
 from edgeprune.training import evaluate  # noqa: E402
 
 COMPRESSIONS = (10, 20, 50, 94, 100)
-SPARSITY = {10: 0.90, 20: 0.95, 50: 0.98, 94: 0.9894, 100: 0.99}   # 94x: 1.06 % of the weights left
+# 94x: at most 1.06 % of the weights left (a global event may end up to 1e-4 under its target)
+SPARSITY = {10: 0.90, 20: 0.95, 50: 0.98, 94: 0.9895, 100: 0.99}
 SEED_SPARSITIES = (0.95, 0.98)
 WORK = B.ROOT / "runs" / "bench-activation"
 
@@ -78,6 +79,24 @@ def run_one(method: str, sparsity: float, seed: int, dense: Path, data: B.Data, 
     return row
 
 
+_DATA: dict[bool, B.Data] = {}
+
+
+def _work(task) -> dict[str, Any]:
+    (method, sparsity, seed), dense, args = task
+    torch.set_num_threads(1)
+    if args.quick not in _DATA:
+        _DATA[args.quick] = B.Data(settings(args))
+    return run_one(method, sparsity, seed, dense, _DATA[args.quick], args)
+
+
+def settings(args) -> B.Settings:
+    s = B.Settings(quick=args.quick)
+    if args.quick:
+        s.train_limit, s.test_limit, s.warmup, s.iterations, s.min_seconds = 2000, 500, 5, 30, 0.0
+    return s
+
+
 def latency(rows: dict[str, dict], dense: Path, data: B.Data, s: B.Settings) -> dict[str, Any]:
     """Export dense and the 94x models, time them interleaved with an A/A control."""
     variants = []
@@ -105,7 +124,7 @@ def markdown(rec: dict) -> str:
     L = [f"fc5 on Fashion-MNIST ({rec['data']}); dense test accuracy {dense:.2f} % after "
          f"{rec['dense']['epochs']:g} epochs. Budget per pruned model: {rec['settings']['epochs']:g} epochs "
          f"(activation: pruning events + retraining, stops early at the target training accuracy; "
-         f"magnitude: 5 iterative steps with fine-tuning). Accuracy: PyTorch, 10k test images, seed 0.", "",
+         f"magnitude: 5 iterative steps with fine-tuning). Accuracy: PyTorch on the test split, seed 0.", "",
          "| compression | activation: remaining % | test % | drop pt | epochs used | widths | "
          "magnitude: remaining % | test % | drop pt |", "|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for c in COMPRESSIONS:
@@ -171,17 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=B.ROOT / "benchmarks" / "results")
     p.add_argument("--quick", action="store_true", help="2000 training images, < 1 epoch: a smoke run")
-    p.add_argument("--epochs", type=float, default=10.0, help="budget per pruned model (default 10)")
+    p.add_argument("--epochs", type=float, default=6.0, help="budget per pruned model (default 6)")
     p.add_argument("--dense-epochs", type=float, default=20.0)
     p.add_argument("--lr", type=float, default=None, help="activation's learning rate (default: compress's)")
     p.add_argument("--score", default="neuron_wts", choices=["neuron", "neuron_wts"])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--no-latency", action="store_true")
+    p.add_argument("--jobs", type=int, default=3, help="pruning runs at a time, one thread each")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    s = B.Settings(quick=args.quick)
+    s = settings(args)
     if args.quick:
-        s.train_limit, s.test_limit, s.warmup, s.iterations, s.min_seconds = 2000, 500, 5, 30, 0.0
         args.epochs, args.dense_epochs = min(args.epochs, 1.0), min(args.dense_epochs, 1.0)
     seeds = [int(x) for x in args.seeds.split(",")]
     data = B.Data(s)
@@ -195,16 +214,16 @@ def main(argv: list[str] | None = None) -> int:
                            "dense": {"test_accuracy": dense_test, "epochs": args.dense_epochs, "path": str(dense),
                                      "train": info.get("train")},
                            "curve": {"activation": {}, "magnitude": {}}, "runs": []}
-    runs: dict[tuple[str, float, int], dict] = {}
+    jobs = [(method, SPARSITY[c], 0) for c in COMPRESSIONS for method in ("activation", "magnitude")]
+    jobs += [(method, sp, seed) for seed in seeds for sp in SEED_SPARSITIES for method in ("activation", "magnitude")
+             if (method, sp, seed) not in jobs]
+    # independent runs, each on one thread: --jobs of them at a time
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        done = pool.map(_work, [(job, dense, args) for job in jobs])
+        runs = dict(zip(jobs, done))
     for c in COMPRESSIONS:
         for method in ("activation", "magnitude"):
-            runs[(method, SPARSITY[c], 0)] = row = run_one(method, SPARSITY[c], 0, dense, data, args)
-            rec["curve"][method][str(c)] = row
-    for seed in seeds:
-        for sp in SEED_SPARSITIES:
-            for method in ("activation", "magnitude"):
-                if (method, sp, seed) not in runs:
-                    runs[(method, sp, seed)] = run_one(method, sp, seed, dense, data, args)
+            rec["curve"][method][str(c)] = runs[(method, SPARSITY[c], 0)]
     rec["runs"] = list(runs.values())
     rec["seeds"] = {}
     for sp in SEED_SPARSITIES:

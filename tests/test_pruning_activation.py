@@ -143,7 +143,7 @@ def test_conv_counts_per_channel_position_and_batchnorm_probe(fmnist_small):
 
 
 def test_gated_schedule_on_a_cnn_compacts_and_reloads(tmp_path, fmnist_small):
-    data = api.DataOptions("fashion-mnist", limit=1000, test_limit=200)
+    data = api.DataOptions("fashion-mnist", limit=600, test_limit=200)
     dense = tmp_path / "lenet5.pt"
     api.train("zoo:lenet5", dense, data=data, epochs=1, progress=False)
     r = api.compress(dense, PruneSpec(method="activation", sparsity=0.9, schedule="gated", steps=3), tmp_path / "p.pt",
@@ -159,14 +159,14 @@ def test_gated_schedule_on_a_cnn_compacts_and_reloads(tmp_path, fmnist_small):
 def test_cli_gated_compress_on_fashion_mnist(capsys, tmp_path, lenet300_ckpt):
     out = tmp_path / "act.pt"
     code = main(["compress", str(lenet300_ckpt), "--method", "activation", "--schedule", "gated", "--sparsity", "0.95",
-                 "--score", "neuron_wts", "--finetune-epochs", "1", "--data", "fashion-mnist", "--limit", "2000",
+                 "--score", "neuron_wts", "--finetune-epochs", "0.5", "--data", "fashion-mnist", "--limit", "2000",
                  "-o", str(out), "--json"])
     r = json.loads(capsys.readouterr().out)
     assert code == 0
     assert r["sparsity"] == pytest.approx(0.95, abs=0.01)
     assert r["macs_after"] < 0.8 * r["macs_before"]        # dead neurons are gone, not just zero
-    assert len(r["details"]["events"]) == 5 and r["details"]["epochs"] <= 1.0 + 1e-9
-    assert r["finetuned_val_accuracy"] > 70
+    assert len(r["details"]["events"]) == 5 and r["details"]["epochs"] <= 0.5 + 1 / 15   # within one batch (15 a epoch)
+    assert r["finetuned_val_accuracy"] > 50   # 10 classes: chance is 10 %
     loaded = load_model(out)     # base architecture + replayed plan + weights
     ckpt = loaded.checkpoint
     assert {n: tuple(m.shape) for n, m in ckpt.masks.items()} == {
@@ -174,7 +174,7 @@ def test_cli_gated_compress_on_fashion_mnist(capsys, tmp_path, lenet300_ckpt):
     assert [L["shape"] for L in r["layers"]][0][0] < 300
 
     code = main(["compress", str(lenet300_ckpt), "--method", "activation", "--schedule", "gated", "--scope", "local",
-                 "--sparsity", "0.9", "--finetune-epochs", "0.5", "--data", "fashion-mnist", "--limit", "2000",
+                 "--sparsity", "0.9", "--finetune-epochs", "0.25", "--data", "fashion-mnist", "--limit", "2000",
                  "-o", str(tmp_path / "local.pt"), "--json"])
     r = json.loads(capsys.readouterr().out)
     assert code == 0 and [e["layer"] for e in r["details"]["events"]] == ["1", "3"]
