@@ -21,6 +21,7 @@ training batch until the last event, as the paper's August-2022 code does.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -345,10 +346,12 @@ def prune_gated(model: nn.Module, spec: PruneSpec, example_input: torch.Tensor, 
         stats = method.stats(counter) if counter is not None else method.collect(model, calib)
         scores = method.score(model, stats)
         scores = {k: s.masked_fill(~masks[k], float("-inf")) for k, s in scores.items() if k in hidden}
-        if spec.scope == "local":
-            _prune_into(model, masks, select({names[i]: scores[names[i]]}, targets[i], "layer"), probe_x, consumers)
-        else:
-            _prune_global(model, masks, scores, targets[i], probe_x, consumers)
+        # the probing forward passes below (also on copies, which share the hooks) are not samples
+        with counter.paused() if counter is not None else contextlib.nullcontext():
+            if spec.scope == "local":
+                _prune_into(model, masks, select({names[i]: scores[names[i]]}, targets[i], "layer"), probe_x, consumers)
+            else:
+                _prune_global(model, masks, scores, targets[i], probe_x, consumers)
         achieved = 1.0 - sum(int(m.sum()) for m in masks.values()) / total
         now = time.perf_counter()
         events.append({"event": i + 1, "epoch": epoch, "train_accuracy": accuracy, "gate": gate_list[i],
