@@ -57,7 +57,7 @@ def event_targets(n: int, sparsity: float, decay: float = DECAY) -> list[float]:
     The paper's linear form (sparsity_i = sum of p_j) ends on its largest relative cut: at 98.94 %
     its last event removes 92 % of the weights still there, and on fc5 with 6 epochs that left the
     network at chance (10 % validation accuracy) and 75.9 % test accuracy after retraining; this form
-    removes 74, 66, 58, 49 and 44 % of what remains and reached 79.9 % (benchmarks/README: activation).
+    removes 74, 66, 58, 49 and 44 % of what remains and reached 79.9 % (one tuning run each).
     """
     shares = cycle_fractions(n, 1.0, decay)
     return [1.0 - (1.0 - sparsity) ** sum(shares[: i + 1]) for i in range(n)]
