@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 DEMO    := runs/demo
 
-.PHONY: install data calibration demo test bench bench-seeds clean
+.PHONY: install data calibration demo test bench bench-seeds bench-activation clean
 
 install: $(STAMP)
 
@@ -52,6 +52,9 @@ bench-seeds: install data
 .PHONY: bench-sizes
 bench-sizes: install data
 	$(BIN)/python benchmarks/bench_sizes.py --out benchmarks/results
+# Activation-based pruning (Ganguli & Chong) on fc5 against global magnitude, with latency (~30 min).
+bench-activation: install data
+	$(BIN)/python benchmarks/bench_activation.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

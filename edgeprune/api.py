@@ -171,7 +171,16 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
                                           seed=spec.seed), masks=masks, progress=progress, description="fine-tune")
 
     calib = [torch.from_numpy(tr.x[i:i + 256]) for i in range(0, min(len(tr), 2048), 256)]
-    result = prune(model, spec, example, finetune=finetune, batches=calib)
+    if spec.schedule == "gated":
+        # the accuracy-gated schedule trains itself: finetune_epochs is its whole budget
+        from .pruning.gated import prune_gated
+
+        result = prune_gated(model, spec, example, tr, TrainConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size,
+                                                                   seed=spec.seed),
+                             calib=calib, val_set=val, progress=progress)
+        pruned_acc.append(result.details["val_accuracy_before_retraining"])
+    else:
+        result = prune(model, spec, example, finetune=finetune, batches=calib)
     result.details.update(lomp_details)
     after = sparsity_report(model, example)
     # One definition for both granularities: prunable weights gone, whether zeroed or physically removed.

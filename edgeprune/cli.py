@@ -109,9 +109,11 @@ def compress(
     granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured), channel (physical "
                                     "removal) or 2:4 (2 of every 4 along the reduction axis; sparsity 0.5)."),
     scope: Optional[str] = typer.Option(None, "--scope", help="global or layer (default: the method's; layer for "
-                                        "spectral, global for the others)."),
-    schedule: str = typer.Option("oneshot", "--schedule", help="oneshot or iterative (cubic)."),
-    steps: int = typer.Option(5, "--steps", help="Prune steps for --schedule iterative."),
+                                        "spectral, global for the others); local (one layer per event) with "
+                                        "--schedule gated."),
+    schedule: str = typer.Option("oneshot", "--schedule", help="oneshot, iterative (cubic), or gated (accuracy-gated "
+                                 "cycles with dead-neuron removal; --finetune-epochs is then its whole training budget)."),
+    steps: int = typer.Option(5, "--steps", help="Prune steps for --schedule iterative; pruning cycles for gated."),
     budget: str = typer.Option("params", "--budget", help="Channel pruning: --sparsity counts params or macs."),
     round_to: int = typer.Option(8, "--round-to", help="Channel pruning: keep widths multiples of this."),
     finetune_epochs: float = typer.Option(2.0, "--finetune-epochs", help="Fine-tune budget (epochs, in all)."),
@@ -122,6 +124,8 @@ def compress(
     count: Optional[str] = typer.Option(None, "--count", help="activation: active (the paper) or inactive (the authors' later code)."),
     attenuation: Optional[float] = typer.Option(None, "--attenuation", help="spectral: attenuation a in [0, 1]."),
     width: Optional[float] = typer.Option(None, "--width", help="spectral: Gaussian width around the spectral peak."),
+    target_acc: float = typer.Option(0.98, "--target-acc", help="gated: training accuracy of the last gate and the "
+                                     "retraining stop (the paper's 0.98)."),
     seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt,
     force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
@@ -134,7 +138,8 @@ def compress(
     auto = _is_auto(sparsity)
     spec = PruneSpec(method=method, sparsity=0.0 if auto else _sparsity(sparsity), granularity=granularity, scope=scope,
                      schedule=schedule, steps=steps, budget=budget, round_to=round_to, seed=seed,
-                     options=_method_options(score=score, count=count, attenuation=attenuation, width=width))
+                     options=_method_options(score=score, count=count, attenuation=attenuation, width=width),
+                     target_accuracy=target_acc)
     r = api.compress(model, spec, output, data=_data(data, data_dir, limit), finetune_epochs=finetune_epochs,
                      lr=lr, trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force,
                      progress=not as_json, auto_limit=_auto_limit() if auto else None)

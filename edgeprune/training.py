@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -73,8 +74,14 @@ def _tensors(ds: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_set: ArrayDataset | None = None,
-          masks: dict[str, torch.Tensor] | None = None, progress: bool = True, description: str = "train") -> TrainLog:
-    """Train ``model`` in place for ``cfg.epochs`` epochs (fractional epochs run that share of the batches)."""
+          masks: dict[str, torch.Tensor] | None = None, progress: bool = True, description: str = "train",
+          on_epoch_end: Callable[[int, float], bool] | None = None) -> TrainLog:
+    """Train ``model`` in place for ``cfg.epochs`` epochs (fractional epochs run that share of the batches).
+
+    ``on_epoch_end(epoch, train_accuracy)`` runs after every epoch with the running training accuracy
+    of that epoch (as Keras reports it, in [0, 1]); it may update ``masks`` in place (the new masks
+    apply from the next step on) and returns True to stop training early.
+    """
     seed_everything(cfg.seed)
     x, y = _tensors(train_set)
     n = len(y)
@@ -87,7 +94,7 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
     log = TrainLog()
     t0 = time.perf_counter()
     set_mode(model, True)
-    step, running, count = 0, 0.0, 0
+    step, running, count, hits, seen, epoch = 0, 0.0, 0, 0, 0, 0
     with progress_bar(description, total=total, enabled=progress) as advance:
         while step < total:
             order = torch.randperm(n, generator=gen)
@@ -96,7 +103,8 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
                     break
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
-                loss = loss_fn(model(x[idx]), y[idx])
+                logits = model(x[idx])
+                loss = loss_fn(logits, y[idx])
                 if cfg.l1 > 0:
                     loss = loss + cfg.l1 * l1_penalty(model)
                 loss.backward()
@@ -107,6 +115,9 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
                     apply_masks(model, masks)
                 running += loss.item()
                 count += 1
+                if on_epoch_end is not None:
+                    hits += int((logits.detach().argmax(1) == y[idx]).sum())
+                    seen += len(idx)
                 step += 1
                 advance(1)
             log.losses.append(running / max(count, 1))
@@ -114,8 +125,15 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
             if val_set is not None:
                 log.val_accuracy.append(evaluate(model, val_set))
                 set_mode(model, True)
+            epoch += 1
+            if on_epoch_end is not None:
+                stop = on_epoch_end(epoch, hits / max(seen, 1))
+                hits, seen = 0, 0
+                set_mode(model, True)
+                if stop:
+                    break
     set_mode(model, False)
-    log.steps = total
+    log.steps = step
     log.seconds = time.perf_counter() - t0
     return log
 

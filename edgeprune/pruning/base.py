@@ -20,8 +20,10 @@ from torch import nn
 from edgeprune.errors import InputError, UnknownNameError
 
 GRANULARITIES = ("weight", "channel", "2:4")
-SCOPES = ("global", "layer")
-SCHEDULES = ("oneshot", "iterative")
+# "local" (one layer per pruning event) and "gated" (accuracy-gated cycles) are the schedule of
+# activation-based pruning (edgeprune/pruning/gated.py); local exists only under gated.
+SCOPES = ("global", "layer", "local")
+SCHEDULES = ("oneshot", "iterative", "gated")
 BUDGETS = ("params", "macs")
 
 
@@ -43,6 +45,8 @@ class PruneSpec:
     # Method-specific options (e.g. spectral's attenuation), passed to the method's constructor;
     # a name the method does not take is an InputError.
     options: dict[str, Any] = field(default_factory=dict)
+    # Gated schedule: the training accuracy that ends retraining and tops the gates (0.80 -> it).
+    target_accuracy: float = 0.98
 
     def validate(self) -> None:
         """Raise InputError / UnknownNameError for values a user got wrong."""
@@ -59,6 +63,15 @@ class PruneSpec:
         _check_choice("scope", self.scope, SCOPES)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("budget", self.budget, BUDGETS)
+        if self.scope == "local" and self.schedule != "gated":
+            raise InputError("scope 'local' (one layer per pruning event) needs schedule 'gated'; "
+                             "use scope 'layer' for the same fraction in every layer")
+        if self.schedule == "gated":
+            if self.granularity != "weight":
+                raise InputError("schedule 'gated' prunes weights and removes dead neurons itself; use granularity 'weight'")
+            if isinstance(self.target_accuracy, bool) or not isinstance(self.target_accuracy, (int, float)) \
+                    or not (0.0 < float(self.target_accuracy) <= 1.0):
+                raise InputError(f"target accuracy must be in (0, 1], got {self.target_accuracy!r}")
         if self.budget == "macs" and self.granularity != "channel":
             # unstructured zeros are still multiplied by every runtime we target
             raise InputError("budget 'macs' needs granularity 'channel': zeroed weights do not reduce executed MACs")

@@ -1,0 +1,218 @@
+"""Activation-based pruning (Ganguli & Chong, Algorithms 17(1):48, 2024; METHODS.md section 2).
+
+Every hidden unit (a Linear layer's neuron, a Conv layer's output channel) has a counter of how
+often its post-ReLU output is non-zero. A unit that rarely fires contributes little, so its
+incoming weights are pruned first. The output layer has no counter and is never scored.
+
+Counting follows the paper (active outputs, lowest pruned). `count="inactive"` counts zero outputs
+instead, as the authors' July-2023 code does while still pruning the lowest counts: it removes the
+*most* active units first and is offered only as an ablation (METHODS.md section 5.2).
+
+Scores are per weight (higher = keep), so the shared `select` and schedules work with them; the
+paper's accuracy-gated schedule and the physical removal of dead neurons are in `gated.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from edgeprune.errors import InputError
+from edgeprune.pruning.base import Method, register
+from edgeprune.pruning.masks import prunable_layers
+
+SCORES = ("neuron", "neuron_wts")
+COUNTS = ("active", "inactive")
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+class ActivationCounter:
+    """Forward hooks counting, per hidden unit, the outputs that pass the ReLU (are > 0).
+
+    relu(z) != 0 exactly when z > 0, so the count is taken on the layer's output, or on the
+    BatchNorm right after it (Conv -> BN -> ReLU), whichever feeds the activation; this works for
+    ReLU modules and functional relu alike. A Linear unit counts samples; a Conv channel counts
+    (sample, position) pairs, the per-channel extension METHODS.md section 2.7 suggests.
+    `frequencies` divides by the number of chances, so units of different layers compare.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
+        self.layers = prunable_layers(model, exclude_output=True)
+        probes = _probes(model, self.layers, example_input)
+        self.active = {name: torch.zeros(_units(m), dtype=torch.int64) for name, m in self.layers.items()}
+        self.chances = {name: 0 for name in self.layers}
+        self.enabled = True
+        self._hooks = [probe.register_forward_hook(self._hook(name)) for name, probe in probes.items()]
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            if not self.enabled:
+                return
+            positive = output.detach() > 0
+            if positive.dim() > 2:
+                self.active[name] += positive.transpose(0, 1).reshape(positive.shape[1], -1).sum(1).cpu()
+                self.chances[name] += positive.numel() // positive.shape[1]
+            else:
+                self.active[name] += positive.sum(0).cpu()
+                self.chances[name] += positive.shape[0]
+        return hook
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Forward passes inside this block are not counted."""
+        was, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = was
+
+    @torch.no_grad()
+    def count(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+        """Add one pass over `batches` (eval mode, so BatchNorm uses its running statistics)."""
+        was = model.training
+        model.eval()
+        try:
+            for x in batches:
+                model(x)
+        finally:
+            model.train(was)
+
+    def frequencies(self, count: str = "active") -> dict[str, torch.Tensor]:
+        """Per unit, the share of chances on which it was active (or inactive), in [0, 1]."""
+        out = {}
+        for name, active in self.active.items():
+            if self.chances[name] == 0:
+                raise InputError("no activations were counted: activation pruning needs data")
+            freq = active.double() / self.chances[name]
+            out[name] = freq if count == "active" else 1.0 - freq
+        return out
+
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+
+def _units(module: nn.Module) -> int:
+    return module.weight.shape[0]
+
+
+def _probes(model: nn.Module, layers: dict[str, nn.Module], example_input: torch.Tensor) -> dict[str, nn.Module]:
+    """For each hidden layer, the module whose output decides its ReLU: the layer, or its BatchNorm."""
+    order: list[nn.Module] = []
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in leaves]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    probes = {}
+    for name, layer in layers.items():
+        probe = layer
+        if layer in order:
+            at = order.index(layer)
+            if at + 1 < len(order) and isinstance(order[at + 1], _NORMS):
+                probe = order[at + 1]
+        probes[name] = probe
+    return probes
+
+
+@register
+class Activation(Method):
+    """Score of weight w_ij into hidden unit j: its activation frequency f_j ("neuron": every
+    incoming weight of a unit shares it, so pruning is neuron-level) or f_j * |w_ij| ("neuron_wts":
+    unstructured, magnitude modulated by activity). The `min_neurons` most active units of every
+    hidden layer keep a chain of connections through the network, so a global threshold can never
+    empty a layer.
+    """
+
+    name = "activation"
+
+    def __init__(self, seed: int = 0, score: str = "neuron_wts", count: str = "active", min_neurons: int = 10) -> None:
+        super().__init__(seed)
+        if score not in SCORES:
+            raise InputError(f"unknown activation score {score!r} (choose from: {', '.join(SCORES)})")
+        if count not in COUNTS:
+            raise InputError(f"unknown activation count {count!r} (choose from: {', '.join(COUNTS)})")
+        if isinstance(min_neurons, bool) or not isinstance(min_neurons, int) or min_neurons < 1:
+            raise InputError(f"min_neurons must be an integer >= 1, got {min_neurons!r}")
+        self.score_type = score
+        self.count = count
+        self.min_neurons = min_neurons
+
+    def counter(self, model: nn.Module, example_input: torch.Tensor) -> ActivationCounter:
+        """Live counters on `model` (the gated schedule keeps them attached while it trains)."""
+        return ActivationCounter(model, example_input)
+
+    def collect(self, model: nn.Module, batches: Iterable[torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Activation frequencies of every hidden unit over `batches`."""
+        batches = list(batches or [])
+        if not batches:
+            raise InputError("activation pruning needs data to count activations")
+        counter = self.counter(model, batches[0][:1])
+        try:
+            counter.count(model, batches)
+        finally:
+            counter.remove()
+        return self.stats(counter)
+
+    def stats(self, counter: ActivationCounter) -> dict[str, torch.Tensor]:
+        """What `score` takes, read off live counters."""
+        freqs = counter.frequencies(self.count)
+        self.details = {"count": self.count, "score": self.score_type,
+                        "never_active": {n: int((c == 0).sum()) for n, c in counter.active.items()}}
+        return freqs
+
+    @torch.no_grad()
+    def score(self, model: nn.Module, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not isinstance(stats, dict) or not stats:
+            raise InputError("activation pruning needs activation counts: pass data (collect) first")
+        layers = prunable_layers(model, exclude_output=True)
+        scores: dict[str, torch.Tensor] = {}
+        previous: torch.Tensor | None = None   # protected units of the layer before
+        for name, layer in layers.items():
+            w = layer.weight.detach()
+            freq = stats[name].to(w.device, torch.float64)
+            if freq.numel() != w.shape[0]:
+                raise InputError(f"activation counts for {name!r} have {freq.numel()} units, the layer {w.shape[0]}")
+            per_unit = freq.reshape(-1, *([1] * (w.dim() - 1)))
+            s = per_unit.expand_as(w).clone() if self.score_type == "neuron" else per_unit * w.abs().double()
+            previous = self._protect(s, w, freq, previous)
+            scores[name] = s
+        return scores
+
+    def _protect(self, s: torch.Tensor, w: torch.Tensor, freq: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+        """Keep a skeleton: the `min_neurons` most active live units get one unprunable incoming
+        weight each, from a protected unit of the layer before where the shapes connect, and every
+        protected unit before gets one unprunable way out into them. Returns this layer's protected units."""
+        alive = w.reshape(w.shape[0], -1).ne(0).any(1)
+        if not alive.any():
+            return torch.zeros(0, dtype=torch.long)
+        candidates = torch.nonzero(alive).flatten()
+        top = candidates[torch.sort(freq[candidates], descending=True, stable=True).indices[: self.min_neurons]]
+        magnitude = w.abs().reshape(w.shape[0], w.shape[1], -1)
+        grid = s.view(w.shape[0], w.shape[1], -1)
+        spots = magnitude.shape[2]
+        connects = previous is not None and previous.numel() > 0 and int(previous.max()) < w.shape[1]
+        incoming = magnitude
+        if connects:
+            allowed = torch.zeros(w.shape[1], dtype=torch.bool, device=w.device)
+            allowed[previous] = True
+            incoming = magnitude.masked_fill(~allowed.reshape(1, -1, 1), -1.0)
+        for j in top.tolist():
+            i, k = divmod(int(torch.argmax(incoming[j].reshape(-1))), spots)
+            grid[j, i, k] = float("inf")
+        if connects:
+            for p in previous.tolist():
+                t, k = divmod(int(torch.argmax(magnitude[top, p].reshape(-1))), spots)
+                grid[int(top[t]), p, k] = float("inf")
+        return top
