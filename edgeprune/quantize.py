@@ -14,6 +14,9 @@ CPUs) and INT8"); every one can be changed through `quantize_qdq(..., **tuning)`
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import tempfile
 import time
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from edgeprune.errors import InputError, ShapeError
 
@@ -30,6 +34,7 @@ METHODS = ("minmax", "entropy", "percentile", "distribution")
 # Ops whose outputs are quantised when their inputs are; the rest of the graph stays fp32.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CALIBRATION_BATCH = 64
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 # The tuned defaults. `plain` is the baseline the issue measured: per-channel QDQ with the library's
 # own defaults and no pre-processing.
@@ -111,8 +116,6 @@ def quantize_qdq(
         raise InputError(f"unknown quantisation option(s) {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(sorted([*TUNED, 'nodes_to_exclude']))})")
     settings = {**TUNED, **tuning}
-    import onnx
-
     model = onnx.load(str(src))
     input_name, batch = _input(model)
     calibration = check_calibration(calibration, model)
@@ -123,7 +126,8 @@ def quantize_qdq(
         if settings["preprocess"]:
             model_in = Path(tmp) / "pre.onnx"
             try:
-                quant_pre_process(str(src), str(model_in))
+                with _quiet():
+                    quant_pre_process(str(src), str(model_in))
             except Exception as e:  # noqa: BLE001 - shape inference raises many types
                 raise InputError(f"cannot pre-process {src.name} for quantisation: {_first_line(e)}") from None
         pre = onnx.load(str(model_in))
@@ -134,22 +138,23 @@ def quantize_qdq(
         if settings["exclude_last"] and compute:
             excluded.append(compute[-1])
         out = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(model_in), str(out), _Reader(input_name, calibration, batch or CALIBRATION_BATCH),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            reduce_range=bool(settings["reduce_range"]),
-            activation_type=_qtype(settings["activation_type"]),
-            weight_type=_qtype(settings["weight_type"]),
-            nodes_to_exclude=excluded or None,
-            calibrate_method=calibration_method(method),
-            extra_options={
-                "ActivationSymmetric": bool(settings["activation_symmetric"]),
-                "WeightSymmetric": bool(settings["weight_symmetric"]),
-                "QDQKeepRemovableActivations": bool(settings["keep_removable_activations"]),
-                "QuantizeBias": bool(settings["quantize_bias"]),
-            },
-        )
+        with _quiet():
+            quantize_static(
+                str(model_in), str(out), _Reader(input_name, calibration, batch or CALIBRATION_BATCH),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                reduce_range=bool(settings["reduce_range"]),
+                activation_type=_qtype(settings["activation_type"]),
+                weight_type=_qtype(settings["weight_type"]),
+                nodes_to_exclude=excluded or None,
+                calibrate_method=calibration_method(method),
+                extra_options={
+                    "ActivationSymmetric": bool(settings["activation_symmetric"]),
+                    "WeightSymmetric": bool(settings["weight_symmetric"]),
+                    "QDQKeepRemovableActivations": bool(settings["keep_removable_activations"]),
+                    "QuantizeBias": bool(settings["quantize_bias"]),
+                },
+            )
         quantized, fp32 = _node_precision(onnx.load(str(out)))
         tmp_dst = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
         try:
@@ -243,17 +248,33 @@ def _input(model) -> tuple[str, int | None]:
 
 
 def _node_precision(model) -> tuple[list[str], list[str]]:
-    """(nodes fed by a DequantizeLinear, compute nodes that are not), by name."""
+    """(nodes whose float inputs all arrive through a DequantizeLinear, compute nodes that do not),
+    by name. Integer constants (shapes, axes) do not count as inputs."""
     dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    consts = {i.name for i in model.graph.initializer if i.data_type not in _FLOAT_TYPES}
     quantized, fp32 = [], []
     for n in model.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
             continue
-        if any(i in dq_out for i in n.input):
+        inputs = [i for i in n.input if i and i not in consts]
+        if inputs and all(i in dq_out for i in inputs):
             quantized.append(n.name)
         elif n.op_type in COMPUTE_OPS:
             fp32.append(n.name)
     return quantized, fp32
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep onnxruntime.quantization's prints and root-logger warnings out of our stdout (which
+    may be `--json`) and stderr (progress bars)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def _qtype(name: str):

@@ -28,7 +28,7 @@ def fmnist_small() -> api.DataOptions:
 
 @pytest.fixture(scope="session")
 def lenet300_ckpt(tmp_path_factory, fmnist_small) -> Path:
-    """A LeNet-300-100 trained for 2 epochs on the Fashion-MNIST subset."""
+    """A LeNet-300-100 trained for 3 epochs on the Fashion-MNIST subset."""
     out = tmp_path_factory.mktemp("models") / "lenet300.pt"
     api.train("zoo:lenet300", out, data=fmnist_small, epochs=2, progress=False)
     return out
@@ -40,4 +40,12 @@ def resnet_ckpt(tmp_path_factory, fmnist_small) -> Path:
     out = tmp_path_factory.mktemp("models") / "resnet8.pt"
     data = api.DataOptions("fashion-mnist", limit=1000, test_limit=500)
     api.train("zoo:resnet8", out, data=data, epochs=1, arch_kwargs={"widths": [16, 32, 64]}, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lenet5_ckpt(tmp_path_factory, fmnist_small) -> Path:
+    """A LeNet-5 (convolutions, max-pooling, an MLP head) trained for 3 epochs on the Fashion-MNIST subset."""
+    out = tmp_path_factory.mktemp("models") / "lenet5.pt"
+    api.train("zoo:lenet5", out, data=fmnist_small, epochs=3, lr=3e-3, progress=False)
     return out

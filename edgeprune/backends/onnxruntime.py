@@ -196,6 +196,11 @@ class OnnxRuntimeBackend:
             sess = ort.InferenceSession(str(path), sess_options=so, providers=asked,
                                         disabled_optimizers=disabled_optimizers(build))
         except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
+            if "fallback to CPU EP has been explicitly disabled" in str(e):
+                raise InputError(
+                    f"execution provider(s) {', '.join(asked)} cannot run every node of {path.name}, and the target "
+                    f"does not list CPUExecutionProvider to take the rest"
+                ) from None
             raise InputError(f"onnxruntime cannot load {path.name}: {_first_line(e)}") from None
         got = sess.get_providers()
         lost = [p for p in asked if p not in got]
