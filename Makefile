@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 DEMO    := runs/demo
 
-.PHONY: install data calibration demo test bench bench-seeds clean
+.PHONY: install data calibration demo test bench bench-seeds bench-int8 clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ bench: install data
 # The seed spread of bench's resnet8 accuracy comparison (reads seed 0 from bench's results).
 bench-seeds: install data
 	$(BIN)/python benchmarks/bench_seeds.py --seeds 1 2
+
+# INT8 against fp32 on bench's resnet8: plain vs tuned quantisation, compacted + INT8 (reuses bench's cache).
+bench-int8: install data
+	$(BIN)/python benchmarks/bench_int8.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

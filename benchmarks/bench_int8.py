@@ -96,7 +96,7 @@ def ablation() -> list[tuple[str, str, dict[str, Any]]]:
         if current != steps[-1][2]:
             steps.append((f"step-{key}", label, dict(current)))
     assert current == TUNED, "the ablation must end at the tuned setting"
-    steps[-1] = ("tuned", f"tuned ({steps[-1][1].lstrip('+ ')}; the default)", current)
+    steps[-1] = ("tuned", f"tuned = {steps[-1][1]} (edgeprune's default)", current)
     return steps
 
 
@@ -267,10 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny subsets: a smoke run")
     p.add_argument("--iterations", type=int)
     p.add_argument("--min-seconds", type=float)
+    p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs of the compacted model (default 2, as bench)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     s = e2e.Settings.for_args(argparse.Namespace(quick=args.quick, scopes=None, resnet_epochs=None, lenet_epochs=None,
-                                                 finetune_epochs=None, iterations=args.iterations,
+                                                 finetune_epochs=args.finetune_epochs, iterations=args.iterations,
                                                  min_seconds=args.min_seconds))
     if not args.quick and args.min_seconds is None:
         s.min_seconds = 10.0
