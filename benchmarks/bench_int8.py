@@ -268,13 +268,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int)
     p.add_argument("--min-seconds", type=float)
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs of the compacted model (default 2, as bench)")
+    p.add_argument("--resnet-epochs", type=float, help="dense training epochs (default 3, as bench)")
+    p.add_argument("--train-limit", type=int, help="train on a seeded subset of this many images (default: all)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    s = e2e.Settings.for_args(argparse.Namespace(quick=args.quick, scopes=None, resnet_epochs=None, lenet_epochs=None,
+    s = e2e.Settings.for_args(argparse.Namespace(quick=args.quick, scopes=None, resnet_epochs=args.resnet_epochs,
+                                                 lenet_epochs=None,
                                                  finetune_epochs=args.finetune_epochs, iterations=args.iterations,
                                                  min_seconds=args.min_seconds))
     if not args.quick and args.min_seconds is None:
         s.min_seconds = 10.0
+    if args.train_limit is not None:
+        s.train_limit = args.train_limit
     data = e2e.Data(s)
     record: dict[str, Any] = {"settings": asdict(s)}
     rows = build_rows(s, data, record)

@@ -137,31 +137,30 @@ def quantize_qdq(
             excluded.append(compute[0])
         if settings["exclude_last"] and compute:
             excluded.append(compute[-1])
-        out = Path(tmp) / "int8.onnx"
-        with _quiet():
-            quantize_static(
-                str(model_in), str(out), _Reader(input_name, calibration, batch or CALIBRATION_BATCH),
-                quant_format=QuantFormat.QDQ,
-                per_channel=per_channel,
-                reduce_range=bool(settings["reduce_range"]),
-                activation_type=_qtype(settings["activation_type"]),
-                weight_type=_qtype(settings["weight_type"]),
-                nodes_to_exclude=excluded or None,
-                calibrate_method=calibration_method(method),
-                extra_options={
-                    "ActivationSymmetric": bool(settings["activation_symmetric"]),
-                    "WeightSymmetric": bool(settings["weight_symmetric"]),
-                    "QDQKeepRemovableActivations": bool(settings["keep_removable_activations"]),
-                    "QuantizeBias": bool(settings["quantize_bias"]),
-                },
-            )
-        quantized, fp32 = _node_precision(onnx.load(str(out)))
-        tmp_dst = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+        # Written next to dst, then renamed into place: a reader never sees half a model.
+        out = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp.onnx")
         try:
-            os.replace(out, tmp_dst) if out.stat().st_dev == dst.parent.stat().st_dev else _copy(out, tmp_dst)
-            os.replace(tmp_dst, dst)
+            with _quiet():
+                quantize_static(
+                    str(model_in), str(out), _Reader(input_name, calibration, batch or CALIBRATION_BATCH),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel,
+                    reduce_range=bool(settings["reduce_range"]),
+                    activation_type=_qtype(settings["activation_type"]),
+                    weight_type=_qtype(settings["weight_type"]),
+                    nodes_to_exclude=excluded or None,
+                    calibrate_method=calibration_method(method),
+                    extra_options={
+                        "ActivationSymmetric": bool(settings["activation_symmetric"]),
+                        "WeightSymmetric": bool(settings["weight_symmetric"]),
+                        "QDQKeepRemovableActivations": bool(settings["keep_removable_activations"]),
+                        "QuantizeBias": bool(settings["quantize_bias"]),
+                    },
+                )
+            quantized, fp32 = _node_precision(onnx.load(str(out)))
+            os.replace(out, dst)
         finally:
-            tmp_dst.unlink(missing_ok=True)
+            out.unlink(missing_ok=True)
     return QuantizeResult(
         path=dst, method=method, per_channel=per_channel, quantized=quantized, excluded=fp32,
         seconds=time.perf_counter() - t0, calibration_samples=int(len(calibration)), settings=settings,
@@ -284,10 +283,6 @@ def _qtype(name: str):
     if name not in types:
         raise InputError(f"quantisation type must be int8 or uint8, got '{name}'")
     return types[name]
-
-
-def _copy(a: Path, b: Path) -> None:
-    b.write_bytes(a.read_bytes())
 
 
 def _first_line(e: BaseException) -> str:
