@@ -100,34 +100,40 @@ def ablation() -> list[tuple[str, str, dict[str, Any]]]:
     return steps
 
 
-def compacted_checkpoint(dense: Path, s: e2e.Settings, data: e2e.Data) -> tuple[Path, dict]:
-    """`compress --granularity channel --budget macs --sparsity 0.5` on the dense model, cached."""
+def compacted_checkpoint(dense: Path, s: e2e.Settings, data: e2e.Data, round_to: int) -> tuple[Path, dict]:
+    """`compress --granularity channel --budget macs --sparsity 0.5 --round-to N` on the dense model, cached."""
     spec = PruneSpec(method="magnitude", granularity="channel", budget="macs", sparsity=s.resnet_mac_sparsity,
-                     round_to=s.round_to, scope="global", seed=s.seed)
+                     round_to=round_to, scope="global", seed=s.seed)
     key = e2e.cache_key({"dense": file_digest(dense), "spec": asdict(spec), "epochs": s.finetune_epochs,
                          "train_limit": s.train_limit})
     out = WORK / f"compacted-{key}.pt"
     info_path = out.with_suffix(".json")
     if out.exists() and info_path.exists():
         log(f"compacted model from cache {out.relative_to(ROOT)}")
-        return out, json.loads(info_path.read_text())
+        return out, {"widths": e2e.conv_widths(load_model(out).model), **json.loads(info_path.read_text())}
     WORK.mkdir(parents=True, exist_ok=True)
-    log(f"compress: channel, MAC budget {s.resnet_mac_sparsity:.0%}, fine-tune {s.finetune_epochs:g} epochs ...")
+    log(f"compress: channel, MAC budget {s.resnet_mac_sparsity:.0%}, round_to {round_to}, fine-tune "
+        f"{s.finetune_epochs:g} epochs ...")
     res = api.compress(dense, spec, out, data=data.options, finetune_epochs=s.finetune_epochs,
                        batch_size=s.batch_size, force=True, progress=e2e._progress())
-    info = {"spec": asdict(spec), "mac_ratio": res.macs_after / res.macs_before, "val_accuracy": res.finetuned_val_accuracy,
+    widths = e2e.conv_widths(load_model(out).model)
+    info = {"spec": asdict(spec), "mac_ratio": res.macs_after / res.macs_before, "widths": widths,
+            "val_accuracy": res.finetuned_val_accuracy,
             "dense_val_accuracy": res.dense_val_accuracy, "seconds": res.total_seconds}
     info_path.write_text(json.dumps(info, indent=2))
     return out, info
 
 
-def build_rows(s: e2e.Settings, data: e2e.Data, record: dict) -> list[Row]:
+def build_rows(s: e2e.Settings, data: e2e.Data, record: dict, round_tos: list[int]) -> list[Row]:
     dense_pt, dense_info = e2e.dense_checkpoint("resnet8", {"widths": list(s.resnet_widths)}, s.resnet_epochs, s, data)
     record["dense_training"] = dense_info
-    compact_pt, compact_info = compacted_checkpoint(dense_pt, s, data)
-    record["compacted"] = compact_info
     dense_onnx = e2e.export_variant(load_model(dense_pt), WORK / "dense.onnx", data)
-    compact_onnx = e2e.export_variant(load_model(compact_pt), WORK / "compacted.onnx", data)
+    record["compacted"] = {}
+    compacted = []
+    for n in round_tos:
+        pt, info = compacted_checkpoint(dense_pt, s, data, n)
+        record["compacted"][str(n)] = info
+        compacted.append((n, info, e2e.export_variant(load_model(pt), WORK / f"compacted-r{n}.onnx", data)))
     calib = load_calibration(CALIBRATION)
 
     rows = [Row("dense-fp32", "dense fp32", "dense", "fp32", dense_onnx),
@@ -141,10 +147,11 @@ def build_rows(s: e2e.Settings, data: e2e.Data, record: dict) -> list[Row]:
 
     for name, label, settings in ablation():
         rows.append(quantized(f"dense-int8-{name}", f"dense INT8, {label}", "dense", dense_onnx, settings, "minmax", True))
-    rows.append(Row("compacted-fp32", f"compacted fp32 (MACs {compact_info['mac_ratio']:.3f})", "compacted", "fp32",
-                    compact_onnx))
-    rows.append(quantized("compacted-int8", "compacted INT8, tuned", "compacted", compact_onnx, dict(TUNED),
-                          "minmax", True))
+    for n, info, onnx_path in compacted:
+        what = f"compacted, round_to {n} (MACs {info['mac_ratio']:.3f}, widths {'/'.join(map(str, info['widths']))})"
+        rows.append(Row(f"compacted-r{n}-fp32", f"{what} fp32", f"compacted-r{n}", "fp32", onnx_path))
+        rows.append(quantized(f"compacted-r{n}-int8", f"{what} INT8, tuned", f"compacted-r{n}", onnx_path, dict(TUNED),
+                              "minmax", True))
     for method in ("entropy", "percentile"):
         rows.append(quantized(f"dense-int8-{method}", f"dense INT8, tuned, {method} calibration (accuracy only)",
                               "dense", dense_onnx, dict(TUNED), method, False))
@@ -196,7 +203,6 @@ def measure(rows: list[Row], data: e2e.Data, s: e2e.Settings) -> dict[str, Any]:
 def checks(rows: list[Row]) -> list[e2e.Check]:
     by = {r.name: r for r in rows}
     dense, aa, plain, tuned = by["dense-fp32"], by["dense-fp32-aa"], by["dense-int8-plain"], by["dense-int8-tuned"]
-    compact = by["compacted-int8"]
     out: list[e2e.Check] = []
     for bs in BATCHES:
         r = aa.latency[bs]["p50_ms"] / dense.latency[bs]["p50_ms"]
@@ -212,14 +218,17 @@ def checks(rows: list[Row]) -> list[e2e.Check]:
         drop = dense.accuracy - v.accuracy
         out.append(e2e.Check(f"{v.name}: accuracy drop <= {INT8_MAX_DROP_PT} pt", drop <= INT8_MAX_DROP_PT,
                              f"{dense.accuracy:.2f} % -> {v.accuracy:.2f} % ({drop:+.2f} pt)", info))
-    for bs in (64, 1):
-        speedup = dense.latency[bs]["p50_ms"] / compact.latency[bs]["p50_ms"]
-        out.append(e2e.Check(f"compacted + INT8 vs dense fp32: speed-up b{bs} >= {COMPACT_SPEEDUP_MIN[bs]:g}x",
-                             speedup >= COMPACT_SPEEDUP_MIN[bs],
-                             f"{speedup:.2f}x (p50 {compact.latency[bs]['p50_ms']:.3f} vs {dense.latency[bs]['p50_ms']:.3f} ms)"))
-    drop = dense.accuracy - compact.accuracy
-    out.append(e2e.Check(f"compacted + INT8: accuracy drop vs dense fp32 <= {COMPACT_MAX_DROP_PT} pt",
-                         drop <= COMPACT_MAX_DROP_PT, f"{dense.accuracy:.2f} % -> {compact.accuracy:.2f} % ({drop:+.2f} pt)"))
+    for compact in (r for r in rows if r.model.startswith("compacted") and r.precision == "int8"):
+        for bs in (64, 1):
+            speedup = dense.latency[bs]["p50_ms"] / compact.latency[bs]["p50_ms"]
+            out.append(e2e.Check(f"{compact.name} vs dense fp32: speed-up b{bs} >= {COMPACT_SPEEDUP_MIN[bs]:g}x",
+                                 speedup >= COMPACT_SPEEDUP_MIN[bs],
+                                 f"{speedup:.2f}x (p50 {compact.latency[bs]['p50_ms']:.3f} vs "
+                                 f"{dense.latency[bs]['p50_ms']:.3f} ms)"))
+        drop = dense.accuracy - compact.accuracy
+        out.append(e2e.Check(f"{compact.name}: accuracy drop vs dense fp32 <= {COMPACT_MAX_DROP_PT} pt",
+                             drop <= COMPACT_MAX_DROP_PT,
+                             f"{dense.accuracy:.2f} % -> {compact.accuracy:.2f} % ({drop:+.2f} pt)"))
     return out
 
 
@@ -270,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=float, help="fine-tune epochs of the compacted model (default 2, as bench)")
     p.add_argument("--resnet-epochs", type=float, help="dense training epochs (default 3, as bench)")
     p.add_argument("--train-limit", type=int, help="train on a seeded subset of this many images (default: all)")
+    p.add_argument("--round-to", default="8,16", help="compacted variants: channel multiples, comma-separated (8: "
+                                                      "AVX2's NCHWc block, 16: AVX-512's)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     s = e2e.Settings.for_args(argparse.Namespace(quick=args.quick, scopes=None, resnet_epochs=args.resnet_epochs,
@@ -282,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         s.train_limit = args.train_limit
     data = e2e.Data(s)
     record: dict[str, Any] = {"settings": asdict(s)}
-    rows = build_rows(s, data, record)
+    rows = build_rows(s, data, record, [int(n) for n in args.round_to.split(",")])
     run = measure(rows, data, s)
     results = checks(rows)
     import os
