@@ -262,6 +262,12 @@ def _int8_notes(report: Report) -> list[str]:
     if agree:
         text += f", same class as fp32 for {agree['top1']:.1%} of samples"
     notes.append(text + f"; file {format_bytes(f.size_bytes)} → {format_bytes(p.size_bytes)}.")
+    slower = [bl for bl in report.latency.values()
+              if bl.int8_ratio_p50 is not None and bl.aa_ratio_p50 is not None
+              and bl.int8_ratio_p50 > 1.0 + noise_band(bl.aa_ratio_p50)]
+    if slower and len(slower) == len(report.latency):
+        notes.append("INT8 is slower than fp32 for this model on this target at every batch size measured: "
+                     "the fp32 engine is the better deployment here.")
     return notes
 
 

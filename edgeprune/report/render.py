@@ -162,7 +162,8 @@ def _run_line(r: Report) -> str:
         timed = ", ".join(f"{n} at batch {b}" for b, n in rounds.items())
     else:
         timed = f"{run.get('iterations', '?')} per batch size"
-    text = f"{run.get('warmup', '?')} warm-up rounds, then timed rounds ({timed}), order A A' B rotated each round"
+    order = run.get("order", "A A' B, rotated each round")
+    text = f"{run.get('warmup', '?')} warm-up rounds, then timed rounds ({timed}), order {order}"
     if run.get("accuracy_samples"):
         text += f"; accuracy on {run['accuracy_samples']} samples"
     return text
