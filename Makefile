@@ -8,6 +8,7 @@ FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 DEMO    := runs/demo
 
 .PHONY: install data calibration demo test bench bench-seeds bench-activation clean
+.PHONY: install data calibration demo test bench bench-seeds bench-int8 clean
 
 install: $(STAMP)
 
@@ -55,6 +56,9 @@ bench-sizes: install data
 # Activation-based pruning (Ganguli & Chong) on fc5 against global magnitude, with latency (~30 min).
 bench-activation: install data
 	$(BIN)/python benchmarks/bench_activation.py --out benchmarks/results
+# INT8 against fp32 on bench's resnet8: plain vs tuned quantisation, compacted + INT8 (reuses bench's cache).
+bench-int8: install data
+	$(BIN)/python benchmarks/bench_int8.py --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

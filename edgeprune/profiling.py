@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +69,20 @@ def profile_pair(
     x, y = _check_data(x, y)
     work.mkdir(parents=True, exist_ok=True)
     run = target.run
+    # An INT8 build is measured against fp32 in the same run: dense fp32 (A, A'), pruned INT8 (B)
+    # and pruned fp32 (C), so the report separates what pruning and what INT8 bought.
+    int8 = target.build.precision == "int8"
+    fp32_target = replace(target, build=replace(target.build, precision="fp32")) if int8 else target
+    n_models = 3 if int8 else 2
 
-    steps = 2 + len(run.batch_sizes) * run.iterations + 2 + 2 + 1
+    steps = n_models + len(run.batch_sizes) * run.iterations + 2 * n_models + 1
     with progress_bar("building engines", total=steps, enabled=progress) as tick:
-        dense_engine = backend.build(dense_onnx, target, work / "engines" / "dense")
+        dense_engine = backend.build(dense_onnx, fp32_target, work / "engines" / "dense")
         pruned_engine = backend.build(pruned_onnx, target, work / "engines" / "pruned")
-        tick(2, "opening sessions")
+        fp32_engine = backend.build(pruned_onnx, fp32_target, work / "engines" / "pruned-fp32") if int8 else None
+        tick(n_models, "opening sessions")
         a, a2, b = backend.open(dense_engine, target), backend.open(dense_engine, target), backend.open(pruned_engine, target)
+        sessions = [a, a2, b] + ([backend.open(fp32_engine, target)] if fp32_engine else [])
         _check_input(a, x)
         static = _static_batch(a)
         batch_sizes = [static] if static else list(run.batch_sizes)
@@ -83,9 +91,10 @@ def profile_pair(
         rounds: dict[str, int] = {}
         for bs in batch_sizes:
             tick(0, f"latency, batch {bs}")
-            times = time_interleaved([a, a2, b], tile_rows(x, bs), run.warmup, run.iterations, run.min_seconds, tick)
+            times = time_interleaved(sessions, tile_rows(x, bs), run.warmup, run.iterations, run.min_seconds, tick)
             stats = [LatencyStats.from_ns(t, run.percentiles) for t in times]
-            latency[bs] = BatchLatency(batch=bs, dense=stats[0], control=stats[1], pruned=stats[2])
+            latency[bs] = BatchLatency(batch=bs, dense=stats[0], control=stats[1], pruned=stats[2],
+                                       pruned_fp32=stats[3] if int8 else None)
             rounds[str(bs)] = len(times[0])
 
         tick(0, "accuracy")
@@ -94,7 +103,9 @@ def profile_pair(
         tick(1)
         logits_p = predict(b, x, eval_batch)
         tick(1)
-        del a, a2, b
+        logits_f = predict(sessions[3], x, eval_batch) if int8 else None
+        tick(1 if int8 else 0)
+        del a, a2, b, sessions
         gc.collect()
 
         tick(0, "peak memory (own process per model)")
@@ -104,6 +115,8 @@ def profile_pair(
         tick(1)
         mem_p = measure_memory(pruned_engine, target, sample)
         tick(1)
+        mem_f = measure_memory(fp32_engine, target, sample) if fp32_engine else None
+        tick(1 if int8 else 0)
         sample.unlink(missing_ok=True)
 
         tick(0, "sizes, parameters, MACs")
@@ -114,13 +127,22 @@ def profile_pair(
     ref = 1 if 1 in latency else min(latency)
     method = method or meta.get("edgeprune.method")
     sparsity_given = sparsity if sparsity is not None else _float_or_none(meta.get("edgeprune.sparsity"))
+    pruned_src, pruned_stats = pruned_onnx, st_p
+    if int8:
+        # The INT8 side is the quantised file: its own size; the network (params, MACs) is the pruned one.
+        pruned_src = Path(pruned_engine.extra["int8_onnx"])
+        q = model_stats(pruned_src)
+        pruned_stats = replace(st_p, size_bytes=q.size_bytes, size_xz_bytes=q.size_xz_bytes)
+    engines = {"dense": str(dense_engine.path), "pruned": str(pruned_engine.path)}
+    if fp32_engine:
+        engines["pruned_fp32"] = str(fp32_engine.path)
     report = Report(
         target=target.name,
         backend=target.backend,
         method=method,
         sparsity=sparsity_given if sparsity_given is not None else round(st_p.sparsity, 4),
         dense=_side(dense_onnx, dense_engine, latency[ref].dense, mem_d, _accuracy(logits_d, y), st_d),
-        pruned=_side(pruned_onnx, pruned_engine, latency[ref].pruned, mem_p, _accuracy(logits_p, y), st_p),
+        pruned=_side(pruned_src, pruned_engine, latency[ref].pruned, mem_p, _accuracy(logits_p, y), pruned_stats),
         latency=latency,
         agreement=_agreement(logits_d, logits_p),
         latency_batch=ref,
@@ -134,12 +156,16 @@ def profile_pair(
             "rounds": rounds,
             "batch_sizes": batch_sizes,
             "percentiles": list(run.percentiles),
-            "order": "A A' B, rotated each round",
+            "order": "A A' B C, rotated each round" if int8 else "A A' B, rotated each round",
             "accuracy_samples": int(len(x)),
             "memory": {"arena": False, "batch": 1, "separate_process": True},
-            "engines": {"dense": str(dense_engine.path), "pruned": str(pruned_engine.path)},
+            "engines": engines,
         },
+        precision=target.build.precision,
     )
+    if int8:
+        report.pruned_fp32 = _side(pruned_onnx, fp32_engine, latency[ref].pruned_fp32, mem_f, _accuracy(logits_f, y), st_p)
+        report.int8 = {**_quantization(pruned_engine), "agreement_with_fp32": _agreement(logits_f, logits_p).to_dict()}
     report.notes = explain(report)
     if sparsity_given is None:
         report.notes.append(
@@ -159,6 +185,7 @@ def explain(report: Report) -> list[str]:
     notes: list[str] = []
     d, p, q = report.dense, report.pruned, report.ratios
     runtime = _BACKEND_NAMES.get(report.backend, report.backend)
+    what = "pruned INT8 model" if report.pruned_fp32 is not None else "pruned model"
     many_zeros = p.zero_fraction - d.zero_fraction >= 0.2
     if q.macs is not None and abs(q.macs - 1.0) < 0.01 and many_zeros:
         notes.append(
@@ -185,12 +212,12 @@ def explain(report: Report) -> list[str]:
             )
         elif r < 1.0:
             notes.append(
-                f"Batch {bs}: the pruned model is {1 / r:.2f}× as fast as the dense one at p50 "
+                f"Batch {bs}: the {what} is {1 / r:.2f}× as fast as the dense one at p50 "
                 f"(ratio {r:.2f}; A/A control {aa:.2f})."
             )
         else:
             notes.append(
-                f"Batch {bs}: the pruned model is slower than the dense one at p50 (ratio {r:.2f}; A/A control {aa:.2f})."
+                f"Batch {bs}: the {what} is slower than the dense one at p50 (ratio {r:.2f}; A/A control {aa:.2f})."
             )
         if abs(aa - 1.0) > NOISY_AA:
             notes.append(
@@ -206,10 +233,41 @@ def explain(report: Report) -> list[str]:
                 f"{report.agreement.top1:.1%} of them"
             )
         notes.append(text + ".")
+    if report.pruned_fp32 is not None:
+        notes += _int8_notes(report)
     notes.append(
         "Peak memory was measured in a separate process per model with the CPU memory arena off; model RSS is the "
         "rise above that process's RSS just before the session was created."
     )
+    return notes
+
+
+def _int8_notes(report: Report) -> list[str]:
+    q, f, p = report.int8 or {}, report.pruned_fp32, report.pruned
+    fp32_layers = q.get("fp32_compute_nodes") or []
+    kept = f"compute layers kept in fp32: {', '.join(fp32_layers)}" if fp32_layers else "no compute layer kept in fp32"
+    notes = [
+        f"The pruned model was deployed in INT8: static {q.get('format', 'QDQ')} quantisation with "
+        f"{'per-channel' if q.get('per_channel') else 'per-tensor'} weights, {q.get('calibration_method')} calibration "
+        f"on {q.get('calibration_samples')} images of {Path(str(q.get('calibration'))).name}; "
+        f"{q.get('quantized_nodes')} nodes run on int8 inputs, {kept}."
+    ]
+    ratios = [f"{bl.int8_ratio_p50:.2f} at batch {b}" for b, bl in sorted(report.latency.items())
+              if bl.int8_ratio_p50 is not None]
+    text = f"INT8 against the same pruned model in fp32, timed in the same loop: p50 ratio int8/fp32 {', '.join(ratios)}"
+    drop = report.int8_accuracy_drop_pt
+    if drop is not None:
+        text += f"; top-1 {f.accuracy:.2f} % → {p.accuracy:.2f} % ({-drop:+.2f} points)"
+    agree = q.get("agreement_with_fp32")
+    if agree:
+        text += f", same class as fp32 for {agree['top1']:.1%} of samples"
+    notes.append(text + f"; file {format_bytes(f.size_bytes)} → {format_bytes(p.size_bytes)}.")
+    slower = [bl for bl in report.latency.values()
+              if bl.int8_ratio_p50 is not None and bl.aa_ratio_p50 is not None
+              and bl.int8_ratio_p50 > 1.0 + noise_band(bl.aa_ratio_p50)]
+    if slower and len(slower) == len(report.latency):
+        notes.append("INT8 is slower than fp32 for this model on this target at every batch size measured: "
+                     "the fp32 engine is the better deployment here.")
     return notes
 
 
@@ -292,6 +350,21 @@ def measure_memory(engine: Engine, target: Target, sample_npy: Path | None = Non
     if "error" in result:
         raise InputError(f"memory probe: {result['error']}")
     return result
+
+
+def _quantization(engine: Engine) -> dict:
+    """How the INT8 engine was quantised, from what the backend recorded."""
+    e = engine.extra
+    return {
+        "format": "QDQ",
+        "per_channel": e.get("per_channel") == "true",
+        "calibration": e.get("calibration"),
+        "calibration_method": e.get("calibration_method"),
+        "calibration_samples": int(e.get("calibration_samples", 0)),
+        "quantized_nodes": int(e.get("quantized_nodes", 0)),
+        "fp32_compute_nodes": [n for n in e.get("fp32_compute_nodes", "").split(",") if n],
+        "int8_onnx": e.get("int8_onnx"),
+    }
 
 
 def _side(src: Path, engine: Engine, lat: LatencyStats, mem: dict, acc: float | None, st: ModelStats) -> ModelSide:

@@ -28,7 +28,7 @@ def fmnist_small() -> api.DataOptions:
 
 @pytest.fixture(scope="session")
 def lenet300_ckpt(tmp_path_factory, fmnist_small) -> Path:
-    """A LeNet-300-100 trained for 2 epochs on the Fashion-MNIST subset."""
+    """A LeNet-300-100 trained for 3 epochs on the Fashion-MNIST subset."""
     out = tmp_path_factory.mktemp("models") / "lenet300.pt"
     api.train("zoo:lenet300", out, data=fmnist_small, epochs=2, progress=False)
     return out
@@ -50,3 +50,11 @@ def fast_target(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("targets") / "host-cpu-fast.toml"
     path.write_text(text.replace("warmup = 20", "warmup = 5"))
     return path
+
+
+@pytest.fixture(scope="session")
+def lenet5_ckpt(tmp_path_factory, fmnist_small) -> Path:
+    """A LeNet-5 (convolutions, max-pooling, an MLP head) trained for 3 epochs on the Fashion-MNIST subset."""
+    out = tmp_path_factory.mktemp("models") / "lenet5.pt"
+    api.train("zoo:lenet5", out, data=fmnist_small, epochs=3, lr=3e-3, progress=False)
+    return out

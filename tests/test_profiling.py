@@ -244,3 +244,72 @@ def test_notes_report_a_real_speedup_from_removed_channels():
     assert any("physically removed" in n and "40%" in n for n in notes)
     assert not any("zeros bring no speed-up" in n for n in notes)
     assert not any("noise band" in n for n in notes)
+
+
+# ---------------------------------------------------------------- INT8 targets
+INT8_TARGET = """
+description = "host CPU, INT8 (test)"
+backend = "onnxruntime"
+[build]
+precision = "int8"
+calibration = "{calibration}"
+calibration_method = "minmax"
+threads = 1
+[run]
+warmup = 3
+iterations = 20
+batch_sizes = [1, 16]
+"""
+
+
+def test_int8_target_deploys_pruned_int8_against_pruned_fp32_and_dense_in_one_run(lenet5_ckpt, tmp_path):
+    from edgeprune import api
+    from edgeprune.pruning import PruneSpec
+    from edgeprune.report import read_report
+
+    repo = Path(__file__).resolve().parents[1]
+    target = tmp_path / "host-int8.toml"
+    target.write_text(INT8_TARGET.format(calibration=repo / "calibration" / "fmnist.npz"))
+    data = api.DataOptions("fashion-mnist", limit=3000, test_limit=500)
+    pruned = tmp_path / "channel.pt"
+    api.compress(lenet5_ckpt, PruneSpec(granularity="channel", sparsity=0.5), pruned, data=data,
+                 finetune_epochs=0, progress=False)
+    report = api.deploy(pruned, str(target), tmp_path / "run", baseline_path=lenet5_ckpt, data=data, progress=False)
+
+    d = read_report(tmp_path / "run").to_dict()
+    assert d["precision"] == "int8" and d["schema"] == "edgeprune.report/1"
+    assert {"dense", "pruned", "ratios", "accuracy_drop_pt", "latency"} <= set(d)   # the contract is unchanged
+    # pruned = the INT8 engine; pruned_fp32 = the same pruned network in fp32, measured alongside
+    assert d["pruned"]["path"].endswith(".int8.onnx") and d["pruned_fp32"]["path"].endswith("pruned.onnx")
+    assert d["pruned"]["macs"] == d["pruned_fp32"]["macs"] < d["dense"]["macs"]
+    assert d["pruned"]["size_bytes"] < 0.5 * d["pruned_fp32"]["size_bytes"]
+    for bs in ("1", "16"):
+        lat = d["latency"][bs]
+        assert {"dense", "control", "pruned", "pruned_fp32", "int8_ratio_p50"} <= set(lat)
+        assert lat["pruned"]["n"] == lat["pruned_fp32"]["n"] == lat["dense"]["n"] >= 20
+        assert lat["int8_ratio_p50"] == pytest.approx(lat["pruned"]["p50"] / lat["pruned_fp32"]["p50"])
+    q = d["int8"]
+    assert q["calibration_method"] == "minmax" and q["calibration_samples"] == 512 and q["per_channel"]
+    assert q["quantized_nodes"] > 0 and q["fp32_compute_nodes"] == []
+    assert q["accuracy_drop_pt"] == pytest.approx(d["pruned_fp32"]["accuracy"] - d["pruned"]["accuracy"])
+    # Accuracies are measured through the engines: fp32 matches a direct ONNX Runtime run of the export.
+    x, y = data.test().x, data.test().y
+    assert d["pruned_fp32"]["accuracy"] == pytest.approx(direct_accuracy(tmp_path / "run" / "pruned.onnx", x, y))
+    assert abs(q["accuracy_drop_pt"]) <= 3.0 and q["agreement_with_fp32"]["top1"] >= 0.9
+    assert any("deployed in INT8" in n for n in report.notes)
+    assert any("int8/fp32" in n for n in report.notes)
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "## INT8 against fp32" in md and ", INT8 vs dense on host-int8" in md.splitlines()[0]
+
+
+def test_int8_target_with_a_calibration_set_of_the_wrong_shape_is_a_one_line_cli_error(models, tmp_path, capsys):
+    from edgeprune.cli import main
+
+    # Fashion-MNIST calibration images (28x28) for the 8x8 digits CNN.
+    target = tmp_path / "int8.toml"
+    target.write_text(INT8_TARGET.format(calibration=Path(__file__).resolve().parents[1] / "calibration" / "fmnist.npz"))
+    dense, pruned = models
+    rc = main(["profile", str(pruned), "--baseline", str(dense), "--target", str(target), "--data", "digits"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert err[0] == ("error: calibration data has shape (512, 1, 28, 28) but the model input 'input' takes N x (1, 8, 8) rows")

@@ -8,7 +8,6 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeprune import api
 from edgeprune.cli import main
 from edgeprune.errors import InputError
 from edgeprune.model_io import load_model
@@ -20,10 +19,9 @@ DATA = ["--data", "fashion-mnist", "--limit", "1000"]
 
 
 @pytest.fixture(scope="module")
-def lenet5(tmp_path_factory, fmnist_small):
-    """A LeNet-5 trained for one epoch on 3000 Fashion-MNIST images, and 1024 calibration images."""
-    path = tmp_path_factory.mktemp("models") / "lenet5.pt"
-    api.train("zoo:lenet5", path, data=fmnist_small, epochs=1, lr=3e-3, progress=False)
+def lenet5(lenet5_ckpt, fmnist_small):
+    """The shared LeNet-5 trained on 3000 Fashion-MNIST images, and 1024 calibration images."""
+    path = lenet5_ckpt
     train, _ = fmnist_small.train_val()
     calib = [torch.from_numpy(train.x[i:i + 256]) for i in range(0, 1024, 256)]
     return path, calib

@@ -127,3 +127,55 @@ def test_write_report_writes_three_files_atomically(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     write_report(r, tmp_path / "run")  # overwriting leaves no temp files behind
     assert len(list((tmp_path / "run").iterdir())) == 3
+
+
+def make_int8_report() -> Report:
+    """make_report's pruned side as an INT8 engine, with the same pruned model in fp32 beside it."""
+    r = make_report(zeros=False, macs_ratio=0.5)
+    fp32 = side(0.08, params=500_000, total=500_000, macs=10_000_000, size=2_000_000, xz=1_900_000, acc=96.75)
+    for b, bl in r.latency.items():
+        bl.pruned_fp32 = stats(0.1 * b * 1.6)           # INT8 (0.98 x 0.1 b) at 0.61 of it
+    r.precision, r.pruned_fp32 = "int8", fp32
+    r.int8 = {"format": "QDQ", "per_channel": True, "calibration_method": "minmax", "calibration_samples": 512,
+              "quantized_nodes": 14, "fp32_compute_nodes": [], "agreement_with_fp32": {"top1": 0.99}}
+    return r
+
+
+def test_int8_keys_are_additive_and_round_trip():
+    r = make_int8_report()
+    d = r.to_dict()
+    assert set(make_report().to_dict()) == set(d)                      # the same top-level keys, filled in
+    assert set(make_report().to_dict()["latency"]["64"]) < set(d["latency"]["64"])
+    assert make_report().to_dict()["precision"] == "fp32" and make_report().to_dict()["int8"] is None
+    assert d["precision"] == "int8" and d["pruned_fp32"]["accuracy"] == 96.75
+    assert d["int8"]["accuracy_drop_pt"] == pytest.approx(96.75 - 96.25)
+    assert d["int8"]["latency_ratio_p50"]["64"] == pytest.approx(r.latency[64].pruned.p50 / r.latency[64].pruned_fp32.p50)
+    assert d["latency"]["1"]["int8_ratio_p50"] == pytest.approx(0.98 / 1.6)
+    assert "pruned_fp32" not in make_report().to_dict()["latency"]["1"]
+    back = Report.from_json(r.to_json())
+    assert back == r and back.to_dict() == d
+
+
+def test_int8_report_renders_the_fp32_comparison():
+    r = make_int8_report()
+    md = to_markdown(r)
+    assert md.splitlines()[0].endswith(", INT8 vs dense on host-cpu")
+    section = md.split("## INT8 against fp32")[1].split("## Notes")[0]
+    assert "| top-1 accuracy (%) | 96.75 | 96.25 | -0.50 pt |" in section
+    assert "| latency p50, batch 64 (ms) |" in section
+    console = Console(record=True, width=200)
+    console.print(console_table(r))
+    assert "pruned fp32 → INT8: top-1 accuracy (%)" in console.export_text()
+    assert "INT8 against fp32" not in to_markdown(make_report())
+
+
+def test_notes_say_when_int8_is_slower_than_fp32():
+    from edgeprune.profiling import explain
+
+    r = make_int8_report()
+    assert not any("INT8 is slower" in n for n in explain(r))
+    for bl in r.latency.values():
+        bl.pruned_fp32 = stats(bl.pruned.p50 / 1.5)
+    notes = explain(r)
+    assert any(n.startswith("INT8 is slower than fp32") for n in notes)
+    assert any("deployed in INT8" in n and "minmax calibration on 512 images" in n for n in notes)

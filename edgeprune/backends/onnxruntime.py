@@ -1,10 +1,16 @@
 """ONNX Runtime backend: the engine is the graph ONNX Runtime optimised at the target's level.
 
-Building = loading the model once with `optimized_model_filepath` set, so the saved file is the
-graph the runtime would execute (fusions, constant folding, and at level "all" on x86 the NCHWc
-layouts, which is why an "all" engine built here is for this host only). Opening = a session with
-the target's threads, spinning and arena settings, and an explicit check that the providers asked
-for are the ones the session got: ONNX Runtime otherwise falls back to the CPU without a word.
+Building = (for `precision = "int8"`, first a static INT8 Q/DQ quantisation with
+`edgeprune.quantize` on the target's calibration set, then) loading the model once with
+`optimized_model_filepath` set, so the saved file is the graph the runtime would execute (fusions,
+constant folding, Q/DQ pairs fused into QLinear ops). With `model_format = "ort"` it is saved in
+ORT format, as `python -m onnxruntime.tools.convert_onnx_models_to_ort` with the "Fixed"
+optimisation style does. `ort_target_platform` does what that tool's `--target_platform` does: for
+"arm" the x86-only NCHWc layout transformer is disabled and int8 Q/DQ stays int8
+(`session.qdqisint8allowed`); an "all"-level engine built for "" (this host) is for this host only.
+Opening = a session with the target's threads, spinning and arena settings, and an explicit check
+that the providers asked for are the ones the session got: ONNX Runtime otherwise falls back to the
+CPU without a word.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ import onnxruntime as ort
 from edgeprune.backends.base import Engine
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.targets import version_in_range
+
+# The layout transformer that writes x86-only com.microsoft.nchwc nodes (convert_onnx_models_to_ort
+# disables it unless --target_platform amd64).
+_X86_ONLY_OPTIMIZERS = ("NchwcTransformer",)
 
 if TYPE_CHECKING:
     from edgeprune.targets import BuildPolicy, Target
@@ -78,8 +88,10 @@ class OnnxRuntimeBackend:
         from edgeprune.validation import errors, validate_onnx
 
         problems = [str(p) for p in errors(validate_onnx(Path(onnx_path), target))]
-        if target.build.precision != "fp32":
-            problems.append(f"precision '{target.build.precision}' is not implemented by the onnxruntime backend (use fp32)")
+        if target.build.precision == "fp16":
+            problems.append("precision 'fp16' is not implemented by the onnxruntime backend (use fp32 or int8)")
+        if target.build.precision == "int8":
+            problems += _calibration_problems(target.build)
         # A remote target's stack is checked on the device; only a local one is this process's.
         if target.ssh is None:
             problems += _arch_problems(target) + _version_problems(target)
@@ -92,26 +104,49 @@ class OnnxRuntimeBackend:
         src = Path(onnx_path)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        suffix = ".ort" if target.build.model_format == "ort" else ".onnx"
-        final = out / f"{src.stem}.{target.name}{suffix}"
+        b = target.build
+        t0 = time.perf_counter()
+        extra = {"graph_optimization_level": b.graph_optimization_level, "onnxruntime": ort.__version__,
+                 "precision": b.precision, "model_format": b.model_format,
+                 "ort_target_platform": b.ort_target_platform or "host"}
+        model = src
+        if b.precision == "int8":
+            model, quant = self._quantize(src, target, out)
+            extra.update(quant)
+        suffix = ".ort" if b.model_format == "ort" else ".onnx"
+        final = out / f"{model.stem}.{target.name}{suffix}"
         tmp = out / f".{final.stem}.{os.getpid()}.tmp{suffix}"
-        so = session_options(target.build)
+        so = session_options(b)
         so.optimized_model_filepath = str(tmp)
         so.add_session_config_entry("session.save_model_format", "ORT" if suffix == ".ort" else "ONNX")
-        t0 = time.perf_counter()
         try:
-            self._create(src, so, target.build)
+            self._create(model, so, b)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        return Engine(
-            path=final,
-            backend=self.name,
-            target=target.name,
-            source=src,
-            build_seconds=time.perf_counter() - t0,
-            extra={"graph_optimization_level": target.build.graph_optimization_level, "onnxruntime": ort.__version__},
-        )
+        return Engine(path=final, backend=self.name, target=target.name, source=src,
+                      build_seconds=time.perf_counter() - t0, extra=extra)
+
+    def _quantize(self, src: Path, target: Target, out: Path) -> tuple[Path, dict[str, str]]:
+        """The static INT8 Q/DQ model of `src` (next to the engine), calibrated on the target's set."""
+        from edgeprune.quantize import calibration_path, load_calibration, quantize_qdq
+
+        problems = _calibration_problems(target.build)
+        if problems:
+            raise InputError(problems[0])
+        cal = calibration_path(target.build.calibration)
+        res = quantize_qdq(src, out / f"{src.stem}.int8.onnx", load_calibration(cal),
+                           method=target.build.calibration_method, per_channel=True)
+        return res.path, {
+            "int8_onnx": str(res.path),
+            "calibration": str(cal),
+            "calibration_method": res.method,
+            "calibration_samples": str(res.calibration_samples),
+            "per_channel": str(res.per_channel).lower(),
+            "quantized_nodes": str(len(res.quantized)),
+            "fp32_compute_nodes": ",".join(res.excluded),
+            "quantize_seconds": f"{res.seconds:.3f}",
+        }
 
     def open(self, engine: Engine, target: Target) -> OrtSession:
         so = session_options(target.build)
@@ -128,6 +163,9 @@ class OnnxRuntimeBackend:
             "inter_op_threads": str(b.inter_op_threads),
             "execution_providers": ",".join(b.execution_providers),
             "graph_optimization_level": b.graph_optimization_level,
+            "precision": b.precision,
+            "model_format": b.model_format,
+            "ort_target_platform": b.ort_target_platform or "host",
             "python": platform.python_version(),
             "numpy": np.__version__,
             "platform": platform.platform(),
@@ -139,8 +177,14 @@ class OnnxRuntimeBackend:
         if missing:
             raise InputError(missing[0])
         try:
-            sess = ort.InferenceSession(str(path), sess_options=so, providers=asked)
+            sess = ort.InferenceSession(str(path), sess_options=so, providers=asked,
+                                        disabled_optimizers=disabled_optimizers(build))
         except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
+            if "fallback to CPU EP has been explicitly disabled" in str(e):
+                raise InputError(
+                    f"execution provider(s) {', '.join(asked)} cannot run every node of {path.name}, and the target "
+                    f"does not list CPUExecutionProvider to take the rest"
+                ) from None
             raise InputError(f"onnxruntime cannot load {path.name}: {_first_line(e)}") from None
         got = sess.get_providers()
         lost = [p for p in asked if p not in got]
@@ -167,6 +211,22 @@ def _version_problems(target: Target) -> list[str]:
     return []
 
 
+def _calibration_problems(build: BuildPolicy) -> list[str]:
+    from edgeprune.quantize import calibration_path
+
+    if not build.calibration:
+        return ["precision 'int8' needs a calibration set: set build.calibration in the target or pass --calibration"]
+    path = calibration_path(build.calibration)
+    if not path.is_file():
+        return [f"calibration file not found: {path}"]
+    return []
+
+
+def disabled_optimizers(build: BuildPolicy) -> list[str] | None:
+    """Graph transformers left out because the target's CPU is not this host's (None: all run)."""
+    return list(_X86_ONLY_OPTIMIZERS) if build.ort_target_platform == "arm" else None
+
+
 def _missing_providers(build: BuildPolicy) -> list[str]:
     available = ort.get_available_providers()
     return [f"execution provider '{p}' is not available in this onnxruntime build (available: {', '.join(available)})"
@@ -185,6 +245,10 @@ def session_options(build: BuildPolicy) -> ort.SessionOptions:
     so.add_session_config_entry("session.inter_op.allow_spinning", spin)
     so.enable_cpu_mem_arena = build.cpu_mem_arena
     so.log_severity_level = 3
+    if build.ort_target_platform:
+        # As convert_onnx_models_to_ort --target_platform: ARM has s8s8 int8 kernels, so Q/DQ int8
+        # stays int8 there; for amd64 ONNX Runtime rewrites int8 activations to uint8.
+        so.add_session_config_entry("session.qdqisint8allowed", "1" if build.ort_target_platform == "arm" else "0")
     if "CPUExecutionProvider" not in build.execution_providers:
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     return so

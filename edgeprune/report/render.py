@@ -40,6 +40,18 @@ def to_markdown(report: Report) -> str:
     ]
     for row in latency_rows(r):
         lines.append("| " + " | ".join(row) + " |")
+    if r.pruned_fp32 is not None:
+        lines += [
+            "",
+            "## INT8 against fp32",
+            "",
+            "The same pruned model in fp32 (C), timed in the same loop as the others.",
+            "",
+            "| | pruned fp32 | pruned INT8 | INT8 / fp32 |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in int8_rows(r):
+            lines.append("| " + " | ".join(row) + " |")
     if r.notes:
         lines += ["", "## Notes", ""]
         lines += [f"- {n}" for n in r.notes]
@@ -63,7 +75,25 @@ def console_table(report: Report) -> Table:
             _ms(bl.pruned.p50),
             f"{_x(bl.ratio_p50)} (A/A {_x(bl.aa_ratio_p50)})",
         )
+    if r.pruned_fp32 is not None:
+        table.add_section()
+        for label, fp32, int8, change in int8_rows(r):
+            table.add_row(f"pruned fp32 → INT8: {label}", "", f"{fp32} → {int8}", change)
     return table
+
+
+def int8_rows(report: Report) -> list[tuple[str, str, str, str]]:
+    """Pruned fp32 against pruned INT8 (only for INT8 builds)."""
+    f, p = report.pruned_fp32, report.pruned
+    if f is None:
+        return []
+    rows = [(f"latency p50, batch {bl.batch} (ms)", _ms(bl.pruned_fp32.p50), _ms(bl.pruned.p50), _x(bl.int8_ratio_p50))
+            for bl in (report.latency[b] for b in sorted(report.latency)) if bl.pruned_fp32 is not None]
+    rows += [
+        ("top-1 accuracy (%)", _acc(f.accuracy), _acc(p.accuracy), _drop(report.int8_accuracy_drop_pt)),
+        ("file size", format_bytes(f.size_bytes), format_bytes(p.size_bytes), _x(ratio(p.size_bytes, f.size_bytes))),
+    ]
+    return rows
 
 
 def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
@@ -103,6 +133,8 @@ def title(r: Report) -> str:
     what = r.method or "pruned model"
     if r.sparsity is not None:
         what += f" at {_pct(r.sparsity)} sparsity"
+    if r.precision != "fp32":
+        what += f", {r.precision.upper()}"
     return f"{what} vs dense on {r.target}"
 
 
@@ -130,7 +162,8 @@ def _run_line(r: Report) -> str:
         timed = ", ".join(f"{n} at batch {b}" for b, n in rounds.items())
     else:
         timed = f"{run.get('iterations', '?')} per batch size"
-    text = f"{run.get('warmup', '?')} warm-up rounds, then timed rounds ({timed}), order A A' B rotated each round"
+    order = run.get("order", "A A' B, rotated each round")
+    text = f"{run.get('warmup', '?')} warm-up rounds, then timed rounds ({timed}), order {order}"
     if run.get("accuracy_samples"):
         text += f"; accuracy on {run['accuracy_samples']} samples"
     return text

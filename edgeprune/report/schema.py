@@ -80,12 +80,15 @@ class LatencyStats:
 @dataclass
 class BatchLatency:
     """Latency at one batch size: dense (A), dense again as an A/A control (A'), pruned (B),
-    measured interleaved in one loop. `aa_ratio_p50` far from 1 means the machine was noisy."""
+    measured interleaved in one loop. `aa_ratio_p50` far from 1 means the machine was noisy.
+    For an INT8 build, `pruned` is the INT8 engine and `pruned_fp32` the same pruned model in fp32
+    (C), timed in the same loop."""
 
     batch: int
     dense: LatencyStats
     control: LatencyStats
     pruned: LatencyStats
+    pruned_fp32: LatencyStats | None = None
 
     @property
     def ratio_p50(self) -> float | None:
@@ -95,7 +98,21 @@ class BatchLatency:
     def aa_ratio_p50(self) -> float | None:
         return ratio(self.control.p50, self.dense.p50)
 
+    @property
+    def int8_ratio_p50(self) -> float | None:
+        """INT8 / fp32 p50 of the pruned model (None without an INT8 build)."""
+        return None if self.pruned_fp32 is None else ratio(self.pruned.p50, self.pruned_fp32.p50)
+
     def to_dict(self) -> dict[str, Any]:
+        d = self._base_dict()
+        if self.pruned_fp32 is not None:
+            d["pruned_fp32"] = self.pruned_fp32.to_dict()
+            d["int8_ratio_p50"] = self.int8_ratio_p50
+            d["int8_ratio_p90"] = ratio(self.pruned.p90, self.pruned_fp32.p90)
+            d["pruned_fp32_samples_per_s"] = _per_s(self.batch, self.pruned_fp32.p50)
+        return d
+
+    def _base_dict(self) -> dict[str, Any]:
         return {
             "batch": self.batch,
             "dense": self.dense.to_dict(),
@@ -116,6 +133,7 @@ class BatchLatency:
             dense=LatencyStats.from_dict(d["dense"]),
             control=LatencyStats.from_dict(d["control"]),
             pruned=LatencyStats.from_dict(d["pruned"]),
+            pruned_fp32=LatencyStats.from_dict(d["pruned_fp32"]) if d.get("pruned_fp32") else None,
         )
 
 
@@ -236,6 +254,11 @@ class Report:
     notes: list[str] = field(default_factory=list)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema: str = SCHEMA
+    # INT8 builds: `pruned` is the INT8 engine; `pruned_fp32` the same pruned model in fp32, measured
+    # in the same run; `int8` how it was quantised (calibration, nodes) and its agreement with fp32.
+    precision: str = "fp32"
+    pruned_fp32: ModelSide | None = None
+    int8: dict[str, Any] | None = None
 
     @property
     def ratios(self) -> Ratios:
@@ -261,6 +284,24 @@ class Report:
     def measured_sparsity(self) -> float:
         return self.pruned.zero_fraction
 
+    @property
+    def int8_accuracy_drop_pt(self) -> float | None:
+        """Pruned fp32 minus pruned INT8 top-1, in points (None without an INT8 build)."""
+        f = self.pruned_fp32
+        if f is None or f.accuracy is None or self.pruned.accuracy is None:
+            return None
+        return f.accuracy - self.pruned.accuracy
+
+    def _int8_dict(self) -> dict[str, Any] | None:
+        if self.pruned_fp32 is None:
+            return None
+        return {
+            **(self.int8 or {}),
+            "accuracy_drop_pt": self.int8_accuracy_drop_pt,
+            "latency_ratio_p50": {str(b): bl.int8_ratio_p50 for b, bl in sorted(self.latency.items())},
+            "size_ratio": ratio(self.pruned.size_bytes, self.pruned_fp32.size_bytes),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": self.schema,
@@ -282,6 +323,9 @@ class Report:
             "stack": dict(self.stack),
             "run": dict(self.run),
             "notes": list(self.notes),
+            "precision": self.precision,
+            "pruned_fp32": self.pruned_fp32.to_dict() if self.pruned_fp32 else None,
+            "int8": self._int8_dict(),
         }
 
     def to_json(self) -> str:
@@ -310,6 +354,9 @@ class Report:
                 notes=[str(n) for n in d.get("notes", [])],
                 created=str(d.get("created", "")),
                 schema=schema,
+                precision=str(d.get("precision", "fp32")),
+                pruned_fp32=ModelSide.from_dict(d["pruned_fp32"]) if d.get("pruned_fp32") else None,
+                int8={k: v for k, v in d["int8"].items() if k not in _DERIVED_INT8} if d.get("int8") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"report is missing or has a malformed field: {e}") from None
@@ -317,6 +364,10 @@ class Report:
     @classmethod
     def from_json(cls, text: str) -> Report:
         return cls.from_dict(json.loads(text))
+
+
+# Recomputed from the two sides on load, like `ratios`.
+_DERIVED_INT8 = ("accuracy_drop_pt", "latency_ratio_p50", "size_ratio")
 
 
 def read_report(path: str | Path) -> Report:
