@@ -50,3 +50,9 @@ bench-seeds: install data
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Every registered pruning method against magnitude (global, layer, channel) and random at equal
+# sparsity and fine-tune budget, 3 seeds (benchmarks/bench_methods.py; dense models cached in runs/).
+.PHONY: bench-methods
+bench-methods: install data
+	$(BIN)/python benchmarks/bench_methods.py --out benchmarks/results

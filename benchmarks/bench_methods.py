@@ -1,0 +1,508 @@
+#!/usr/bin/env python
+"""Methods benchmark: every registered pruning method against magnitude and random, at equal
+sparsity with the same fine-tune budget, over several seeds.
+
+For each model (fc5 and lenet300 at 50/75/90/95/98 %, lenet5 at 50/75/90 %) a dense model is
+trained once and cached; every method in METHODS then prunes it with `api.compress` at each
+sparsity and seed, fine-tuning for the same number of epochs, and the pruned checkpoint's top-1
+accuracy is measured on the Fashion-MNIST test split. A method that is not registered in this
+checkout is skipped (and says so), so the same script runs before and after new methods land.
+Models a method physically compacts (a layer lost rows) are exported through `api.export` and
+measured against the dense model with `api.profile` (ONNX Runtime, host-cpu: dense, dense again
+as the A/A control, pruned, interleaved in one loop).
+
+    .venv/bin/python benchmarks/bench_methods.py                      # full run (make bench-methods)
+    .venv/bin/python benchmarks/bench_methods.py --quick --out runs/bench-methods-quick
+    .venv/bin/python benchmarks/bench_methods.py --models lenet5 --methods spectral,magnitude-layer --merge
+
+Writes OUT/methods.json (every run), OUT/methods.md (the README table) and OUT/methods.png
+(accuracy against sparsity, one panel per model, error bars = std over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+for p in (str(ROOT), str(ROOT / "benchmarks")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+import bench_e2e as E2E  # noqa: E402  (cache keys, git state, logging)
+
+import edgeprune  # noqa: E402
+from edgeprune import api  # noqa: E402
+from edgeprune.errors import EdgepruneError  # noqa: E402
+from edgeprune.fileio import atomic_write  # noqa: E402
+from edgeprune.model_io import load_model  # noqa: E402
+from edgeprune.pruning import PruneSpec, available_methods  # noqa: E402
+from edgeprune.training import evaluate  # noqa: E402
+
+log = E2E.log
+DATA = "fashion-mnist"
+TARGET = "host-cpu"
+SCHEMA = "edgeprune.bench-methods/1"
+L1 = 5e-5   # LOMP's dense model: api.train(..., l1=5e-5), the λ of Zhang et al.'s FC configs (METHODS.md §1.4)
+
+
+# ------------------------------------------------------------------------------ what is compared
+@dataclass(frozen=True)
+class MethodRun:
+    """One row of the comparison: a registered method with its settings."""
+
+    label: str                      # the row's name (--methods takes these)
+    method: str                     # registry name (edgeprune.pruning.get_method)
+    scope: str = "global"
+    granularity: str = "weight"
+    schedule: str = "oneshot"
+    options: tuple[tuple[str, Any], ...] = ()   # PruneSpec.options, as pairs so the table stays immutable
+    dense: str = "plain"            # which dense model it starts from: "plain", or "l1" (trained with L1 = 5e-5)
+    models: tuple[str, ...] = ()    # only these models (empty: all)
+    note: str = ""
+
+    def spec(self, sparsity: float, seed: int) -> PruneSpec:
+        return PruneSpec(method=self.method, sparsity=sparsity, granularity=self.granularity, scope=self.scope,
+                         schedule=self.schedule, seed=seed, options=dict(self.options))
+
+    def runs_on(self, model: str) -> bool:
+        return not self.models or model in self.models
+
+
+# Every method with its settings, in one place. All run one-shot with the same fine-tune budget, so
+# the rows differ only in what they score (and LOMP in its L1-trained start).
+METHODS: list[MethodRun] = [
+    MethodRun("magnitude-global", "magnitude", note="|w|, one threshold over all layers (Han et al. 2015)"),
+    MethodRun("magnitude-layer", "magnitude", scope="layer",
+              note="|w|, the same fraction in every layer (TF-MOT's per-layer magnitude, METHODS.md §2.6)"),
+    MethodRun("random", "random", note="seeded random scores: the control every method must beat"),
+    MethodRun("magnitude-channel", "magnitude", granularity="channel",
+              note="whole neurons/channels by |w| norm, removed physically (the structured reference for "
+                   "activation); reaches at most ~90 % of weights"),
+    MethodRun("activation", "activation", options=(("score", "neuron"), ("count", "active")),
+              note="activation counts per neuron (Ganguli & Chong 2024), global ranking"),
+    MethodRun("spectral", "spectral", scope="layer", models=("lenet5",),
+              note="ASDS interpretation A (METHODS.md §3.3), per-layer thresholds; CNN only: MLPs have no "
+                   "spatial maps to take a spectrum of"),
+    MethodRun("lomp", "lomp", dense="l1", note="L1-regularised training (λ 5e-5) + one-shot global magnitude "
+                                               "(Zhang et al. 2024)"),
+]
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    name: str                       # zoo name
+    sparsities: tuple[float, ...]
+    dense_epochs: float
+
+
+MODELS: list[ModelRun] = [
+    ModelRun("fc5", (0.5, 0.75, 0.9, 0.95, 0.98), 10.0),
+    ModelRun("lenet300", (0.5, 0.75, 0.9, 0.95, 0.98), 10.0),
+    # The CNN is LeNet-5, not resnet8: 0.7 M MACs per image against resnet8's 37 M, so ~20 s per
+    # epoch on one core instead of ~290 s, which is what lets every method x sparsity x seed be
+    # fine-tuned within the budget; and its 28x28 and 14x14 feature maps are what spectral needs.
+    ModelRun("lenet5", (0.5, 0.75, 0.9), 5.0),
+]
+
+
+@dataclass
+class Settings:
+    quick: bool = False
+    finetune_epochs: float = 1.0    # the same for every method, model and sparsity
+    seeds: tuple[int, ...] = (0, 1, 2)
+    train_limit: int | None = None  # None: all 60k training images (54k train / 6k validation)
+    test_limit: int | None = None   # None: the 10k test images
+    dense_epochs_scale: float = 1.0
+    quick_sparsities: tuple[float, ...] = (0.5, 0.9)
+    batch_size: int = 128
+    train_lr: float = 1e-3
+
+    @classmethod
+    def for_args(cls, args: argparse.Namespace) -> "Settings":
+        s = cls(quick=args.quick)
+        if args.quick:
+            s.finetune_epochs, s.seeds, s.train_limit, s.test_limit, s.dense_epochs_scale = 0.2, (0,), 1200, 300, 0.05
+        if args.seeds:
+            s.seeds = tuple(int(x) for x in _list(args.seeds))
+        if args.finetune_epochs is not None:
+            s.finetune_epochs = args.finetune_epochs
+        return s
+
+    def sparsities(self, m: ModelRun) -> tuple[float, ...]:
+        return self.quick_sparsities if self.quick else m.sparsities
+
+    def dense_epochs(self, m: ModelRun) -> float:
+        return m.dense_epochs * self.dense_epochs_scale
+
+    @property
+    def data(self) -> api.DataOptions:
+        return api.DataOptions(DATA, limit=self.train_limit, test_limit=self.test_limit)
+
+
+# ------------------------------------------------------------------------------------ results
+@dataclass
+class Row:
+    """One pruned model: method x sparsity x seed."""
+
+    model: str
+    label: str
+    method: str
+    seed: int
+    target_sparsity: float
+    sparsity: float | None = None            # achieved fraction of prunable weights removed
+    test_accuracy: float | None = None       # PyTorch, test split
+    dense_test_accuracy: float | None = None  # of the dense model it started from
+    val_accuracy: float | None = None        # after fine-tuning
+    val_accuracy_before_finetune: float | None = None
+    prune_seconds: float | None = None       # CompressResult.prune_seconds: pruning alone
+    total_seconds: float | None = None       # compress incl. data loading and fine-tuning
+    params_nonzero: int | None = None
+    mac_ratio: float | None = None           # executed MACs, pruned / dense (PyTorch count)
+    compacted: bool = False                  # some layer lost rows: the model is physically smaller
+    shapes: list[list[int]] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+    checkpoint: str = ""
+    error: str | None = None                 # the method refused this setting (e.g. sparsity out of reach)
+
+
+def _list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+def dense_model(m: ModelRun, l1: float, s: Settings, work: Path, test) -> tuple[Path, dict]:
+    """Train `m` once per settings (and L1 strength) with api.train; cached under WORK/dense/."""
+    epochs = s.dense_epochs(m)
+    key_settings = {"arch": f"zoo:{m.name}", "epochs": epochs, "lr": s.train_lr, "batch_size": s.batch_size,
+                    "l1": l1, "seed": 0, "data": DATA, "train_limit": s.train_limit, "torch": torch.__version__}
+    path = work / "dense" / f"{m.name}{'-l1' if l1 else ''}-{E2E.cache_key(key_settings)}.pt"
+    info_path = path.with_suffix(".json")
+    if path.exists() and info_path.exists():
+        info = json.loads(info_path.read_text())
+        log(f"{m.name}: dense{' (L1)' if l1 else ''} from cache {path.name}: test {info['test_accuracy']:.2f} %")
+        return path, {**info, "cached": True}
+    log(f"{m.name}: training dense{f' with L1 {l1:g}' if l1 else ''}, {epochs:g} epochs ...")
+    r = api.train(f"zoo:{m.name}", path, data=s.data, epochs=epochs, lr=s.train_lr, batch_size=s.batch_size,
+                  l1=l1, seed=0, force=True, progress=_progress())
+    info = {"settings": key_settings, "train": asdict(r), "test_accuracy": evaluate(load_model(path).model, test)}
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    log(f"{m.name}: dense trained in {r.seconds:.0f} s: val {r.val_accuracy:.2f} %, test {info['test_accuracy']:.2f} %")
+    return path, {**info, "cached": False}
+
+
+def prune_one(m: ModelRun, mr: MethodRun, sparsity: float, seed: int, dense: Path, dense_acc: float,
+              s: Settings, work: Path, test) -> Row:
+    row = Row(m.name, mr.label, mr.method, seed, sparsity, dense_test_accuracy=dense_acc)
+    out = work / m.name / f"{mr.label}-{sparsity:g}-seed{seed}.pt"
+    try:
+        res = api.compress(dense, mr.spec(sparsity, seed), out, data=s.data, finetune_epochs=s.finetune_epochs,
+                           batch_size=s.batch_size, force=True, progress=_progress())
+    except EdgepruneError as e:   # a setting this method cannot reach is a result, not a crash
+        row.error = str(e)
+        log(f"{m.name} {mr.label} {sparsity:.0%} seed {seed}: not run: {e}")
+        return row
+    pruned = load_model(out).model
+    row.sparsity, row.test_accuracy = res.sparsity, evaluate(pruned, test)
+    row.val_accuracy, row.val_accuracy_before_finetune = res.finetuned_val_accuracy, res.pruned_val_accuracy
+    row.prune_seconds, row.total_seconds = res.prune_seconds, res.total_seconds
+    row.params_nonzero, row.mac_ratio = res.params_after, res.macs_after / max(res.macs_before, 1)
+    row.compacted = any(L["shape"] != L["shape_before"] for L in res.layers)
+    row.shapes, row.details, row.checkpoint = [L["shape"] for L in res.layers], res.details, str(out)
+    log(f"{m.name} {mr.label} {sparsity:.0%} seed {seed}: test {row.test_accuracy:.2f} % (dense {dense_acc:.2f}), "
+        f"sparsity {res.sparsity:.4f}, prune {res.prune_seconds:.2f} s, total {res.total_seconds:.0f} s"
+        + (", compacted" if row.compacted else ""))
+    return row
+
+
+def deploy_compacted(m: ModelRun, rows: list[Row], dense: Path, s: Settings, work: Path) -> list[dict]:
+    """ONNX size and ONNX Runtime latency of each physically compacted model (first seed) against the
+    dense model: api.export, then api.profile (dense, dense again as the A/A control, pruned, interleaved)."""
+    chosen = [r for r in rows if r.model == m.name and r.compacted and r.seed == s.seeds[0]]
+    if not chosen:
+        return []
+    onnx_dir = work / m.name / "onnx"
+    dense_onnx = api.export(dense, onnx_dir / "dense.onnx", data=s.data, force=True).path
+    out = []
+    for r in chosen:
+        log(f"{m.name} {r.label} {r.target_sparsity:.0%}: export + ONNX Runtime profile against dense ...")
+        pruned_onnx = api.export(Path(r.checkpoint), onnx_dir / f"{Path(r.checkpoint).stem}.onnx", data=s.data,
+                                 force=True).path
+        rep = api.profile(dense_onnx, pruned_onnx, TARGET, data=s.data, progress=_progress())
+        lat = {str(b): {"dense_p50_ms": bl.dense.p50, "pruned_p50_ms": bl.pruned.p50, "ratio_p50": bl.ratio_p50,
+                        "aa_ratio_p50": bl.aa_ratio_p50} for b, bl in sorted(rep.latency.items())}
+        out.append({"model": m.name, "label": r.label, "target_sparsity": r.target_sparsity, "seed": r.seed,
+                    "dense_bytes": rep.dense.size_bytes, "pruned_bytes": rep.pruned.size_bytes,
+                    "size_ratio": rep.ratios.size, "mac_ratio": rep.ratios.macs, "latency": lat,
+                    "dense_accuracy_ort": rep.dense.accuracy, "pruned_accuracy_ort": rep.pruned.accuracy,
+                    "report": rep.to_dict()})
+        b1 = lat.get("1", {})
+        log(f"{m.name} {r.label} {r.target_sparsity:.0%}: ONNX {rep.ratios.size:.3f} x dense, b1 p50 ratio "
+            f"{b1.get('ratio_p50', float('nan')):.3f} (A/A {b1.get('aa_ratio_p50', float('nan')):.3f})")
+    return out
+
+
+# ------------------------------------------------------------------------------------ summaries
+def summarize(rows: list[Row]) -> list[dict]:
+    """Mean and std (over seeds) per model x method x sparsity; cells a method could not run say why."""
+    groups: dict[tuple[str, str, float], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.model, r.label, r.target_sparsity), []).append(r)
+    out = []
+    for (model, label, sp), rs in groups.items():
+        ok = [r for r in rs if r.error is None]
+        acc = np.array([r.test_accuracy for r in ok], dtype=float)
+        prune_s = np.array([r.prune_seconds for r in ok], dtype=float)
+        out.append({"model": model, "label": label, "target_sparsity": sp, "n": len(ok),
+                    "test_accuracy_mean": float(acc.mean()) if ok else None,
+                    "test_accuracy_std": float(acc.std(ddof=1)) if len(ok) > 1 else None,
+                    "dense_test_accuracy": ok[0].dense_test_accuracy if ok else rs[0].dense_test_accuracy,
+                    "sparsity_mean": float(np.mean([r.sparsity for r in ok])) if ok else None,
+                    "prune_seconds_mean": float(prune_s.mean()) if ok else None,
+                    "compacted": any(r.compacted for r in ok),
+                    "error": None if ok else rs[0].error})
+    return out
+
+
+def _acc_cell(c: dict | None) -> str:
+    if c is None:
+        return ""
+    if c["test_accuracy_mean"] is None:
+        return "n/a"
+    std = c["test_accuracy_std"]
+    return f"{c['test_accuracy_mean']:.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+
+def markdown(record: dict) -> str:
+    """The README table: test accuracy mean ± std per model, method and sparsity; pruning-step
+    times; and the ONNX size and latency of physically compacted models."""
+    s, summary = record["settings"], record["summary"]
+    seeds = len(s["seeds"])
+    lines = [f"Test accuracy (%), Fashion-MNIST test split ({record['test_images']} images), mean ± std over "
+             f"{seeds} seed{'s' if seeds > 1 else ''} ({', '.join(map(str, s['seeds']))}); every method one-shot, "
+             f"then {s['finetune_epochs']:g} fine-tune epoch{'s' if s['finetune_epochs'] != 1 else ''} "
+             f"(`api.compress` defaults: Adam, cosine, lr 2e-3 for weight and 5e-4 for channel granularity). "
+             f"Sparsity = fraction of Conv/Linear weights removed.", ""]
+    for model, info in record["models"].items():
+        cells = [c for c in summary if c["model"] == model]
+        if not cells:
+            continue
+        sps = sorted({c["target_sparsity"] for c in cells})
+        dense = f"dense {info['dense']['test_accuracy']:.2f} %"
+        if "dense_l1" in info:
+            dense += f"; L1-trained dense (lomp's start) {info['dense_l1']['test_accuracy']:.2f} %"
+        lines += [f"**{model}** ({dense})", "",
+                  "| method | " + " | ".join(f"{sp:.0%}" for sp in sps) + " |",
+                  "|---|" + "---:|" * len(sps)]
+        for label in dict.fromkeys(c["label"] for c in cells):
+            by_sp = {c["target_sparsity"]: c for c in cells if c["label"] == label}
+            lines.append(f"| {label} | " + " | ".join(_acc_cell(by_sp.get(sp)) for sp in sps) + " |")
+        lines.append("")
+    lines += ["Pruning step alone (`CompressResult.prune_seconds`: scoring and selection, no fine-tuning), mean "
+              "seconds per run:", "", "| method | " + " | ".join(record["models"]) + " |",
+              "|---|" + "---:|" * len(record["models"])]
+    for label in dict.fromkeys(c["label"] for c in summary):
+        row = []
+        for model in record["models"]:
+            t = [c["prune_seconds_mean"] for c in summary
+                 if c["model"] == model and c["label"] == label and c["prune_seconds_mean"] is not None]
+            row.append(f"{np.mean(t):.3f}" if t else "")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    lines.append("")
+    if record["compacted"]:
+        lines += ["Physically compacted models (seed " + str(s["seeds"][0]) + ") against the dense model through "
+                  f"ONNX Runtime on `{TARGET}` (1 thread; `api.profile`: dense, dense again as the A/A control and "
+                  "pruned, interleaved in one loop):", "",
+                  "| model | method | sparsity | ONNX bytes | size ratio | MAC ratio | b1 p50 ratio (A/A) | "
+                  "b64 p50 ratio (A/A) | ORT acc % (dense) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for d in record["compacted"]:
+            lat = [d["latency"].get(b) for b in ("1", "64")]
+            lat_cells = [f"{x['ratio_p50']:.3f} ({x['aa_ratio_p50']:.3f})" if x else "" for x in lat]
+            lines.append(f"| {d['model']} | {d['label']} | {d['target_sparsity']:.0%} | {d['pruned_bytes']:,} | "
+                         f"{d['size_ratio']:.3f} | {d['mac_ratio']:.3f} | {lat_cells[0]} | {lat_cells[1]} | "
+                         f"{d['pruned_accuracy_ort']:.2f} ({d['dense_accuracy_ort']:.2f}) |")
+        lines.append("")
+    notes = [f"- `{r['label']}` skipped: {r['reason']}" for r in record["skipped"]]
+    failed = {(c["model"], c["label"]): c["error"] for c in summary if c["error"]}
+    notes += [f"- {model} `{label}` n/a where shown: {err}" for (model, label), err in failed.items()]
+    if notes:
+        lines += notes + [""]
+    lines.append(f"Wall time {record['wall_seconds'] / 60:.1f} min on {record['machine']['cpu']} "
+                 f"({record['machine']['cpu_count']} cores, load average at the end "
+                 f"{record['machine']['load_average_end']})"
+                 + (" — QUICK smoke run, numbers not meaningful" if s["quick"] else "") + ".")
+    return "\n".join(lines) + "\n"
+
+
+def plot(record: dict, out: BinaryIO) -> None:
+    """Accuracy against sparsity, one panel per model, error bars = std over seeds; x is the
+    compression 1/(1-s) on a log axis so 95 % and 98 % do not crowd together."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in record["models"] if any(c["model"] == m for c in record["summary"])]
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        cells = [c for c in record["summary"] if c["model"] == model and c["test_accuracy_mean"] is not None]
+        for label in dict.fromkeys(c["label"] for c in cells):
+            pts = sorted((c for c in cells if c["label"] == label), key=lambda c: c["target_sparsity"])
+            x = [1 / (1 - c["target_sparsity"]) for c in pts]
+            ax.errorbar(x, [c["test_accuracy_mean"] for c in pts], yerr=[c["test_accuracy_std"] or 0 for c in pts],
+                        marker="o", ms=3, capsize=3, lw=1, label=label)
+        ax.axhline(record["models"][model]["dense"]["test_accuracy"], color="k", ls="--", lw=0.8, label="dense")
+        sps = sorted({c["target_sparsity"] for c in cells})
+        ax.set_xscale("log")
+        ax.set_xticks([1 / (1 - sp) for sp in sps], [f"{sp:.0%}" for sp in sps])
+        ax.minorticks_off()
+        ax.set_xlabel("sparsity (log of compression)")
+        ax.set_ylabel("test accuracy %")
+        ax.set_title(model)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    seeds = record["settings"]["seeds"]
+    fig.suptitle(f"Fashion-MNIST, {record['settings']['finetune_epochs']:g} fine-tune epoch(s) for every method, "
+                 f"mean ± std over {len(seeds)} seed(s)" + (" — QUICK" if record["settings"]["quick"] else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, format="png", dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ main
+def pick(names: str | None, table: list, what: str) -> list:
+    if not names:
+        return list(table)
+    known = {x.name if hasattr(x, "name") else x.label: x for x in table}
+    unknown = [n for n in _list(names) if n not in known]
+    if unknown:
+        raise SystemExit(f"error: unknown {what} {', '.join(unknown)} (known: {', '.join(known)})")
+    return [known[n] for n in _list(names)]
+
+
+def merge_previous(record: dict, path: Path) -> None:
+    """Keep the previous run's rows for model x method pairs this run did not redo (same settings)."""
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    if old.get("settings") != record["settings"]:
+        raise SystemExit(f"error: {path} was made with other settings; run without --merge")
+    redone = {(r["model"], r["label"]) for r in record["rows"]}
+    kept = [r for r in old["rows"] if (r["model"], r["label"]) not in redone]
+    record["rows"] = kept + record["rows"]
+    record["compacted"] = [d for d in old["compacted"] if (d["model"], d["label"]) not in redone] + record["compacted"]
+    for name, info in old["models"].items():
+        record["models"].setdefault(name, info)
+        for k, v in info.items():
+            record["models"][name].setdefault(k, v)
+    ran = {m["label"] for m in record["methods"]}
+    record["methods"] = [m for m in old["methods"] if m["label"] not in ran] + record["methods"]
+    record["skipped"] = [x for x in record["skipped"] if x["label"] not in {m["label"] for m in record["methods"]}]
+    record["merged_from"] = {"created": old.get("created"), "git": old.get("git")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results",
+                    help="where methods.json / .md / .png go")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-methods",
+                    help="dense models (cached) and pruned checkpoints")
+    ap.add_argument("--quick", action="store_true",
+                    help="1200 training / 300 test images, 1 seed, 2 sparsities, fractions of an epoch")
+    ap.add_argument("--models", help=f"comma-separated, from: {', '.join(m.name for m in MODELS)}")
+    ap.add_argument("--methods", help=f"comma-separated, from: {', '.join(m.label for m in METHODS)}")
+    ap.add_argument("--seeds", help="comma-separated pruning / fine-tune seeds (default 0,1,2; --quick 0)")
+    ap.add_argument("--finetune-epochs", type=float, help="the fine-tune budget for every method (default 1)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep rows of OUT/methods.json for model x method pairs not run now")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite methods.md and methods.png from OUT/methods.json")
+    args = ap.parse_args(argv)
+    stem = "methods-quick" if args.quick else "methods"
+    if args.render:
+        record = json.loads((args.out / f"{stem}.json").read_text())
+        write_outputs(record, args.out, stem)
+        return 0
+    t0 = time.perf_counter()
+    torch.set_num_threads(1)
+    s = Settings.for_args(args)
+    models, methods = pick(args.models, MODELS, "model"), pick(args.methods, METHODS, "method")
+    registered = set(available_methods())
+    skipped = [{"label": mr.label, "reason": f"method '{mr.method}' is not registered in this checkout"}
+               for mr in methods if mr.method not in registered]
+    for x in skipped:
+        log(f"skipped {x['label']}: {x['reason']}")
+    methods = [mr for mr in methods if mr.method in registered]
+    log(f"settings: {json.dumps(asdict(s))}; methods: {', '.join(mr.label for mr in methods)}")
+
+    test = s.data.test()
+    rows: list[Row] = []
+    compacted: list[dict] = []
+    model_info: dict[str, dict] = {}
+    for m in models:
+        todo = [mr for mr in methods if mr.runs_on(m.name)]
+        if not todo:
+            continue
+        dense = {}
+        info = model_info.setdefault(m.name, {"sparsities": list(s.sparsities(m)), "dense_epochs": s.dense_epochs(m)})
+        for kind in dict.fromkeys(mr.dense for mr in todo):
+            dense[kind] = dense_model(m, L1 if kind == "l1" else 0.0, s, args.work, test)
+            info["dense" if kind == "plain" else "dense_l1"] = dense[kind][1]
+        for mr in todo:
+            path, dinfo = dense[mr.dense]
+            for sp in s.sparsities(m):
+                for seed in s.seeds:
+                    rows.append(prune_one(m, mr, sp, seed, path, dinfo["test_accuracy"], s, args.work, test))
+        compacted += deploy_compacted(m, rows, dense.get("plain", next(iter(dense.values())))[0], s, args.work)
+
+    from edgeprune.backends.onnxruntime import cpu_name
+
+    record: dict[str, Any] = {
+        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": {**asdict(s), "seeds": list(s.seeds)},
+        "test_images": len(test), "models": model_info,
+        "methods": [asdict(mr) | {"options": dict(mr.options)} for mr in methods], "skipped": skipped,
+        "rows": [asdict(r) for r in rows], "compacted": compacted,
+    }
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merge_previous(record, out / f"{stem}.json")
+    record["summary"] = summarize([Row(**r) for r in record["rows"]])
+    record["wall_seconds"] = time.perf_counter() - t0
+    record["versions"] = {"edgeprune": edgeprune.__version__, "torch": torch.__version__,
+                          "numpy": np.__version__, "python": platform.python_version()}
+    record["git"] = E2E.git_state()
+    record["machine"] = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                         "load_average_end": E2E.load_average()}
+    atomic_write(out / f"{stem}.json", (json.dumps(record, indent=2, default=str) + "\n").encode(), force=True)
+    write_outputs(record, out, stem)
+    log(f"wrote {out / (stem + '.json')}, {stem}.md, {stem}.png in {record['wall_seconds'] / 60:.1f} min")
+    return 0
+
+
+def write_outputs(record: dict, out: Path, stem: str) -> None:
+    """The table (printed too) and the plot, both rendered from the JSON record alone."""
+    text = markdown(record)
+    atomic_write(out / f"{stem}.md", text.encode(), force=True)
+    atomic_write(out / f"{stem}.png", lambda f: plot(record, f), force=True)
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
