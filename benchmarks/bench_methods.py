@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -79,8 +81,9 @@ class MethodRun:
         return not self.models or model in self.models
 
 
-# Every method with its settings, in one place. All run one-shot with the same fine-tune budget, so
-# the rows differ only in what they score (and LOMP in its L1-trained start).
+# Every method with its settings, in one place. All but activation run one-shot, and every one gets
+# the same fine-tune budget (activation's gated schedule spends it on its pruning events and the
+# retraining after them), so the rows differ in what they score, LOMP in its L1-trained start.
 METHODS: list[MethodRun] = [
     MethodRun("magnitude-global", "magnitude", note="|w|, one threshold over all layers (Han et al. 2015)"),
     MethodRun("magnitude-layer", "magnitude", scope="layer",
@@ -89,8 +92,9 @@ METHODS: list[MethodRun] = [
     MethodRun("magnitude-channel", "magnitude", granularity="channel",
               note="whole neurons/channels by |w| norm, removed physically (the structured reference for "
                    "activation); reaches at most ~90 % of weights"),
-    MethodRun("activation", "activation", options=(("score", "neuron"), ("count", "active")),
-              note="activation counts per neuron (Ganguli & Chong 2024), global ranking"),
+    MethodRun("activation", "activation", schedule="gated", options=(("score", "neuron"), ("count", "active")),
+              note="activation counts per neuron (Ganguli & Chong 2024), global ranking, its own accuracy-gated "
+                   "schedule inside the same epoch budget; dead neurons are removed physically"),
     MethodRun("spectral", "spectral", scope="layer", models=("lenet5",),
               note="ASDS interpretation A (METHODS.md §3.3), per-layer thresholds; CNN only: MLPs have no "
                    "spatial maps to take a spectrum of"),
@@ -104,27 +108,32 @@ class ModelRun:
     name: str                       # zoo name
     sparsities: tuple[float, ...]
     dense_epochs: float
+    finetune_epochs: float          # the fine-tune budget, the same for every method on this model
+    epoch_cost: float               # relative CPU time of one epoch (~5 s for the MLPs, ~20 s for LeNet-5 on one
+                                    # core) x budget: orders the worker tasks, most expensive first
 
 
 MODELS: list[ModelRun] = [
-    ModelRun("fc5", (0.5, 0.75, 0.9, 0.95, 0.98), 10.0),
-    ModelRun("lenet300", (0.5, 0.75, 0.9, 0.95, 0.98), 10.0),
+    ModelRun("fc5", (0.5, 0.75, 0.9, 0.95, 0.98), 10.0, 1.0, 1.0),
+    ModelRun("lenet300", (0.5, 0.75, 0.9, 0.95, 0.98), 10.0, 1.0, 1.0),
     # The CNN is LeNet-5, not resnet8: 0.7 M MACs per image against resnet8's 37 M, so ~20 s per
     # epoch on one core instead of ~290 s, which is what lets every method x sparsity x seed be
     # fine-tuned within the budget; and its 28x28 and 14x14 feature maps are what spectral needs.
-    ModelRun("lenet5", (0.5, 0.75, 0.9), 5.0),
+    # Half an epoch (211 steps) of fine-tuning keeps its 63 runs near 15 min on one core.
+    ModelRun("lenet5", (0.5, 0.75, 0.9), 5.0, 0.5, 4.0),
 ]
 
 
 @dataclass
 class Settings:
     quick: bool = False
-    finetune_epochs: float = 1.0    # the same for every method, model and sparsity
+    finetune_epochs: float | None = None   # None: each model's own budget (ModelRun), the same for every method
     seeds: tuple[int, ...] = (0, 1, 2)
     train_limit: int | None = None  # None: all 60k training images (54k train / 6k validation)
     test_limit: int | None = None   # None: the 10k test images
     dense_epochs_scale: float = 1.0
     quick_sparsities: tuple[float, ...] = (0.5, 0.9)
+    quick_models: tuple[str, ...] = ("lenet300", "lenet5")   # one MLP and the CNN: fc5 adds nothing new to a smoke run
     batch_size: int = 128
     train_lr: float = 1e-3
 
@@ -141,6 +150,9 @@ class Settings:
 
     def sparsities(self, m: ModelRun) -> tuple[float, ...]:
         return self.quick_sparsities if self.quick else m.sparsities
+
+    def finetune(self, m: ModelRun) -> float:
+        return m.finetune_epochs if self.finetune_epochs is None else self.finetune_epochs
 
     def dense_epochs(self, m: ModelRun) -> float:
         return m.dense_epochs * self.dense_epochs_scale
@@ -205,15 +217,25 @@ def dense_model(m: ModelRun, l1: float, s: Settings, work: Path, test) -> tuple[
 
 
 def prune_one(m: ModelRun, mr: MethodRun, sparsity: float, seed: int, dense: Path, dense_acc: float,
-              s: Settings, work: Path, test) -> Row:
+              s: Settings, work: Path, test, resume: bool = False) -> Row:
+    """api.compress one setting and measure test accuracy; the row is also saved beside the
+    checkpoint, and with `resume` a saved row of the same setting is reused instead of recomputed."""
     row = Row(m.name, mr.label, mr.method, seed, sparsity, dense_test_accuracy=dense_acc)
     out = work / m.name / f"{mr.label}-{sparsity:g}-seed{seed}.pt"
+    spec = mr.spec(sparsity, seed)
+    key = E2E.cache_key({"spec": asdict(spec), "finetune_epochs": s.finetune(m), "batch_size": s.batch_size,
+                         "data": asdict(s.data), "dense": dense.name})
+    saved = out.with_suffix(".json")
+    if resume and saved.exists() and json.loads(saved.read_text()).get("key") == key:
+        log(f"{m.name} {mr.label} {sparsity:.0%} seed {seed}: from {saved.name} (--resume)")
+        return Row(**json.loads(saved.read_text())["row"])
     try:
-        res = api.compress(dense, mr.spec(sparsity, seed), out, data=s.data, finetune_epochs=s.finetune_epochs,
+        res = api.compress(dense, spec, out, data=s.data, finetune_epochs=s.finetune(m),
                            batch_size=s.batch_size, force=True, progress=_progress())
     except EdgepruneError as e:   # a setting this method cannot reach is a result, not a crash
         row.error = str(e)
         log(f"{m.name} {mr.label} {sparsity:.0%} seed {seed}: not run: {e}")
+        atomic_write(saved, json.dumps({"key": key, "row": asdict(row)}).encode(), force=True)
         return row
     pruned = load_model(out).model
     row.sparsity, row.test_accuracy = res.sparsity, evaluate(pruned, test)
@@ -225,23 +247,55 @@ def prune_one(m: ModelRun, mr: MethodRun, sparsity: float, seed: int, dense: Pat
     log(f"{m.name} {mr.label} {sparsity:.0%} seed {seed}: test {row.test_accuracy:.2f} % (dense {dense_acc:.2f}), "
         f"sparsity {res.sparsity:.4f}, prune {res.prune_seconds:.2f} s, total {res.total_seconds:.0f} s"
         + (", compacted" if row.compacted else ""))
+    atomic_write(saved, json.dumps({"key": key, "row": asdict(row)}, default=str).encode(), force=True)
     return row
+
+
+def prepare_model(m: ModelRun, methods: list[MethodRun], s: Settings, work: Path) -> dict:
+    """Train (or load from the cache) the dense model(s) `methods` start from; returns the model's
+    info, with each dense checkpoint's path and test accuracy."""
+    torch.set_num_threads(1)
+    test = s.data.test()
+    info: dict[str, Any] = {"sparsities": list(s.sparsities(m)), "dense_epochs": s.dense_epochs(m),
+                            "finetune_epochs": s.finetune(m)}
+    for kind in dict.fromkeys(["plain"] + [mr.dense for mr in methods]):
+        path, dinfo = dense_model(m, L1 if kind == "l1" else 0.0, s, work, test)
+        info["dense" if kind == "plain" else "dense_l1"] = {**dinfo, "path": str(path)}
+    return info
+
+
+def run_method(m: ModelRun, mr: MethodRun, info: dict, s: Settings, work: Path, resume: bool) -> list[dict]:
+    """Every sparsity x seed of one method on one model. Runs in a worker process with --jobs, so it
+    returns plain data (rows as dicts)."""
+    torch.set_num_threads(1)
+    test = s.data.test()
+    dense = info["dense_l1" if mr.dense == "l1" else "dense"]
+    return [asdict(prune_one(m, mr, sp, seed, Path(dense["path"]), dense["test_accuracy"], s, work, test, resume))
+            for sp in s.sparsities(m) for seed in s.seeds]
 
 
 def deploy_compacted(m: ModelRun, rows: list[Row], dense: Path, s: Settings, work: Path) -> list[dict]:
     """ONNX size and ONNX Runtime latency of each physically compacted model (first seed) against the
     dense model: api.export, then api.profile (dense, dense again as the A/A control, pruned, interleaved)."""
     chosen = [r for r in rows if r.model == m.name and r.compacted and r.seed == s.seeds[0]]
+    if s.quick:   # the smoke run proves the path on the most compacted model of each method only
+        top = {r.label: max(x.target_sparsity for x in chosen if x.label == r.label) for r in chosen}
+        chosen = [r for r in chosen if r.target_sparsity == top[r.label]]
     if not chosen:
         return []
     onnx_dir = work / m.name / "onnx"
+    target = TARGET
+    if s.quick:   # the same target with 30 timed rounds instead of 200: a smoke run times nothing worth keeping
+        text = (ROOT / "targets" / f"{TARGET}.toml").read_text()
+        target = str(atomic_write(work / f"{TARGET}-quick.toml", text.replace("iterations = 200", "iterations = 30")
+                                  .replace("warmup = 20", "warmup = 5").encode(), force=True))
     dense_onnx = api.export(dense, onnx_dir / "dense.onnx", data=s.data, force=True).path
     out = []
     for r in chosen:
         log(f"{m.name} {r.label} {r.target_sparsity:.0%}: export + ONNX Runtime profile against dense ...")
         pruned_onnx = api.export(Path(r.checkpoint), onnx_dir / f"{Path(r.checkpoint).stem}.onnx", data=s.data,
                                  force=True).path
-        rep = api.profile(dense_onnx, pruned_onnx, TARGET, data=s.data, progress=_progress())
+        rep = api.profile(dense_onnx, pruned_onnx, target, data=s.data, progress=_progress())
         lat = {str(b): {"dense_p50_ms": bl.dense.p50, "pruned_p50_ms": bl.pruned.p50, "ratio_p50": bl.ratio_p50,
                         "aa_ratio_p50": bl.aa_ratio_p50} for b, bl in sorted(rep.latency.items())}
         out.append({"model": m.name, "label": r.label, "target_sparsity": r.target_sparsity, "seed": r.seed,
@@ -292,8 +346,8 @@ def markdown(record: dict) -> str:
     s, summary = record["settings"], record["summary"]
     seeds = len(s["seeds"])
     lines = [f"Test accuracy (%), Fashion-MNIST test split ({record['test_images']} images), mean ± std over "
-             f"{seeds} seed{'s' if seeds > 1 else ''} ({', '.join(map(str, s['seeds']))}); every method one-shot, "
-             f"then {s['finetune_epochs']:g} fine-tune epoch{'s' if s['finetune_epochs'] != 1 else ''} "
+             f"{seeds} seed{'s' if seeds > 1 else ''} ({', '.join(map(str, s['seeds']))}); every method one-shot "
+             f"(activation: its gated schedule), then the model's fine-tune budget, the same for every method "
              f"(`api.compress` defaults: Adam, cosine, lr 2e-3 for weight and 5e-4 for channel granularity). "
              f"Sparsity = fraction of Conv/Linear weights removed.", ""]
     for model, info in record["models"].items():
@@ -301,7 +355,7 @@ def markdown(record: dict) -> str:
         if not cells:
             continue
         sps = sorted({c["target_sparsity"] for c in cells})
-        dense = f"dense {info['dense']['test_accuracy']:.2f} %"
+        dense = f"fine-tune {info['finetune_epochs']:g} epoch; dense {info['dense']['test_accuracy']:.2f} %"
         if "dense_l1" in info:
             dense += f"; L1-trained dense (lomp's start) {info['dense_l1']['test_accuracy']:.2f} %"
         lines += [f"**{model}** ({dense})", "",
@@ -371,11 +425,11 @@ def plot(record: dict, out: BinaryIO) -> None:
         ax.minorticks_off()
         ax.set_xlabel("sparsity (log of compression)")
         ax.set_ylabel("test accuracy %")
-        ax.set_title(model)
+        ax.set_title(f"{model} ({record['models'][model]['finetune_epochs']:g} fine-tune epoch)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     seeds = record["settings"]["seeds"]
-    fig.suptitle(f"Fashion-MNIST, {record['settings']['finetune_epochs']:g} fine-tune epoch(s) for every method, "
+    fig.suptitle(f"Fashion-MNIST, the same fine-tune budget for every method, "
                  f"mean ± std over {len(seeds)} seed(s)" + (" — QUICK" if record["settings"]["quick"] else ""),
                  fontsize=10)
     fig.tight_layout()
@@ -415,6 +469,16 @@ def merge_previous(record: dict, path: Path) -> None:
     record["merged_from"] = {"created": old.get("created"), "git": old.get("git")}
 
 
+class _Done:
+    """A finished result with a Future's `result()`, for --jobs 1."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -423,13 +487,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-methods",
                     help="dense models (cached) and pruned checkpoints")
     ap.add_argument("--quick", action="store_true",
-                    help="1200 training / 300 test images, 1 seed, 2 sparsities, fractions of an epoch")
+                    help="1200 training / 300 test images, lenet300 and lenet5, 1 seed, 2 sparsities, fractions of an epoch")
     ap.add_argument("--models", help=f"comma-separated, from: {', '.join(m.name for m in MODELS)}")
     ap.add_argument("--methods", help=f"comma-separated, from: {', '.join(m.label for m in METHODS)}")
     ap.add_argument("--seeds", help="comma-separated pruning / fine-tune seeds (default 0,1,2; --quick 0)")
-    ap.add_argument("--finetune-epochs", type=float, help="the fine-tune budget for every method (default 1)")
+    ap.add_argument("--finetune-epochs", type=float,
+                    help="one fine-tune budget for every model and method (default: 1 epoch MLPs, 0.5 LeNet-5)")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="worker processes, one model x method each (default: 2, or 1 on a one-core machine)")
     ap.add_argument("--merge", action="store_true",
                     help="keep rows of OUT/methods.json for model x method pairs not run now")
+    ap.add_argument("--resume", action="store_true",
+                    help="reuse the rows a previous run saved in WORK for identical settings (after an interruption)")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite methods.md and methods.png from OUT/methods.json")
     args = ap.parse_args(argv)
@@ -441,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     torch.set_num_threads(1)
     s = Settings.for_args(args)
-    models, methods = pick(args.models, MODELS, "model"), pick(args.methods, METHODS, "method")
+    models = pick(args.models or (",".join(s.quick_models) if s.quick else None), MODELS, "model")
+    methods = pick(args.methods, METHODS, "method")
     registered = set(available_methods())
     skipped = [{"label": mr.label, "reason": f"method '{mr.method}' is not registered in this checkout"}
                for mr in methods if mr.method not in registered]
@@ -450,32 +520,37 @@ def main(argv: list[str] | None = None) -> int:
     methods = [mr for mr in methods if mr.method in registered]
     log(f"settings: {json.dumps(asdict(s))}; methods: {', '.join(mr.label for mr in methods)}")
 
-    test = s.data.test()
-    rows: list[Row] = []
+    todo = {m.name: [mr for mr in methods if mr.runs_on(m.name)] for m in models}
+    todo = {name: ms for name, ms in todo.items() if ms}
+    by_name = {m.name: m for m in models}
+    # Worker processes: first the dense models (one per model), then one task per model x method,
+    # the most expensive first. The ONNX latency runs afterwards, one at a time, on a quieter machine.
+    pool = (ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn"))
+            if args.jobs > 1 else None)
+    try:
+        run = (lambda fn, *a: pool.submit(fn, *a)) if pool else (lambda fn, *a: _Done(fn(*a)))
+        infos = {name: run(prepare_model, by_name[name], ms, s, args.work) for name, ms in todo.items()}
+        model_info = {name: f.result() for name, f in infos.items()}
+        tasks = sorted(((by_name[name], mr) for name, ms in todo.items() for mr in ms),
+                       key=lambda t: -t[0].epoch_cost * s.finetune(t[0]) * len(s.sparsities(t[0])))
+        futures = [run(run_method, m, mr, model_info[m.name], s, args.work, args.resume) for m, mr in tasks]
+        rows = [Row(**r) for f in futures for r in f.result()]
+    finally:
+        if pool:
+            pool.shutdown()
+    order = {(m.name, mr.label): i for i, (m, mr) in enumerate((m, mr) for m in models for mr in methods)}
+    rows.sort(key=lambda r: (order[(r.model, r.label)], r.target_sparsity, r.seed))
     compacted: list[dict] = []
-    model_info: dict[str, dict] = {}
-    for m in models:
-        todo = [mr for mr in methods if mr.runs_on(m.name)]
-        if not todo:
-            continue
-        dense = {}
-        info = model_info.setdefault(m.name, {"sparsities": list(s.sparsities(m)), "dense_epochs": s.dense_epochs(m)})
-        for kind in dict.fromkeys(mr.dense for mr in todo):
-            dense[kind] = dense_model(m, L1 if kind == "l1" else 0.0, s, args.work, test)
-            info["dense" if kind == "plain" else "dense_l1"] = dense[kind][1]
-        for mr in todo:
-            path, dinfo = dense[mr.dense]
-            for sp in s.sparsities(m):
-                for seed in s.seeds:
-                    rows.append(prune_one(m, mr, sp, seed, path, dinfo["test_accuracy"], s, args.work, test))
-        compacted += deploy_compacted(m, rows, dense.get("plain", next(iter(dense.values())))[0], s, args.work)
+    for name, info in model_info.items():
+        compacted += deploy_compacted(by_name[name], rows, Path(info["dense"]["path"]), s, args.work)
+    test_images = len(s.data.test())
 
     from edgeprune.backends.onnxruntime import cpu_name
 
     record: dict[str, Any] = {
         "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {**asdict(s), "seeds": list(s.seeds)},
-        "test_images": len(test), "models": model_info,
+        "test_images": test_images, "models": model_info,
         "methods": [asdict(mr) | {"options": dict(mr.options)} for mr in methods], "skipped": skipped,
         "rows": [asdict(r) for r in rows], "compacted": compacted,
     }
