@@ -55,6 +55,7 @@ log = E2E.log
 DATA = "fashion-mnist"
 TARGET = "host-cpu"
 SCHEMA = "edgeprune.bench-methods/1"
+NOT_RUN = "not run: the run was cut short (results rendered with --saved-only)"
 L1 = 5e-5   # LOMP's dense model: api.train(..., l1=5e-5), the λ of Zhang et al.'s FC configs (METHODS.md §1.4)
 
 
@@ -217,9 +218,10 @@ def dense_model(m: ModelRun, l1: float, s: Settings, work: Path, test) -> tuple[
 
 
 def prune_one(m: ModelRun, mr: MethodRun, sparsity: float, seed: int, dense: Path, dense_acc: float,
-              s: Settings, work: Path, test, resume: bool = False) -> Row:
+              s: Settings, work: Path, test, resume: bool | str = False) -> Row:
     """api.compress one setting and measure test accuracy; the row is also saved beside the
-    checkpoint, and with `resume` a saved row of the same setting is reused instead of recomputed."""
+    checkpoint, and with `resume` a saved row of the same setting is reused instead of recomputed
+    (`resume="only"`: nothing is computed, a setting without a saved row is marked not run)."""
     row = Row(m.name, mr.label, mr.method, seed, sparsity, dense_test_accuracy=dense_acc)
     out = work / m.name / f"{mr.label}-{sparsity:g}-seed{seed}.pt"
     spec = mr.spec(sparsity, seed)
@@ -229,6 +231,9 @@ def prune_one(m: ModelRun, mr: MethodRun, sparsity: float, seed: int, dense: Pat
     if resume and saved.exists() and json.loads(saved.read_text()).get("key") == key:
         log(f"{m.name} {mr.label} {sparsity:.0%} seed {seed}: from {saved.name} (--resume)")
         return Row(**json.loads(saved.read_text())["row"])
+    if resume == "only":
+        row.error = NOT_RUN
+        return row
     try:
         res = api.compress(dense, spec, out, data=s.data, finetune_epochs=s.finetune(m),
                            batch_size=s.batch_size, force=True, progress=_progress())
@@ -264,14 +269,15 @@ def prepare_model(m: ModelRun, methods: list[MethodRun], s: Settings, work: Path
     return info
 
 
-def run_method(m: ModelRun, mr: MethodRun, info: dict, s: Settings, work: Path, resume: bool) -> list[dict]:
+def run_method(m: ModelRun, mr: MethodRun, info: dict, s: Settings, work: Path, resume: bool | str) -> list[dict]:
     """Every sparsity x seed of one method on one model. Runs in a worker process with --jobs, so it
     returns plain data (rows as dicts)."""
     torch.set_num_threads(1)
     test = s.data.test()
     dense = info["dense_l1" if mr.dense == "l1" else "dense"]
+    # seeds outermost: a run cut short still has whole seeds of every sparsity
     return [asdict(prune_one(m, mr, sp, seed, Path(dense["path"]), dense["test_accuracy"], s, work, test, resume))
-            for sp in s.sparsities(m) for seed in s.seeds]
+            for seed in s.seeds for sp in s.sparsities(m)]
 
 
 def deploy_compacted(m: ModelRun, rows: list[Row], dense: Path, s: Settings, work: Path) -> list[dict]:
@@ -331,13 +337,14 @@ def summarize(rows: list[Row]) -> list[dict]:
     return out
 
 
-def _acc_cell(c: dict | None) -> str:
+def _acc_cell(c: dict | None, seeds: int) -> str:
     if c is None:
         return ""
     if c["test_accuracy_mean"] is None:
         return "n/a"
     std = c["test_accuracy_std"]
-    return f"{c['test_accuracy_mean']:.2f}" + ("" if std is None else f" ± {std:.2f}")
+    return (f"{c['test_accuracy_mean']:.2f}" + ("" if std is None else f" ± {std:.2f}")
+            + (f" (n={c['n']})" if c["n"] < seeds else ""))
 
 
 def markdown(record: dict) -> str:
@@ -363,7 +370,7 @@ def markdown(record: dict) -> str:
                   "|---|" + "---:|" * len(sps)]
         for label in dict.fromkeys(c["label"] for c in cells):
             by_sp = {c["target_sparsity"]: c for c in cells if c["label"] == label}
-            lines.append(f"| {label} | " + " | ".join(_acc_cell(by_sp.get(sp)) for sp in sps) + " |")
+            lines.append(f"| {label} | " + " | ".join(_acc_cell(by_sp.get(sp), seeds) for sp in sps) + " |")
         lines.append("")
     lines += ["Pruning step alone (`CompressResult.prune_seconds`: scoring and selection, no fine-tuning), mean "
               "seconds per run:", "", "| method | " + " | ".join(record["models"]) + " |",
@@ -390,7 +397,9 @@ def markdown(record: dict) -> str:
                          f"{d['pruned_accuracy_ort']:.2f} ({d['dense_accuracy_ort']:.2f}) |")
         lines.append("")
     notes = [f"- `{r['label']}` skipped: {r['reason']}" for r in record["skipped"]]
-    failed = {(c["model"], c["label"]): c["error"] for c in summary if c["error"]}
+    failed = {(c["model"], c["label"]): c["error"] for c in summary if c["error"] and c["error"] != NOT_RUN}
+    if any(c["n"] < seeds for c in summary):
+        notes.append(f"- n=k: only k of the {seeds} seeds ran (the run was cut short; rendered with --saved-only).")
     notes += [f"- {model} `{label}` n/a where shown: {err}" for (model, label), err in failed.items()]
     if notes:
         lines += notes + [""]
@@ -499,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep rows of OUT/methods.json for model x method pairs not run now")
     ap.add_argument("--resume", action="store_true",
                     help="reuse the rows a previous run saved in WORK for identical settings (after an interruption)")
+    ap.add_argument("--saved-only", action="store_true",
+                    help="compute nothing: build the results from the rows saved in WORK (a run cut short)")
     ap.add_argument("--render", action="store_true",
                     help="only rewrite methods.md and methods.png from OUT/methods.json")
     args = ap.parse_args(argv)
@@ -533,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         model_info = {name: f.result() for name, f in infos.items()}
         tasks = sorted(((by_name[name], mr) for name, ms in todo.items() for mr in ms),
                        key=lambda t: -t[0].epoch_cost * s.finetune(t[0]) * len(s.sparsities(t[0])))
-        futures = [run(run_method, m, mr, model_info[m.name], s, args.work, args.resume) for m, mr in tasks]
+        resume = "only" if args.saved_only else args.resume
+        futures = [run(run_method, m, mr, model_info[m.name], s, args.work, resume) for m, mr in tasks]
         rows = [Row(**r) for f in futures for r in f.result()]
     finally:
         if pool:
