@@ -187,6 +187,7 @@ class Row:
     details: dict = field(default_factory=dict)
     checkpoint: str = ""
     error: str | None = None                 # the method refused this setting (e.g. sparsity out of reach)
+    resumed: bool = False                    # reused from an earlier run's saved row (--resume)
 
 
 def _list(value: str) -> list[str]:
@@ -230,7 +231,7 @@ def prune_one(m: ModelRun, mr: MethodRun, sparsity: float, seed: int, dense: Pat
     saved = out.with_suffix(".json")
     if resume and saved.exists() and json.loads(saved.read_text()).get("key") == key:
         log(f"{m.name} {mr.label} {sparsity:.0%} seed {seed}: from {saved.name} (--resume)")
-        return Row(**json.loads(saved.read_text())["row"])
+        return Row(**{**json.loads(saved.read_text())["row"], "resumed": True})
     if resume == "only":
         row.error = NOT_RUN
         return row
@@ -403,7 +404,10 @@ def markdown(record: dict) -> str:
     notes += [f"- {model} `{label}` n/a where shown: {err}" for (model, label), err in failed.items()]
     if notes:
         lines += notes + [""]
-    lines.append(f"Wall time {record['wall_seconds'] / 60:.1f} min on {record['machine']['cpu']} "
+    resumed = sum(bool(r.get("resumed")) for r in record["rows"])
+    lines.append(f"Wall time {record['wall_seconds'] / 60:.1f} min"
+                 + (f" ({resumed} of {len(record['rows'])} runs reused from an earlier run with --resume)"
+                    if resumed else "") + f" on {record['machine']['cpu']} "
                  f"({record['machine']['cpu_count']} cores, load average at the end "
                  f"{record['machine']['load_average_end']})"
                  + (" — QUICK smoke run, numbers not meaningful" if s["quick"] else "") + ".")
