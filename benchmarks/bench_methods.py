@@ -213,7 +213,7 @@ def dense_model(m: ModelRun, l1: float, s: Settings, work: Path, test) -> tuple[
     r = api.train(f"zoo:{m.name}", path, data=s.data, epochs=epochs, lr=s.train_lr, batch_size=s.batch_size,
                   l1=l1, seed=0, force=True, progress=_progress())
     info = {"settings": key_settings, "train": asdict(r), "test_accuracy": evaluate(load_model(path).model, test)}
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write(info_path, (json.dumps(info, indent=2) + "\n").encode(), force=True)
     log(f"{m.name}: dense trained in {r.seconds:.0f} s: val {r.val_accuracy:.2f} %, test {info['test_accuracy']:.2f} %")
     return path, {**info, "cached": False}
 
@@ -398,10 +398,15 @@ def markdown(record: dict) -> str:
                          f"{d['pruned_accuracy_ort']:.2f} ({d['dense_accuracy_ort']:.2f}) |")
         lines.append("")
     notes = [f"- `{r['label']}` skipped: {r['reason']}" for r in record["skipped"]]
-    failed = {(c["model"], c["label"]): c["error"] for c in summary if c["error"] and c["error"] != NOT_RUN}
-    if any(c["n"] < seeds for c in summary):
+    failed: dict[tuple[str, str], list[dict]] = {}
+    for c in summary:
+        if c["error"] and c["error"] != NOT_RUN:
+            failed.setdefault((c["model"], c["label"]), []).append(c)
+    if any(0 < c["n"] < seeds for c in summary):
         notes.append(f"- n=k: only k of the {seeds} seeds ran (the run was cut short; rendered with --saved-only).")
-    notes += [f"- {model} `{label}` n/a where shown: {err}" for (model, label), err in failed.items()]
+    for (model, label), cs in failed.items():
+        where = ", ".join(f"{c['target_sparsity']:.0%}" for c in cs)
+        notes.append(f"- {model} `{label}` n/a at {where}: {cs[0]['error']}")
     if notes:
         lines += notes + [""]
     resumed = sum(bool(r.get("resumed")) for r in record["rows"])
@@ -466,7 +471,7 @@ def merge_previous(record: dict, path: Path) -> None:
     if not path.exists():
         return
     old = json.loads(path.read_text())
-    if old.get("settings") != record["settings"]:
+    if old.get("settings") != json.loads(json.dumps(record["settings"])):   # tuples read back as lists
         raise SystemExit(f"error: {path} was made with other settings; run without --merge")
     redone = {(r["model"], r["label"]) for r in record["rows"]}
     kept = [r for r in old["rows"] if (r["model"], r["label"]) not in redone]
@@ -478,7 +483,14 @@ def merge_previous(record: dict, path: Path) -> None:
             record["models"][name].setdefault(k, v)
     ran = {m["label"] for m in record["methods"]}
     record["methods"] = [m for m in old["methods"] if m["label"] not in ran] + record["methods"]
-    record["skipped"] = [x for x in record["skipped"] if x["label"] not in {m["label"] for m in record["methods"]}]
+    labels = {m["label"] for m in record["methods"]}
+    record["skipped"] = list({x["label"]: x for x in old.get("skipped", []) + record["skipped"]
+                              if x["label"] not in labels}.values())
+    # the table's order (models, then METHODS), whichever run a row came from
+    rank = {name: i for i, name in enumerate([m.name for m in MODELS] + [m.label for m in METHODS])}
+    record["rows"].sort(key=lambda r: (rank.get(r["model"], 99), rank.get(r["label"], 99), r["target_sparsity"], r["seed"]))
+    record["compacted"].sort(key=lambda d: (rank.get(d["model"], 99), rank.get(d["label"], 99), d["target_sparsity"]))
+    record["methods"].sort(key=lambda m: rank.get(m["label"], 99))
     record["merged_from"] = {"created": old.get("created"), "git": old.get("git")}
 
 
