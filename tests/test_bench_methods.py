@@ -82,3 +82,19 @@ def test_unknown_method_or_model_is_refused():
     with pytest.raises(SystemExit, match="unknown model resnet50"):
         bench.pick("resnet50", bench.MODELS, "model")
     assert [m.label for m in bench.pick("random,magnitude-layer", bench.METHODS, "method")] == ["random", "magnitude-layer"]
+
+
+@requires_fmnist
+def test_merge_reruns_one_method_and_keeps_the_others(quick_run):
+    bench, out, record = quick_run
+    assert bench.main(["--quick", "--out", str(out), "--work", str(out / "work"), "--methods", "random",
+                       "--merge", "--resume", "--jobs", "1"]) == 0
+    merged = json.loads((out / "methods-quick.json").read_text())
+
+    def cells(rows):
+        return sorted((r["model"], r["label"], r["target_sparsity"], r["test_accuracy"]) for r in rows)
+
+    assert cells(merged["rows"]) == cells(record["rows"])
+    assert {r["label"] for r in merged["rows"] if r["resumed"]} == {"random"}   # reused from its saved rows
+    assert merged["compacted"] == record["compacted"] and merged["skipped"] == record["skipped"]
+    assert [m["label"] for m in merged["methods"]] == [m["label"] for m in record["methods"]]
