@@ -71,3 +71,8 @@ bench-spectral: install data
 .PHONY: bench-limit
 bench-limit: install data
 	$(BIN)/python benchmarks/bench_limit.py --out benchmarks/results
+# Every registered pruning method against magnitude (global, layer, channel) and random at equal
+# sparsity and fine-tune budget, 3 seeds (benchmarks/bench_methods.py; dense models cached in runs/).
+.PHONY: bench-methods
+bench-methods: install data
+	$(BIN)/python benchmarks/bench_methods.py --out benchmarks/results

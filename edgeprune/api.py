@@ -239,6 +239,42 @@ def _parity_inputs(loaded: LoadedModel, test: ArrayDataset) -> np.ndarray:
     return test.head(PARITY_SAMPLES).x
 
 
+# ---------------------------------------------------------------- analyze (low-rank view)
+def analyze(pruned_path: Path, baseline_path: Path, *, data: DataOptions | None = None, out_dir: Path | None = None,
+            trust_pickle: bool = False, force: bool = False):
+    """Per hidden layer rank and singular values of a pruned model against its dense baseline, and the
+    PCA rank-reduction baseline at equal ranks (METHODS.md §2.5); returns a LowRankAnalysis.
+
+    With ``out_dir``, also writes analysis.json and singular_values.png there.
+    """
+    from .analysis.lowrank import JSON_NAME, PLOT_NAME, write_analysis
+    from .analysis.lowrank import analyze as lowrank_view
+
+    if out_dir is not None:   # refuse before the work, not after it
+        for name in (JSON_NAME, PLOT_NAME):
+            _check_output(Path(out_dir) / name, force)
+    pruned = load_model(pruned_path, trust_pickle=trust_pickle)
+    pc = pruned.checkpoint
+    dense = load_model(baseline_path, trust_pickle=trust_pickle, input_shape=pc.input_shape)
+    dc = dense.checkpoint
+    if pc.arch and dc.arch and (pc.arch.ref, pc.arch.kwargs) != (dc.arch.ref, dc.arch.kwargs):
+        raise InputError(f"baseline {baseline_path} is {dc.arch.ref} {dc.arch.kwargs or ''} but {pruned_path} was "
+                         f"pruned from {pc.arch.ref} {pc.arch.kwargs or ''}: pass the dense model it came from")
+    if tuple(pc.input_shape) != tuple(dc.input_shape):
+        raise InputError(f"baseline takes inputs of shape {tuple(dc.input_shape)}, the pruned model {tuple(pc.input_shape)}")
+    data = data or DataOptions(data=str(pc.meta.get("data", DEFAULT_DATA)))
+    te = data.test()
+    _check_fits(pruned, te)
+    src = pc.meta.get("source_sha256")
+    result = lowrank_view(pruned.model, dense.model, te, pruned_path=str(pruned_path), baseline_path=str(baseline_path),
+                          arch=pc.arch.ref if pc.arch else pc.kind, method=str(pc.meta.get("method", "unknown")),
+                          sparsity=pc.meta.get("sparsity"),
+                          baseline_is_source=None if src is None else src == file_digest(Path(baseline_path)))
+    if out_dir is not None:
+        write_analysis(result, Path(out_dir), force=force)
+    return result
+
+
 # ---------------------------------------------------------------- deploy / profile
 def _prepare_dir(out_dir: Path, force: bool) -> Path:
     out_dir = Path(out_dir)

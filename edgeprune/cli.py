@@ -265,6 +265,49 @@ def _sizes_line(sz) -> str:
             f"{sz.smallest.replace('_', ' ')} ({sz.ratio(sz.smallest):.3f}x the dense file)")
 
 
+@app.command()
+def analyze(
+    model: Path = typer.Argument(..., help="Pruned checkpoint."),
+    baseline: Path = typer.Option(..., "--baseline", help="The dense model it was pruned from."),
+    data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write analysis.json and singular_values.png here."),
+    trust_pickle: bool = PickleOpt, force: bool = ForceOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Low-rank view: per hidden layer rank and singular values before and after pruning, and the PCA
+    rank-reduction baseline at equal ranks.
+
+    Example: edgeprune analyze pruned.pt --baseline model.pt -o runs/analysis
+    """
+    r = api.analyze(model, baseline, data=_data(data, data_dir, None, test_limit), out_dir=output,
+                    trust_pickle=trust_pickle, force=force)
+    if as_json:
+        return _emit_json(r)
+    t = Table(title=f"{r.method} ({r.arch}): rank per hidden layer, dense -> pruned")
+    for col in ("layer", "shape", "zeros", "rank", "PCA rank", "top σ dense", "top σ pruned", "top-r energy"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for L in r.layers:
+        shape = f"{L.kind} " + "x".join(map(str, L.dense_shape))
+        if L.pruned_shape != L.dense_shape:
+            shape += " -> " + "x".join(map(str, L.pruned_shape))
+        t.add_row(L.name, shape, f"{L.sparsity:.1%}", f"{L.dense_rank} -> {L.pruned_rank}", str(L.pca_rank),
+                  _top(L.dense_singular_values), _top(L.pruned_singular_values), f"{L.dense_energy_top_r:.1%}")
+    out.print(t)
+    s = Table(title=f"PCA rank reduction at the pruned ranks (no retraining), {r.test_samples} test images")
+    for col in ("model", "test accuracy %"):
+        s.add_column(col, justify="left" if col == "model" else "right")
+    s.add_row("dense", f"{r.dense_accuracy:.2f}")
+    s.add_row(f"pruned ({r.method})", f"{r.pruned_accuracy:.2f}")
+    s.add_row("dense, PCA-reduced to the pruned ranks", f"{r.pca_accuracy:.2f}")
+    out.print(s)
+    out.print(r.rank_rule)
+    if output:
+        out.print(f"wrote {output / 'analysis.json'}, {output / 'singular_values.png'}")
+
+
+def _top(values: list[float], n: int = 3) -> str:
+    return " ".join(f"{v:.2f}" for v in values[:n])
+
+
 def _show_report(report, out_dir: Optional[Path], as_json: bool) -> None:
     from .report.render import console_table
 
