@@ -41,7 +41,7 @@ GATE_START = 0.80     # training accuracy that opens the first pruning event (th
 DECAY = 0.8           # b: each global event removes 0.8x the share of the one before
 PRUNE_SHARE = 0.5     # events must be done within this share of the epoch budget; the rest retrains
 TARGET_SLACK = 1e-4   # a global event may end this far under its target sparsity ...
-SEARCH_TRIALS = 8     # ... or as close as this many trial selections get
+SEARCH_TRIALS = 16    # ... or as close as this many trial selections get
 
 
 def cycle_fractions(n: int, total: float, decay: float = DECAY) -> list[float]:
@@ -253,7 +253,8 @@ def _prune_global(model: nn.Module, masks: dict[str, torch.Tensor], scores: dict
 
     Retiring dead units removes more than was selected (a neuron left without inputs takes its
     outputs along, one without outputs its inputs), so the count selected is the largest one whose
-    result stays at or under the target, found by bisection on copies.
+    result stays at or under the target, found by regula falsi (bisection on plateaus) on copies;
+    where one more step overshoots by less than that count falls short, the overshoot is taken.
     """
     total = sum(m.numel() for m in masks.values())
     pruned_now = total - sum(int(m.sum()) for m in masks.values())
@@ -289,7 +290,11 @@ def _prune_global(model: nn.Module, masks: dict[str, torch.Tensor], scores: dict
         for _ in range(SEARCH_TRIALS):
             guess = lo + int((hi - lo) * (target - at_lo) / max(at_hi - at_lo, 1e-12))
             if guess <= lo or guess >= hi:
-                break
+                # neuron scores tie in blocks, so the sparsity reached is a step function and the
+                # secant can stall on a plateau: bisect instead
+                guess = (lo + hi) // 2
+                if guess <= lo:
+                    break
             reached = trial(guess)
             if reached <= target:
                 lo, at_lo = guess, reached
@@ -297,7 +302,8 @@ def _prune_global(model: nn.Module, masks: dict[str, torch.Tensor], scores: dict
                 hi, at_hi = guess, reached
             if target - at_lo <= TARGET_SLACK:
                 break
-        need = lo
+        # at or under the target unless a single step jumps over it by more than it falls short
+        need = lo if target - at_lo <= at_hi - target else hi
     _prune_into(model, masks, chosen(need), x, consumers)
 
 
