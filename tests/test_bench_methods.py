@@ -49,10 +49,16 @@ def test_quick_run_has_a_row_per_method_sparsity_and_seed(quick_run):
     # the channel reference removes neurons physically, so it goes through ONNX Runtime against dense
     channel = [r for r in record["rows"] if r["label"] == "magnitude-channel"]
     assert channel and all(r["compacted"] and r["mac_ratio"] < 0.6 for r in channel)
+    # every method that compacted a model (magnitude-channel always; activation where registered)
+    # has its most compacted model deployed
+    compacting = {(r["model"], r["label"]) for r in record["rows"] if r["compacted"]}
+    assert {(m.name, "magnitude-channel") for m in models} <= compacting
     deployed = {(d["model"], d["label"], d["target_sparsity"]) for d in record["compacted"]}
-    assert deployed == {(m.name, "magnitude-channel", 0.9) for m in models}
+    assert deployed == {(model, label, 0.9) for model, label in compacting}
     for d in record["compacted"]:
-        assert d["pruned_bytes"] < 0.2 * d["dense_bytes"] and d["mac_ratio"] < 0.6
+        assert d["pruned_bytes"] < d["dense_bytes"] and d["mac_ratio"] < 1.0
+        if d["label"] == "magnitude-channel":
+            assert d["pruned_bytes"] < 0.2 * d["dense_bytes"] and d["mac_ratio"] < 0.6
         for batch in ("1", "64"):
             assert d["latency"][batch]["pruned_p50_ms"] > 0 and 0.5 < d["latency"][batch]["aa_ratio_p50"] < 2.0
     cells = {(c["model"], c["label"], c["target_sparsity"]): c for c in record["summary"]}
