@@ -167,6 +167,14 @@ def profile_pair(
         report.pruned_fp32 = _side(pruned_onnx, fp32_engine, latency[ref].pruned_fp32, mem_f, _accuracy(logits_f, y), st_p)
         report.int8 = {**_quantization(pruned_engine), "agreement_with_fp32": _agreement(logits_f, logits_p).to_dict()}
     report.notes = explain(report)
+    if target.backend == "onnxruntime":
+        from .backends.onnxruntime import foreign_arch
+
+        why = foreign_arch(target)
+        if why:
+            report.notes.insert(0, f"Measured on this host, not on the device: {why}. The engine files in this run "
+                                   "are built for the device and were checked here; run `profile` on the device "
+                                   "for its latency and memory.")
     if sparsity_given is None:
         report.notes.append(
             "The pruned model records no target sparsity, so the sparsity shown is the measured fraction of zero weights."

@@ -223,7 +223,14 @@ def target_status(target: Target) -> str:
     if target.ssh:
         return f"remote ({target.ssh})"
     problems = backend.host_problems(target)
-    return f"unavailable: {problems[0]}" if problems else "ready"
+    if problems:
+        return f"unavailable: {problems[0]}"
+    if target.backend == "onnxruntime":
+        from edgeprune.backends.onnxruntime import foreign_arch
+
+        if foreign_arch(target):
+            return f"builds here; latency is this host's, not the {target.hardware['arch']} device's"
+    return "ready"
 
 
 def stack_summary(target: Target) -> str:

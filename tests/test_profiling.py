@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,18 @@ def test_explicit_method_and_sparsity_win_over_metadata(models, digits, tmp_path
     r = profile_pair(*models, tiny, xte[:50], yte[:50], tmp_path, method="lomp", sparsity=0.5, progress=False)
     assert (r.method, r.sparsity) == ("lomp", 0.5)
     assert list(r.latency) == [4] and r.latency_batch == 4  # no batch 1: the smallest batch is the reference
+
+
+def test_an_arm_target_builds_ort_engines_here_and_says_the_latency_is_this_hosts(models, digits, tmp_path):
+    _, _, xte, yte = digits
+    t = load_target("raspberry-pi-5")   # aarch64, ort_target_platform arm, .ort engines
+    if t.hardware["arch"] in (platform.machine().lower(), {"arm64": "aarch64"}.get(platform.machine().lower())):
+        pytest.skip("this host is an aarch64 machine: its numbers are the device's kind")
+    tiny = dataclasses.replace(t, run=dataclasses.replace(t.run, warmup=1, iterations=3, batch_sizes=(4,)))
+    r = profile_pair(*models, tiny, xte[:50], yte[:50], tmp_path, progress=False)
+    assert sorted(p.suffix for p in tmp_path.rglob("*.ort")) == [".ort", ".ort"]
+    assert r.notes[0].startswith("Measured on this host, not on the device: the target is an aarch64 device")
+    assert r.dense.accuracy == pytest.approx(direct_accuracy(models[0], xte[:50], yte[:50]))
 
 
 def test_problems_and_bad_data_are_user_errors(models, digits, fast_target, tmp_path):

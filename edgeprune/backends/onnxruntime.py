@@ -94,11 +94,11 @@ class OnnxRuntimeBackend:
             problems += _calibration_problems(target.build)
         # A remote target's stack is checked on the device; only a local one is this process's.
         if target.ssh is None:
-            problems += _arch_problems(target) + _version_problems(target)
+            problems += _version_problems(target)
         return problems
 
     def host_problems(self, target: Target) -> list[str]:
-        return _arch_problems(target) + _missing_providers(target.build) + _version_problems(target)
+        return _missing_providers(target.build) + _version_problems(target)
 
     def build(self, onnx_path: Path, target: Target, out_dir: Path) -> Engine:
         src = Path(onnx_path)
@@ -195,13 +195,17 @@ class OnnxRuntimeBackend:
         return sess
 
 
-def _arch_problems(target: Target) -> list[str]:
-    """A target for another CPU architecture measured here would report this host's numbers."""
+def foreign_arch(target: Target) -> str | None:
+    """Why numbers measured here are not the device's (another CPU architecture), or None.
+
+    The engine files are still right for the device (an `arm` build leaves out x86-only layouts), and
+    ONNX Runtime runs them here, so they are built and checked here; only the latencies are this host's.
+    """
     wanted = target.hardware.get("arch")
     here = {"arm64": "aarch64", "amd64": "x86_64"}.get(platform.machine().lower(), platform.machine().lower())
     if wanted and wanted != here:
-        return [f"the target is an {wanted} device, this host is {here}"]
-    return []
+        return f"the target is an {wanted} device and this host is {here}"
+    return None
 
 
 def _version_problems(target: Target) -> list[str]:
