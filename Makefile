@@ -37,6 +37,7 @@ demo: install data
 	$(BIN)/edgeprune compress $(DEMO)/model.pt --method magnitude --sparsity 0.9 --finetune-epochs 2 -o $(DEMO)/pruned.pt --force
 	$(BIN)/edgeprune export $(DEMO)/pruned.pt -o $(DEMO)/pruned.onnx --force
 	$(BIN)/edgeprune deploy $(DEMO)/pruned.pt --target host-cpu --baseline $(DEMO)/model.pt -o $(DEMO)/run --force
+	$(BIN)/edgeprune explain $(DEMO)/run
 	@echo "run directory: $(DEMO)/run (report.md, report.json, latency.png)"
 
 test: install data
