@@ -151,7 +151,9 @@ def test_targets_show_stack_and_build_policy(capsys, monkeypatch):
     assert code == 0 and nano["stack_summary"] == "JetPack 4.6.1, TensorRT 8.2.1, CUDA 10.2"
     assert (nano["precision"], nano["sparsity"], nano["trt_generation"]) == ("fp16", "none", "8.2")
     assert rows["jetson-agx-orin"]["build"]["sparsity"] == "2:4" and rows["jetson-agx-orin"]["hardware"]["dla_cores"] == 2
-    assert rows["host-cpu"]["status"] == "ready" and rows["raspberry-pi-5"]["status"].startswith("unavailable")
+    # an ARM target builds on any host; on a non-ARM one its status says whose latency a run measures
+    assert rows["host-cpu"]["status"] == "ready"
+    assert rows["raspberry-pi-5"]["status"] in ("ready", "builds here; latency is this host's, not the aarch64 device's")
     monkeypatch.setenv("COLUMNS", "200")  # a terminal wide enough for one line per target
     code, out, _ = run(capsys, "targets")
     header = out.splitlines()[2]
