@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from edgeprune.targets import Target
 
 PLAN_SCHEMA = "edgeprune.engine_plan/1"
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -146,27 +145,21 @@ def _densify(path: Path) -> None:
         return
     import onnx
 
-    try:
-        from edgeprune.validation import densify_sparse_initializers
-    except ImportError:
-        raise InputError(f"{path.name} holds sparse initializers, which TensorRT cannot read, and this "
-                         f"installation lacks edgeprune.validation to densify them") from None
+    from edgeprune.validation import densify_sparse_initializers
+
     dense = densify_sparse_initializers(onnx.load(str(path)))
     atomic_write(path, dense.SerializeToString(), force=True)
 
 
 def _calibration_inputs(source: str, given: bool, sample_dims: tuple) -> np.ndarray:
     """The calibration images (float32 N x C x H x W, preprocessed as the data loader does)."""
-    from edgeprune.data import load_npz
+    from edgeprune.quantize import calibration_path, load_calibration
 
     if not source:
         raise InputError("precision int8 needs calibration data: pass --calibration calibration/fmnist.npz")
-    path = Path(source)
-    if not given and not path.is_absolute() and not path.exists():
-        path = REPO / path          # a target's build.calibration is relative to the repository
-    if not path.is_file():
-        raise InputError(f"calibration file not found: {path}")
-    x = load_npz(path).x
+    # a target's build.calibration may be relative to the repository; --calibration is taken as given
+    path = Path(source) if given else calibration_path(source)
+    x = load_calibration(path)
     if tuple(x.shape[1:]) != tuple(sample_dims):
         raise InputError(f"calibration images in {path} have shape {tuple(x.shape[1:])}; the model takes "
                          f"{tuple(sample_dims)}")
@@ -174,11 +167,8 @@ def _calibration_inputs(source: str, given: bool, sample_dims: tuple) -> np.ndar
 
 
 def _quantize(src: Path, dst: Path, x: np.ndarray, method: str) -> None:
-    try:
-        from edgeprune.quantize import quantize_qdq
-    except ImportError:
-        raise InputError("INT8 on TensorRT 11 needs a Q/DQ ONNX, and this installation lacks edgeprune.quantize "
-                         "to write one") from None
+    from edgeprune.quantize import quantize_qdq
+
     quantize_qdq(src, dst, x, method=method, per_channel=True)
 
 
