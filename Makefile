@@ -71,7 +71,7 @@ bench-spectral: install data
 # The predicted pruning limit (Zhang et al.) against the measured one: fc5 on Fashion-MNIST, with and without L1.
 .PHONY: bench-limit
 bench-limit: install data
-	$(BIN)/python benchmarks/bench_limit.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_limit.py --seeds 0 1 2 --out benchmarks/results
 # Every registered pruning method against magnitude (global, layer, channel) and random at equal
 # sparsity and fine-tune budget, 3 seeds (benchmarks/bench_methods.py; dense models cached in runs/).
 .PHONY: bench-methods

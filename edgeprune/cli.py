@@ -85,6 +85,9 @@ def train(
     epochs: float = typer.Option(5.0, "--epochs"), lr: float = typer.Option(1e-3, "--lr"),
     batch_size: int = typer.Option(128, "--batch-size"),
     l1: float = typer.Option(0.0, "--l1", help="L1 penalty on every weight and bias (LOMP training)."),
+    optimizer: str = typer.Option("adam", "--optimizer", help="adam, or sgd (momentum 0.9; Zhang et al.'s "
+                                  "LOMP recipe with --lr 0.01 --lr-schedule constant)."),
+    lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine (decay to zero) or constant."),
     seed: int = typer.Option(0, "--seed"), force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Train a reference model from scratch.
@@ -92,7 +95,8 @@ def train(
     Example: edgeprune train --arch zoo:lenet300 --data fashion-mnist --epochs 5 -o model.pt
     """
     r = api.train(arch, output, data=_data(data, data_dir, limit), epochs=epochs, lr=lr, batch_size=batch_size,
-                  l1=l1, seed=seed, force=force, progress=not as_json)
+                  l1=l1, seed=seed, optimizer=optimizer, lr_schedule=lr_schedule, force=force,
+                  progress=not as_json)
     if as_json:
         return _emit_json(r)
     out.print(f"trained [bold]{r.arch}[/] on {r.data} for {r.epochs:g} epochs in {r.seconds:.1f} s: "

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .data import ArrayDataset
+from .errors import InputError
 from .pruning.masks import apply_masks
 from .model_io import set_mode
 from .progress import progress_bar
@@ -23,7 +24,8 @@ from .progress import progress_bar
 
 @dataclass
 class TrainConfig:
-    """How to train: Adam with a cosine decay to zero over the whole run (fine-tuning too)."""
+    """How to train: Adam with a cosine decay to zero over the whole run (fine-tuning too) by default;
+    SGD with momentum 0.9 and a constant rate is Zhang et al.'s recipe (METHODS.md section 1.4)."""
 
     epochs: float = 5.0
     lr: float = 1e-3
@@ -32,6 +34,20 @@ class TrainConfig:
     l1: float = 0.0          # L1 penalty on every weight and bias (LOMP training, see l1_penalty)
     seed: int = 0
     cosine: bool = True
+    optimizer: str = "adam"  # "adam" or "sgd" (momentum 0.9, no weight decay unless weight_decay is set)
+
+
+OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM = 0.9
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=SGD_MOMENTUM, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise InputError(f"unknown optimizer {cfg.optimizer!r} (choose from: {', '.join(OPTIMIZERS)})")
 
 
 # Fine-tune learning rates (Adam, cosine decay to zero), measured on Fashion-MNIST validation splits:
@@ -87,7 +103,7 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
     n = len(y)
     per_epoch = math.ceil(n / cfg.batch_size)
     total = max(1, int(round(cfg.epochs * per_epoch)))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model.parameters(), cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.cosine else None
     gen = torch.Generator().manual_seed(cfg.seed)
     loss_fn = nn.CrossEntropyLoss()

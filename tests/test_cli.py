@@ -51,6 +51,18 @@ def test_train(capsys, tmp_path):
     assert load_model(tmp_path / "m.pt").checkpoint.meta["data"] == "fashion-mnist"
 
 
+def test_train_with_sgd_records_the_recipe_and_rejects_an_unknown_optimizer(capsys, tmp_path):
+    code, out, _ = run(capsys, "train", "--arch", "zoo:lenet300", *DATA, "--epochs", "3", "--optimizer", "sgd",
+                       "--lr", "0.05", "--lr-schedule", "constant", "-o", tmp_path / "m.pt", "--json")
+    assert code == 0 and json.loads(out)["val_accuracy"] > 50
+    meta = load_model(tmp_path / "m.pt").checkpoint.meta
+    assert (meta["optimizer"], meta["lr_schedule"], meta["lr"]) == ("sgd", "constant", 0.05)
+    code, out, err = run(capsys, "train", "--arch", "zoo:lenet300", *DATA, "--optimizer", "rmsprop",
+                         "-o", tmp_path / "n.pt")
+    assert code == 2 and "unknown optimizer 'rmsprop'" in err and "Traceback" not in err + out
+    assert not (tmp_path / "n.pt").exists()
+
+
 def test_compress_reports_sparsity_accuracy_and_reloads(capsys, pruned, lenet300_ckpt):
     loaded = load_model(pruned)
     w = [p for n, p in loaded.model.named_parameters() if n.endswith("weight")]

@@ -1,9 +1,11 @@
 import numpy as np
+import pytest
 import torch
 
 from edgeprune.data import load_dataset, train_val_split
 from edgeprune.pruning.masks import masks_from_model
-from edgeprune.training import TrainConfig, evaluate, train
+from edgeprune.errors import InputError
+from edgeprune.training import TrainConfig, evaluate, make_optimizer, train
 from edgeprune.zoo import build_zoo
 
 
@@ -57,3 +59,20 @@ def test_l1_penalty_shrinks_weights():
         train(m, tr, TrainConfig(epochs=5, lr=1e-2, l1=l1), progress=False)
         norms.append(sum(float(p.abs().sum()) for n, p in m.named_parameters() if n.endswith("weight")))
     assert norms[1] < 0.8 * norms[0]
+
+
+def test_sgd_with_momentum_and_a_constant_rate_learns_digits():
+    """Zhang et al.'s recipe (SGD, momentum 0.9, constant lr): the optimizer the limit estimate is made for."""
+    tr, val = _digits()
+    torch.manual_seed(0)
+    m = build_zoo("lenet300", hidden=[64, 32], image_size=8)
+    cfg = TrainConfig(epochs=10, lr=0.05, optimizer="sgd", cosine=False)
+    opt = make_optimizer(m.parameters(), cfg)
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+    log = train(m, tr, cfg, progress=False)
+    assert evaluate(m, val) > 85.0 and log.losses[-1] < log.losses[0]
+
+
+def test_unknown_optimizer_is_an_input_error():
+    with pytest.raises(InputError, match="unknown optimizer 'rmsprop'"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(1))], TrainConfig(optimizer="rmsprop"))
