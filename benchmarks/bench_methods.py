@@ -356,7 +356,8 @@ def markdown(record: dict) -> str:
     lines = [f"Test accuracy (%), Fashion-MNIST test split ({record['test_images']} images), mean ± std over "
              f"{seeds} seed{'s' if seeds > 1 else ''} ({', '.join(map(str, s['seeds']))}); every method one-shot "
              f"(activation: its gated schedule), then the model's fine-tune budget, the same for every method "
-             f"(`api.compress` defaults: Adam, cosine, lr 2e-3 for weight and 5e-4 for channel granularity). "
+             f"(`api.compress` defaults: Adam, cosine, lr 2e-3 for weight and 5e-4 for channel granularity, 8e-3 for "
+             f"the gated schedule). "
              f"Sparsity = fraction of Conv/Linear weights removed.", ""]
     for model, info in record["models"].items():
         cells = [c for c in summary if c["model"] == model]

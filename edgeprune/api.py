@@ -141,7 +141,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
              auto_limit: LimitConfig | None = None) -> CompressResult:
     """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint.
 
-    ``lr`` defaults to ``training.finetune_lr(spec.granularity)``. ``auto_limit`` (method lomp only,
+    ``lr`` defaults to ``training.finetune_lr(spec.granularity, spec.schedule)``. ``auto_limit`` (method lomp only,
     the CLI's ``--sparsity auto``) replaces ``spec.sparsity`` by the predicted pruning limit s*,
     estimated on the training split before pruning; ``details["predicted_limit"]`` says what it was.
     """
@@ -151,7 +151,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
         from .pruning.lomp import check_spec
 
         check_spec(spec, auto_limit is not None)
-    lr = finetune_lr(spec.granularity) if lr is None else lr
+    lr = finetune_lr(spec.granularity, spec.schedule) if lr is None else lr
     out = _check_output(out, force)
     if finetune_epochs < 0:
         raise InputError("--finetune-epochs must be >= 0")

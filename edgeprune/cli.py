@@ -122,7 +122,8 @@ def compress(
     round_to: int = typer.Option(8, "--round-to", help="Channel pruning: keep widths multiples of this."),
     finetune_epochs: float = typer.Option(2.0, "--finetune-epochs", help="Fine-tune budget (epochs, in all)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tune learning rate (Adam, cosine decay); "
-                                       "default 2e-3 for weight, 5e-4 for channel granularity."),
+                                       "default 2e-3 for weight, 5e-4 for channel granularity, 8e-3 for "
+                                       "--schedule gated."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, limit: Optional[int] = LimitOpt,
     score: Optional[str] = typer.Option(None, "--score", help="activation: neuron or neuron_wts."),
     count: Optional[str] = typer.Option(None, "--count", help="activation: active (the paper) or inactive (the authors' later code)."),
