@@ -233,6 +233,8 @@ def limit(
         out.print(f"measured limit (one-shot, no fine-tuning, {len(m.sparsities)}-point sweep, validation "
                   f"{m.dense_accuracy:.2f} % dense): s = {m.limits['0.1']:.2%} within 0.1 pt, "
                   f"{m.limits['0']:.2%} within 0 pt; predicted - measured = {r.error_pt:+.1f} pt")
+    for note in r.notes:
+        out.print(f"note: {note}")
 
 
 @app.command()

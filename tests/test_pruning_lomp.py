@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from edgeprune.api import limit_notes
 from edgeprune.cli import main
 from edgeprune.data import load_dataset, train_val_split
 from edgeprune.errors import InputError
@@ -76,12 +77,22 @@ def test_limit_command_with_measure(capsys, l1_ckpt):
     assert e["sparsity_band"][0] < e["sparsity"] < e["sparsity_band"][1]
     assert len(m["sparsities"]) == 101 and m["limits"]["0.1"] >= m["limits"]["0"]
     assert abs(r["error_pt"] - 100 * (e["sparsity"] - m["limits"]["0.1"])) < 1e-9
+    assert len(r["notes"]) == 1 and "trained with Adam" in r["notes"][0]   # the fixture's recipe, from its meta
     code, out, err = run(capsys, "limit", l1_ckpt, *DIGITS, "--steps", "8")
     text = " ".join(out.split())
     assert code == 0, err
     # both conventions, named (the same line `compress --sparsity auto` prints)
     assert "sparsity s* =" in text and "removed" in text and "keep ratio κ* =" in text and "kept" in text
     assert "8 Hessian-vector products" in text
+    assert "note: trained with Adam" in text
+
+
+def test_limit_notes_follow_the_recorded_training_recipe():
+    authors = {"method": "dense", "l1": 5e-5, "optimizer": "sgd"}
+    assert limit_notes(authors) == []
+    assert [n.split(":")[0] for n in limit_notes({**authors, "l1": 0.0})] == ["trained without L1"]
+    assert [n.split(":")[0] for n in limit_notes({**authors, "optimizer": "adam"})] == ["trained with Adam"]
+    assert limit_notes({}) == []     # a foreign model: the recipe is unknown, nothing is claimed
 
 
 @pytest.mark.parametrize("argv, message", [
