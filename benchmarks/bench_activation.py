@@ -15,7 +15,7 @@ same) for the equal-weight-count comparison. The 94x models and the dense one ar
 edgeprune.export and timed interleaved on target host-cpu (ONNX Runtime, 1 thread) with the dense
 engine timed twice as the A/A control; accuracy is measured through ONNX Runtime on the test split.
 
-    .venv/bin/python benchmarks/bench_activation.py --out benchmarks/results     # ~35 min on 2 cores
+    .venv/bin/python benchmarks/bench_activation.py --out benchmarks/results     # ~17 min on 2 cores
     .venv/bin/python benchmarks/bench_activation.py --quick --out runs/act-quick  # smoke run
 
 Writes OUT/activation.json and OUT/activation.md (activation-quick.* with --quick).
