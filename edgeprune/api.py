@@ -21,7 +21,7 @@ from .model_io import ArchRef, Checkpoint, LoadedModel, file_digest, load_model,
 from .pruning.masks import sparsity_report
 from .pruning.schedule import prune
 from .pruning.base import PruneSpec
-from .training import LR_SCHEDULES, OPTIMIZERS, TrainConfig, evaluate, finetune_lr, train as train_loop
+from .training import TrainConfig, check_recipe, evaluate, finetune_lr, train as train_loop
 
 if TYPE_CHECKING:
     from .analysis.limit import LimitConfig, LimitEstimate, MeasuredLimit
@@ -85,10 +85,7 @@ def train(arch: str, out: Path, *, data: DataOptions | None = None, epochs: floa
     out = _check_output(out, force)
     if epochs <= 0:
         raise InputError("--epochs must be positive")
-    if optimizer not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer {optimizer!r} (choose from: {', '.join(OPTIMIZERS)})")
-    if lr_schedule not in LR_SCHEDULES:
-        raise InputError(f"unknown learning-rate schedule {lr_schedule!r} (choose from: {', '.join(LR_SCHEDULES)})")
+    check_recipe(optimizer, lr_schedule)
     tr, val = data.train_val()
     te = data.test()
     kwargs = {"in_channels": tr.input_shape[0], "image_size": tr.input_shape[1],

@@ -42,12 +42,19 @@ SGD_MOMENTUM = 0.9
 LR_SCHEDULES = ("cosine", "constant")
 
 
+def check_recipe(optimizer: str, lr_schedule: str = "cosine") -> None:
+    """An unknown optimizer or learning-rate schedule is an InputError naming the choices."""
+    if optimizer not in OPTIMIZERS:
+        raise InputError(f"unknown optimizer {optimizer!r} (choose from: {', '.join(OPTIMIZERS)})")
+    if lr_schedule not in LR_SCHEDULES:
+        raise InputError(f"unknown learning-rate schedule {lr_schedule!r} (choose from: {', '.join(LR_SCHEDULES)})")
+
+
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    check_recipe(cfg.optimizer)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=SGD_MOMENTUM, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise InputError(f"unknown optimizer {cfg.optimizer!r} (choose from: {', '.join(OPTIMIZERS)})")
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 # Fine-tune learning rates (Adam, cosine decay to zero), measured on Fashion-MNIST validation splits:
