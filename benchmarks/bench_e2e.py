@@ -651,11 +651,21 @@ def markdown(rows: list[list[str]], checks: list[Check], summary: dict) -> str:
                   f"timed in one interleaved loop; ratios are to the dense row; the A/A row is the dense engine "
                   f"timed a second time (noise band). MACs: Conv/Gemm multiply-adds per image in the ONNX graph. "
                   f"Widths: output channels (resnet8: every conv incl. shortcuts) / neurons (lenet300).",
-              "", "| check | verdict | numbers |", "|---|---|---|"]
-    lines += [f"| {c.name} | {c.verdict} | {c.detail} |" for c in checks]
-    lines += ["", f"Total wall time {summary['wall_seconds'] / 60:.1f} min on {summary['cpu']} "
-                  f"({summary['cpu_count']} cores){' — QUICK smoke run, numbers not meaningful' if summary['quick'] else ''}."]
+              *checks_table(checks), "", wall_line(summary)]
     return "\n".join(lines) + "\n"
+
+
+def checks_table(checks: list[Check]) -> list[str]:
+    """The Markdown table of a benchmark's checks, after a blank line."""
+    return ["", "| check | verdict | numbers |", "|---|---|---|"] + [f"| {c.name} | {c.verdict} | {c.detail} |" for c in checks]
+
+
+def wall_line(summary: dict, load_average: bool = False) -> str:
+    """The closing line of a benchmark's Markdown: wall time, CPU, cores (and load average)."""
+    load = f", load average {summary['load_average']}" if load_average else ""
+    quick = " — QUICK smoke run, numbers not meaningful" if summary["quick"] else ""
+    return (f"Total wall time {summary['wall_seconds'] / 60:.1f} min on {summary['cpu']} "
+            f"({summary['cpu_count']} cores){load}{quick}.")
 
 
 def print_results(rows: list[list[str]], checks: list[Check], summary: dict) -> None:

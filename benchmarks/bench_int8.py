@@ -262,11 +262,7 @@ def markdown(rows: list[Row], results: list[e2e.Check], summary: dict) -> str:
                   f"one interleaved loop ({summary['rounds']}); ratios are to dense fp32; INT8 = "
                   f"`edgeprune.quantize.quantize_qdq`, static QDQ, per-channel weights, calibrated on "
                   f"{summary['calibration_samples']} images of calibration/fmnist.npz.",
-              "", "| check | verdict | numbers |", "|---|---|---|"]
-    lines += [f"| {c.name} | {c.verdict} | {c.detail} |" for c in results]
-    lines += ["", f"Total wall time {summary['wall_seconds'] / 60:.1f} min on {summary['cpu']} ({summary['cpu_count']} "
-                  f"cores), load average {summary['load_average']}"
-                  f"{' — QUICK smoke run, numbers not meaningful' if summary['quick'] else ''}."]
+              *e2e.checks_table(results), "", e2e.wall_line(summary, load_average=True)]
     return "\n".join(lines) + "\n"
 
 
