@@ -10,6 +10,10 @@ from rich.table import Table
 from edgeprune.report.schema import Report, ratio
 
 
+def _md_rows(rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def to_markdown(report: Report) -> str:
     r = report
     lines = [f"# edgeprune report: {title(r)}", ""]
@@ -26,8 +30,7 @@ def to_markdown(report: Report) -> str:
         lines.append(f"- **Run:** {_run_line(r)}")
     lines.append(f"- **Created:** {r.created}")
     lines += ["", "## Summary", "", "| | dense | pruned | pruned / dense |", "|---|---:|---:|---:|"]
-    for row in summary_rows(r):
-        lines.append("| " + " | ".join(row) + " |")
+    lines += _md_rows(summary_rows(r))
     lines += [
         "",
         "## Latency (ms per batch)",
@@ -38,8 +41,7 @@ def to_markdown(report: Report) -> str:
         "| batch | | dense (A) | dense again (A') | pruned (B) | B / A | A' / A |",
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for row in latency_rows(r):
-        lines.append("| " + " | ".join(row) + " |")
+    lines += _md_rows(latency_rows(r))
     if r.pruned_fp32 is not None:
         lines += [
             "",
@@ -50,8 +52,7 @@ def to_markdown(report: Report) -> str:
             "| | pruned fp32 | pruned INT8 | INT8 / fp32 |",
             "|---|---:|---:|---:|",
         ]
-        for row in int8_rows(r):
-            lines.append("| " + " | ".join(row) + " |")
+        lines += _md_rows(int8_rows(r))
     if r.notes:
         lines += ["", "## Notes", ""]
         lines += [f"- {n}" for n in r.notes]
