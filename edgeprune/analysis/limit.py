@@ -33,6 +33,7 @@ from edgeprune.data import ArrayDataset
 from edgeprune.errors import InputError
 from edgeprune.model_io import set_mode
 from edgeprune.progress import progress_bar
+from edgeprune.pruning.base import _is_int
 from edgeprune.pruning.magnitude import Magnitude
 from edgeprune.pruning.masks import apply_masks, prunable_layers, select
 from edgeprune.training import evaluate, l1_penalty
@@ -63,7 +64,7 @@ class LimitConfig:
         """InputError for a setting a user got wrong."""
         for name in ("subset", "steps", "probes", "batch_size", "loss_batch"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise InputError(f"{name} must be an integer >= 1, got {value!r}")
         if not 0.0 < self.eta < 1.0:
             raise InputError(f"eta must be in (0, 1), got {self.eta}")

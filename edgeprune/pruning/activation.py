@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError
-from edgeprune.pruning.base import Method, register
+from edgeprune.pruning.base import Method, _is_int, register
 from edgeprune.pruning.masks import prunable_layers
+from edgeprune.pruning.structured import _eval_mode
 
 SCORES = ("neuron", "neuron_wts")
 COUNTS = ("active", "inactive")
@@ -72,13 +73,9 @@ class ActivationCounter:
     @torch.no_grad()
     def count(self, model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
         """Add one pass over `batches` (eval mode, so BatchNorm uses its running statistics)."""
-        was = model.training
-        model.eval()
-        try:
+        with _eval_mode(model):
             for x in batches:
                 model(x)
-        finally:
-            model.train(was)
 
     def frequencies(self, count: str = "active") -> dict[str, torch.Tensor]:
         """Per unit, the share of chances on which it was active (or inactive), in [0, 1]."""
@@ -106,13 +103,10 @@ def _probes(model: nn.Module, layers: dict[str, nn.Module], example_input: torch
     order: list[nn.Module] = []
     leaves = [m for m in model.modules() if not list(m.children())]
     hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in leaves]
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with _eval_mode(model), torch.no_grad():
             model(example_input)
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
     probes = {}
@@ -143,7 +137,7 @@ class Activation(Method):
             raise InputError(f"unknown activation score {score!r} (choose from: {', '.join(SCORES)})")
         if count not in COUNTS:
             raise InputError(f"unknown activation count {count!r} (choose from: {', '.join(COUNTS)})")
-        if isinstance(min_neurons, bool) or not isinstance(min_neurons, int) or min_neurons < 1:
+        if not _is_int(min_neurons) or min_neurons < 1:
             raise InputError(f"min_neurons must be an integer >= 1, got {min_neurons!r}")
         self.score_type = score
         self.count = count

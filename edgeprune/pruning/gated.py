@@ -35,7 +35,7 @@ from edgeprune.data import ArrayDataset
 from edgeprune.pruning.base import PruneSpec, get_method
 from edgeprune.pruning.masks import apply_masks, masks_from_model, prunable_layers, select
 from edgeprune.pruning.schedule import PruneResult, PruneStep
-from edgeprune.pruning.structured import _IN_FNS, _OUT_FNS, _build_graph, _out_fn, replay_plan
+from edgeprune.pruning.structured import _IN_FNS, _OUT_FNS, _build_graph, _eval_mode, _out_fn, replay_plan
 
 GATE_START = 0.80     # training accuracy that opens the first pruning event (the paper's a_start)
 DECAY = 0.8           # b: each global event removes 0.8x the share of the one before
@@ -109,12 +109,10 @@ def _consumer_inputs(model: nn.Module, names: set[str], x: torch.Tensor) -> dict
     seen: dict[str, torch.Tensor] = {}
     hooks = [modules[n].register_forward_pre_hook(lambda m, i, n=n: seen.setdefault(n, i[0].detach()))
              for n in names]
-    was = model.training
-    model.eval()
     try:
-        model(x)
+        with _eval_mode(model):
+            model(x)
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
     return seen
@@ -242,8 +240,7 @@ def _prune_into(model: nn.Module, masks: dict[str, torch.Tensor], chosen: dict[s
     """Apply `chosen` keep-masks and retire the dead units it leaves; returns the sparsity reached."""
     for k, keep in chosen.items():
         masks[k] &= keep
-    apply_masks(model, masks)
-    retire_dead_units(model, masks, x, consumers)
+    retire_dead_units(model, masks, x, consumers)   # applies the masks before it reads anything
     return 1.0 - sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
 
 

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     import onnx
 
 GROUP, KEEP = 4, 2
-SPARSITY = 1 - KEEP / GROUP            # the only sparsity the pattern has
 # Rule of thumb from TensorRT engineers (DEPLOY.md §3.3): sparse tactics beat dense ones only when
 # the reduction length and the output channels are both at least about this wide.
 MIN_WIDTH = 256

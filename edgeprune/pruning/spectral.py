@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from edgeprune.errors import InputError
-from edgeprune.pruning.base import Method, register
+from edgeprune.pruning.base import Method, _is_int, register
 from edgeprune.pruning.masks import prunable_layers
 from edgeprune.pruning.structured import _eval_mode
 
@@ -162,7 +162,7 @@ class Spectral(Method):
         super().__init__(seed)
         self.attenuation = _check_number("attenuation", attenuation, 0.0, 1.0)
         self.width = _check_number("width", width, 0.0, None, low_open=True)
-        if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        if not _is_int(images) or images < 1:
             raise InputError(f"spectral option images must be an integer >= 1, got {images!r}")
         self.images = images
         self.details = {"attenuation": self.attenuation, "width": self.width, "images": images,
