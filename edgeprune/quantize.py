@@ -54,6 +54,8 @@ TUNED: dict[str, Any] = {
 }
 # Per-channel QDQ with onnxruntime.quantization's own defaults and no pre-processing: the baseline.
 PLAIN: dict[str, Any] = {**TUNED, "preprocess": False, "activation_type": "int8"}
+# TensorRT reads only symmetric INT8 Q/DQ (zero point 0, DEPLOY.md §1.4): int8 activations, symmetric.
+TENSORRT: dict[str, Any] = {**TUNED, "activation_type": "int8", "activation_symmetric": True}
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from edgeprune.backends import get_backend
@@ -427,6 +428,24 @@ def test_cli_deploy_to_tensorrt_11_fp16_is_refused_in_one_line(capsys, tmp_path,
                  "--test-limit", "50", "-o", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and "needs an FP16 ONNX" in err
+
+
+def test_cli_deploy_int8_to_tensorrt_11_validates_the_qdq_model_it_builds(capsys, tmp_path, pruned_ckpt,
+                                                                          lenet300_ckpt):
+    """TensorRT 11 has no calibrator: deploy quantizes to Q/DQ itself, so the fp32 export must not be
+    refused for lacking Q/DQ nodes; the ONNX the plan builds is the Q/DQ one, and it is what is checked."""
+    target = tmp_path / "thor.toml"
+    target.write_text(JETSON_TOML.format(trt="11.1.0"))
+    run = tmp_path / "run"
+    code = main(["deploy", str(pruned_ckpt), "--baseline", str(lenet300_ckpt), "--target", str(target), "--precision",
+                 "int8", "--calibration", str(REPO / "calibration" / "fmnist.npz"), "--test-limit", "50", "-o", str(run)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    plans = {k: EnginePlan.from_dict(v) for k, v in json.loads((run / "engine_plan.json").read_text())["models"].items()}
+    for plan in plans.values():
+        assert plan.int8_mode == "qdq" and plan.onnx.endswith(".qdq.onnx")
+        model = onnx.load(str(run / plan.onnx))
+        assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
 
 
 def test_cli_deploy_rejects_an_unknown_precision(capsys, tmp_path, pruned_ckpt):
