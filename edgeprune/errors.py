@@ -4,6 +4,13 @@ Bugs are not EdgepruneErrors: they stay tracebacks.
 """
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none), at most 300 characters:
+    what a one-line error can quote of a library's failure."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
+
+
 class EdgepruneError(Exception):
     """Base class: one-line message, user-fixable."""
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from edgeprune.errors import EdgepruneError, InputError
-from edgeprune.onnx_layers import quant_nodes, weighted_layers
+from edgeprune.onnx_layers import OnnxLayer, quant_nodes, weighted_layers
 from edgeprune.onnx_stats import node_macs
 from edgeprune.profiling import NOISY_AA, noise_band
 from edgeprune.pruning.semistructured import ALIGN, MIN_WIDTH, LayerCheck, check_weight
@@ -88,8 +88,9 @@ def explain_run(run_dir: str | Path, target: str | Path | None = None) -> Explan
         raise InputError(f"run directory not found: {run}")
     report = read_report(run)
     dense, pruned = (_model(run, side, getattr(report, side).path) for side in ("dense", "pruned"))
-    layers = _layer_changes(dense, pruned)
-    checks = [check_weight(L.name, L.op, L.weight) for L in weighted_layers(pruned)]
+    pl = weighted_layers(pruned)
+    layers = _layer_changes(dense, pruned, pl)
+    checks = [check_weight(L.name, L.op, L.weight) for L in pl]
     int8, quantized = _int8(report, pruned)
     widths, off = _widths(layers)
     zeros = _zeros(report, layers, checks)
@@ -111,8 +112,9 @@ def _model(run: Path, side: str, recorded: str) -> onnx.ModelProto:
         raise InputError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
 
 
-def _layer_changes(dense: onnx.ModelProto, pruned: onnx.ModelProto) -> list[LayerChange]:
-    dl, pl = weighted_layers(dense), weighted_layers(pruned)
+def _layer_changes(dense: onnx.ModelProto, pruned: onnx.ModelProto, pl: list[OnnxLayer]) -> list[LayerChange]:
+    """Dense against pruned, layer by layer; `pl` is `weighted_layers(pruned)`, which the caller needs too."""
+    dl = weighted_layers(dense)
     if not dl or len(dl) != len(pl):
         raise InputError(f"the pruned model has {len(pl)} Conv/Gemm/MatMul layers with constant weights and the "
                          f"dense one {len(dl)}: nothing to compare layer by layer")

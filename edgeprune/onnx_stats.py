@@ -17,7 +17,7 @@ from onnx import numpy_helper
 
 from edgeprune.errors import InputError
 
-_FLOAT_TYPES = {
+FLOAT_TYPES = {
     onnx.TensorProto.FLOAT,
     onnx.TensorProto.FLOAT16,
     onnx.TensorProto.DOUBLE,
@@ -86,7 +86,7 @@ def count_params(model: onnx.ModelProto) -> tuple[int, int]:
     """(elements, nonzero elements) over float initializers and sparse initializers or constants."""
     total = nonzero = 0
     for init in model.graph.initializer:
-        if init.data_type not in _FLOAT_TYPES:
+        if init.data_type not in FLOAT_TYPES:
             continue
         arr = numpy_helper.to_array(init)
         total += int(arr.size)
@@ -95,7 +95,7 @@ def count_params(model: onnx.ModelProto) -> tuple[int, int]:
     sparse_constants = [att.sparse_tensor for node in model.graph.node if node.op_type == "Constant"
                         for att in node.attribute if att.name == "sparse_value"]
     for sparse in list(model.graph.sparse_initializer) + sparse_constants:
-        if sparse.values.data_type not in _FLOAT_TYPES:
+        if sparse.values.data_type not in FLOAT_TYPES:
             continue
         total += int(np.prod(sparse.dims, dtype=np.int64))
         nonzero += int(np.count_nonzero(numpy_helper.to_array(sparse.values)))

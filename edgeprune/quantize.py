@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgeprune.errors import InputError, ShapeError
+from edgeprune.errors import InputError, ShapeError, first_line
+from edgeprune.onnx_stats import FLOAT_TYPES
 
 METHODS = ("minmax", "entropy", "percentile", "distribution")
 # Ops whose outputs are quantised when their inputs are; the rest of the graph stays fp32.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CALIBRATION_BATCH = 64
-_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 
 # The tuned defaults (benchmarks/bench_int8.py). Asymmetric uint8 activations with symmetric int8
 # per-channel weights: on x86 ONNX Runtime fuses these Q/DQ groups into QLinearConv/QLinearAdd/QGemm,
@@ -123,8 +123,8 @@ def quantize_qdq(
                 with _quiet():
                     quant_pre_process(str(src), str(model_in))
             except Exception as e:  # noqa: BLE001 - shape inference raises many types
-                raise InputError(f"cannot pre-process {src.name} for quantisation: {_first_line(e)}") from None
-        pre = onnx.load(str(model_in))
+                raise InputError(f"cannot pre-process {src.name} for quantisation: {first_line(e)}") from None
+        pre = onnx.load(str(model_in)) if settings["preprocess"] else model
         excluded = list(settings.get("nodes_to_exclude") or [])
         compute = [n.name for n in pre.graph.node if n.op_type in COMPUTE_OPS]
         if settings["exclude_first"] and compute:
@@ -244,7 +244,7 @@ def _node_precision(model) -> tuple[list[str], list[str]]:
     """(nodes whose float inputs all arrive through a DequantizeLinear, compute nodes that do not),
     by name. Integer constants (shapes, axes) do not count as inputs."""
     dq_out = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    consts = {i.name for i in model.graph.initializer if i.data_type not in _FLOAT_TYPES}
+    consts = {i.name for i in model.graph.initializer if i.data_type not in FLOAT_TYPES}
     quantized, fp32 = [], []
     for n in model.graph.node:
         if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -277,8 +277,3 @@ def _qtype(name: str):
     if name not in types:
         raise InputError(f"quantisation type must be int8 or uint8, got '{name}'")
     return types[name]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]

@@ -23,9 +23,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgeprune.errors import InputError, ParityError
-from edgeprune.onnx_stats import opset_of, xz_size
+from edgeprune.onnx_stats import FLOAT_TYPES, opset_of, xz_size
 
-_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16)
 MIN_OPSET = 11          # Constant's sparse_value attribute
 ZSTD_LEVEL = 19
 
@@ -53,7 +52,7 @@ def sparsify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     inputs = {i.name for i in g.input}
     keep, constants = [], []
     for init in g.initializer:
-        if init.data_type in _FLOAT_TYPES and init.name not in inputs:
+        if init.data_type in FLOAT_TYPES and init.name not in inputs:
             array = numpy_helper.to_array(init)
             node = helper.make_node("Constant", [], [init.name], name=f"{init.name}.sparse",
                                     sparse_value=sparse_tensor(array, init.name))

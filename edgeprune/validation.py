@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgeprune.errors import InputError
+from edgeprune.errors import InputError, first_line
 from edgeprune.targets import trt_generation, version_tuple
 
 if TYPE_CHECKING:
@@ -116,8 +116,7 @@ def validate_onnx(onnx_path: Path, target: Target) -> list[Problem]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
-        why = (str(e).strip() or type(e).__name__).splitlines()[0][:300]
-        return [Problem("model", f"not a readable ONNX model: {why}", "re-export it (edgeprune export)")]
+        return [Problem("model", f"not a readable ONNX model: {first_line(e)}", "re-export it (edgeprune export)")]
     problems = _checker_problems(path, model)
     problems += _opset_problems(model, target)
     if target.backend == "tensorrt":

@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeprune.backends.base import Engine
-from edgeprune.errors import InputError, ShapeError
+from edgeprune.errors import InputError, ShapeError, first_line
 from edgeprune.targets import version_in_range
 
 # The layout transformer that writes x86-only com.microsoft.nchwc nodes (convert_onnx_models_to_ort
@@ -185,7 +185,7 @@ class OnnxRuntimeBackend:
                     f"execution provider(s) {', '.join(asked)} cannot run every node of {path.name}, and the target "
                     f"does not list CPUExecutionProvider to take the rest"
                 ) from None
-            raise InputError(f"onnxruntime cannot load {path.name}: {_first_line(e)}") from None
+            raise InputError(f"onnxruntime cannot load {path.name}: {first_line(e)}") from None
         got = sess.get_providers()
         lost = [p for p in asked if p not in got]
         if lost:
@@ -267,8 +267,3 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
