@@ -110,7 +110,7 @@ def compacted_checkpoint(dense: Path, s: e2e.Settings, data: e2e.Data, round_to:
     info_path = out.with_suffix(".json")
     if out.exists() and info_path.exists():
         log(f"compacted model from cache {out.relative_to(ROOT)}")
-        return out, {"widths": e2e.conv_widths(load_model(out).model), **json.loads(info_path.read_text())}
+        return out, json.loads(info_path.read_text())   # holds the widths too
     WORK.mkdir(parents=True, exist_ok=True)
     log(f"compress: channel, MAC budget {s.resnet_mac_sparsity:.0%}, round_to {round_to}, fine-tune "
         f"{s.finetune_epochs:g} epochs ...")
@@ -135,6 +135,7 @@ def build_rows(s: e2e.Settings, data: e2e.Data, record: dict, round_tos: list[in
         record["compacted"][str(n)] = info
         compacted.append((n, info, e2e.export_variant(load_model(pt), WORK / f"compacted-r{n}.onnx", data)))
     calib = load_calibration(CALIBRATION)
+    record["calibration_samples"] = len(calib)
 
     rows = [Row("dense-fp32", "dense fp32", "dense", "fp32", dense_onnx),
             Row("dense-fp32-aa", "dense fp32 (A/A control)", "dense", "fp32", dense_onnx)]
@@ -165,9 +166,10 @@ def measure(rows: list[Row], data: e2e.Data, s: e2e.Settings) -> dict[str, Any]:
     for r in rows:
         engine = backend.build(r.onnx, target, WORK / "engines" / r.name)
         sessions[r.name] = backend.open(engine, target)
-        st = model_stats(r.onnx)
-        r.size_bytes = st.size_bytes
-    fp32_macs = {r.model: model_stats(r.onnx).macs for r in rows if r.precision == "fp32"}
+    stats = {path: model_stats(path) for path in {r.onnx for r in rows}}   # the A/A row shares dense's file
+    for r in rows:
+        r.size_bytes = stats[r.onnx].size_bytes
+    fp32_macs = {r.model: stats[r.onnx].macs for r in rows if r.precision == "fp32"}
     for r in rows:
         r.macs = fp32_macs[r.model]
     timed = [r for r in rows if r.timed]
@@ -300,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"quick": s.quick, "test_images": len(data.test), "wall_seconds": time.perf_counter() - e2e.T0,
                "cpu": cpu_name(), "cpu_count": os.cpu_count(), "load_average": run["load_average_after"],
                "rounds": ", ".join(f"{n} rounds at batch {b}" for b, n in run["rounds"].items()),
-               "calibration_samples": len(load_calibration(CALIBRATION))}
+               "calibration_samples": record["calibration_samples"]}
     doc = {"benchmark": "int8", "summary": summary, "run": run, "record": record, "tuned": TUNED, "plain": PLAIN,
            "rows": [{**asdict(r), "onnx": str(r.onnx.relative_to(ROOT)) if r.onnx else None,
                      "latency": {str(k): v for k, v in r.latency.items()}} for r in rows],

@@ -194,11 +194,10 @@ def _list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _progress() -> bool:
-    return sys.stderr.isatty()
+_progress = E2E._progress
 
 
-def dense_model(m: ModelRun, l1: float, s: Settings, work: Path, test) -> tuple[Path, dict]:
+def dense_model(m: ModelRun, l1: float, s: Settings, work: Path) -> tuple[Path, dict]:
     """Train `m` once per settings (and L1 strength) with api.train; cached under WORK/dense/."""
     epochs = s.dense_epochs(m)
     key_settings = {"arch": f"zoo:{m.name}", "epochs": epochs, "lr": s.train_lr, "batch_size": s.batch_size,
@@ -212,7 +211,7 @@ def dense_model(m: ModelRun, l1: float, s: Settings, work: Path, test) -> tuple[
     log(f"{m.name}: training dense{f' with L1 {l1:g}' if l1 else ''}, {epochs:g} epochs ...")
     r = api.train(f"zoo:{m.name}", path, data=s.data, epochs=epochs, lr=s.train_lr, batch_size=s.batch_size,
                   l1=l1, seed=0, force=True, progress=_progress())
-    info = {"settings": key_settings, "train": asdict(r), "test_accuracy": evaluate(load_model(path).model, test)}
+    info = {"settings": key_settings, "train": asdict(r), "test_accuracy": r.test_accuracy}   # on s.data.test()
     atomic_write(info_path, (json.dumps(info, indent=2) + "\n").encode(), force=True)
     log(f"{m.name}: dense trained in {r.seconds:.0f} s: val {r.val_accuracy:.2f} %, test {info['test_accuracy']:.2f} %")
     return path, {**info, "cached": False}
@@ -229,9 +228,10 @@ def prune_one(m: ModelRun, mr: MethodRun, sparsity: float, seed: int, dense: Pat
     key = E2E.cache_key({"spec": asdict(spec), "finetune_epochs": s.finetune(m), "batch_size": s.batch_size,
                          "data": asdict(s.data), "dense": dense.name})
     saved = out.with_suffix(".json")
-    if resume and saved.exists() and json.loads(saved.read_text()).get("key") == key:
+    prev = json.loads(saved.read_text()) if resume and saved.exists() else {}
+    if prev.get("key") == key:
         log(f"{m.name} {mr.label} {sparsity:.0%} seed {seed}: from {saved.name} (--resume)")
-        return Row(**{**json.loads(saved.read_text())["row"], "resumed": True})
+        return Row(**{**prev["row"], "resumed": True})
     if resume == "only":
         row.error = NOT_RUN
         return row
@@ -261,11 +261,10 @@ def prepare_model(m: ModelRun, methods: list[MethodRun], s: Settings, work: Path
     """Train (or load from the cache) the dense model(s) `methods` start from; returns the model's
     info, with each dense checkpoint's path and test accuracy."""
     torch.set_num_threads(1)
-    test = s.data.test()
     info: dict[str, Any] = {"sparsities": list(s.sparsities(m)), "dense_epochs": s.dense_epochs(m),
                             "finetune_epochs": s.finetune(m)}
     for kind in dict.fromkeys(["plain"] + [mr.dense for mr in methods]):
-        path, dinfo = dense_model(m, L1 if kind == "l1" else 0.0, s, work, test)
+        path, dinfo = dense_model(m, L1 if kind == "l1" else 0.0, s, work)
         info["dense" if kind == "plain" else "dense_l1"] = {**dinfo, "path": str(path)}
     return info
 

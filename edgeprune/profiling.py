@@ -27,7 +27,7 @@ from edgeprune.backends import Engine, Session, get_backend
 from edgeprune.backends.base import tile_rows
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
-from edgeprune.onnx_stats import ModelStats, model_stats, read_metadata
+from edgeprune.onnx_stats import ModelStats, model_stats, read_metadata, xz_size
 from edgeprune.progress import progress_bar
 from edgeprune.report.render import format_bytes
 from edgeprune.report.schema import Agreement, BatchLatency, LatencyStats, ModelSide, Report
@@ -131,8 +131,8 @@ def profile_pair(
     if int8:
         # The INT8 side is the quantised file: its own size; the network (params, MACs) is the pruned one.
         pruned_src = Path(pruned_engine.extra["int8_onnx"])
-        q = model_stats(pruned_src)
-        pruned_stats = replace(st_p, size_bytes=q.size_bytes, size_xz_bytes=q.size_xz_bytes)
+        raw = pruned_src.read_bytes()
+        pruned_stats = replace(st_p, size_bytes=len(raw), size_xz_bytes=xz_size(raw))
     engines = {"dense": str(dense_engine.path), "pruned": str(pruned_engine.path)}
     if fp32_engine:
         engines["pruned_fp32"] = str(fp32_engine.path)
