@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from edgeprune.targets import Target
 
 NOT_INSTALLED = "TensorRT is not installed on this machine"
+CUDA_NOT_INSTALLED = "cuda-python is not installed on this machine (pip install cuda-python)"
 
 
 def _import_trt():
@@ -64,7 +65,7 @@ class Cuda:
                 try:
                     from cuda import cudart
                 except ImportError:
-                    raise InputError("cuda-python is not installed on this machine (pip install cuda-python)") from None
+                    raise InputError(CUDA_NOT_INSTALLED) from None
         self.rt = cudart
 
     def _ck(self, ret: Any) -> Any:
@@ -370,7 +371,7 @@ def build_here_problem(plan: EnginePlan) -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return NOT_INSTALLED
     if importlib.util.find_spec("cuda") is None:
-        return "cuda-python is not installed on this machine (pip install cuda-python)"
+        return CUDA_NOT_INSTALLED
     installed = _import_trt().__version__
     if trt_generation(installed) != plan.generation:
         return (f"this machine's TensorRT {installed} is of another API generation than the target's "
@@ -394,7 +395,7 @@ class TensorRTBackend:
             problems.append(f"installed TensorRT {installed} is not the target's {wanted}: an engine built here "
                             f"would not load there")
         if importlib.util.find_spec("cuda") is None:
-            problems.append("cuda-python is not installed on this machine (pip install cuda-python)")
+            problems.append(CUDA_NOT_INSTALLED)
         return problems
 
     def validate(self, onnx_path: Path, target: Target) -> list[str]:
