@@ -5,25 +5,33 @@ no `MemoryPoolType` in 8.2, no binding API from 10.0, no `EXPLICIT_BATCH`, FP16/
 calibrators in 11, `device_memory_size_v2` from 10.1 and `device_memory_size` up to 10.x. Calling a
 removed API fails as it would on the real module (AttributeError). Every call is recorded in
 `module.calls` as (name, args).
+
+An engine costs what its model costs: it runs the ONNX file it was built from with ONNX Runtime on
+the fake device's memory (`module.cuda`, a `FakeCuda`), and the device clock that CUDA events read
+advances by that run's wall time. So a timing taken through the fake follows the real cost of the
+two models, and a dense/pruned mix-up shows.
 """
 
 from __future__ import annotations
 
 import enum
 import re
+import time
 import types
 
 import numpy as np
+import onnxruntime as ort
 
 
 def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "/fc1/Gemm + /act1/Relu, /fc2/Gemm",
-                       picked: str = "/fc1/Gemm + /act1/Relu") -> types.ModuleType:
+                       picked: str = "/fc1/Gemm + /act1/Relu", cuda: FakeCuda | None = None) -> types.ModuleType:
     v = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
     major = v[0]
     m = types.ModuleType("tensorrt")
     m.__version__ = version
     calls: list[tuple[str, tuple]] = []
     m.calls = calls
+    m.cuda = device = cuda if cuda is not None else FakeCuda()
 
     def rec(name, *args):
         calls.append((name, args))
@@ -145,12 +153,17 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         def node(self):
             return 3
 
+    class Network:
+        onnx = ""
+
     class OnnxParser:
         def __init__(self, network, logger):
             self.num_errors = 0 if parse_ok else 1
+            self.network = network
 
         def parse_from_file(self, path):
             rec("parser.parse_from_file", path)
+            self.network.onnx = path
             return parse_ok
 
         def get_error(self, i):
@@ -165,7 +178,7 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
 
         def create_network(self, flags):
             rec("builder.create_network", flags)
-            return object()
+            return Network()
 
         def create_builder_config(self):
             return BuilderConfig()
@@ -187,15 +200,19 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
                         n += 1
                     rec("calibrated_batches", n)
                     cal.write_calibration_cache(f"TRT-{version}-EntropyCalibration2\ninput: 3c010a14\n".encode())
-            return bytearray(b"fake-plan-" + version.encode())
+            # the plan names the model it runs, as a real plan holds its weights
+            return bytearray(b"fake-plan-" + version.encode() + b"\n" + str(network.onnx).encode())
 
     class Engine:
-        def __init__(self):
+        def __init__(self, onnx_path):
             self.num_io_tensors = 2
             self.num_bindings = 2
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 1
+            self.session = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
 
         def create_execution_context(self):
-            return Context()
+            return Context(self)
 
     def memory_v1(self):
         rec("engine.device_memory_size")
@@ -222,8 +239,17 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         Engine.get_binding_dtype = lambda self, i: "FLOAT"
 
     class Context:
-        def __init__(self):
-            self.batch = None
+        def __init__(self, engine):
+            self.engine, self.batch, self.addresses = engine, None, {}
+
+        def execute(self, addresses):
+            """Run the engine's model on the device memory at `addresses`; the device clock
+            advances by the time that took."""
+            sess = self.engine.session
+            t0 = time.perf_counter_ns()
+            y = sess.run(None, {sess.get_inputs()[0].name: device.memory[addresses["input"]]})[0]
+            device.clock_ms += (time.perf_counter_ns() - t0) / 1e6
+            device.memory[addresses["logits"]] = y
 
     def set_input_shape(self, name, shape):
         rec("ctx.set_input_shape", name, list(shape))
@@ -241,15 +267,21 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
 
     def execute_async_v3(self, stream_handle):
         rec("ctx.execute_async_v3", stream_handle)
+        self.execute(self.addresses)
         return True
 
     def execute_async_v2(self, bindings, stream_handle):
         rec("ctx.execute_async_v2", list(bindings), stream_handle)
+        self.execute(dict(zip(names, bindings)))
         return True
+
+    def set_tensor_address(self, name, ptr):
+        rec("ctx.set_tensor_address", name, ptr)
+        self.addresses[name] = ptr
 
     if v >= (8, 5):
         Context.set_input_shape, Context.get_tensor_shape = set_input_shape, get_tensor_shape
-        Context.set_tensor_address = lambda self, n, p: rec("ctx.set_tensor_address", n, p)
+        Context.set_tensor_address = set_tensor_address
         Context.execute_async_v3 = execute_async_v3
     if major < 10:
         Context.set_binding_shape, Context.get_binding_shape = set_binding_shape, get_binding_shape
@@ -261,19 +293,23 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
 
         def deserialize_cuda_engine(self, data):
             rec("runtime.deserialize_cuda_engine", bytes(data), self.DLA_core)
-            return Engine() if bytes(data).startswith(b"fake-plan") else None
+            head, _, onnx_path = bytes(data).partition(b"\n")
+            return Engine(onnx_path.decode()) if head.startswith(b"fake-plan") else None
 
     m.Builder, m.OnnxParser, m.Runtime = Builder, OnnxParser, Runtime
     return m
 
 
 class FakeCuda:
-    """Stands in for edgeprune.backends.tensorrt.Cuda: device memory is a dict of numpy copies."""
+    """Stands in for edgeprune.backends.tensorrt.Cuda: device memory is a dict of numpy copies;
+    `clock_ms` is the device's clock, which fake engines advance as they execute and events read."""
 
     def __init__(self):
         self.memory: dict[int, np.ndarray] = {}
         self.copies_in: list[np.ndarray] = []
         self.events = 0
+        self.clock_ms = 0.0
+        self.stamps: dict[int, float] = {}
         self._next = 0x1000
 
     def malloc(self, nbytes):
@@ -288,7 +324,7 @@ class FakeCuda:
         self.copies_in.append(a.copy())
 
     def to_host(self, a, ptr, stream=0):
-        a[...] = 0
+        a[...] = self.memory[ptr]
 
     def stream(self):
         return 7
@@ -301,7 +337,7 @@ class FakeCuda:
         return self.events
 
     def record(self, event, stream):
-        pass
+        self.stamps[event] = self.clock_ms
 
     def elapsed_ms(self, start, end):
-        return 0.25
+        return self.stamps[end] - self.stamps[start]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 
 from edgeprune.backends import get_backend
@@ -27,6 +28,7 @@ from edgeprune.errors import InputError
 from edgeprune.targets import BuildPolicy, RunPolicy, Target
 
 from .conftest import REPO
+from .cost_models import BIG, SMALL, macs, mlp_onnx
 from .fake_tensorrt import FakeCuda, make_fake_tensorrt
 
 FIX = Path(__file__).parent / "fixtures" / "trtexec"
@@ -263,8 +265,8 @@ def _calls(trt, name):
     return [args for n, args in trt.calls if n == name]
 
 
-def _run_dir(tmp_path, plan: EnginePlan, samples: int = 70) -> Path:
-    (tmp_path / plan.onnx).write_bytes(b"onnx")
+def _run_dir(tmp_path, plan: EnginePlan, samples: int = 70, widths: tuple[int, ...] = SMALL) -> Path:
+    mlp_onnx(tmp_path / plan.onnx, widths)     # the fake engine runs it
     if plan.calibration:
         x = np.random.default_rng(0).random((samples, 1, 28, 28), dtype=np.float32)
         np.save(tmp_path / plan.calibration.inputs, x)
@@ -279,7 +281,8 @@ def test_build_8_2_fake_tensorrt(tmp_path):
     assert _calls(trt, "config.max_workspace_size") == [(256 << 20,)]
     assert _calls(trt, "config.set_flag") == [("FP16",)]
     assert _calls(trt, "engine.device_memory_size") and not _calls(trt, "engine.device_memory_size_v2")
-    assert (tmp_path / "pruned.plan").read_bytes() == b"fake-plan-8.2.1" and r.engine_bytes == 15
+    plan_bytes = (tmp_path / "pruned.plan").read_bytes()
+    assert plan_bytes == b"fake-plan-8.2.1\n" + str(tmp_path / "pruned.onnx").encode() and r.engine_bytes == len(plan_bytes)
     assert (tmp_path / plan.timing_cache).read_bytes() == b"timing-cache:"
 
 
@@ -349,12 +352,14 @@ def test_session_io_api_per_generation_fake_tensorrt(tmp_path, version, execute)
     target = NANO if version.startswith("8.2") else replace(ORIN, build=replace(ORIN.build, precision="fp16"))
     plan = plan_for(target)
     build_engine(plan, _run_dir(tmp_path, plan), trt=trt, cuda=FakeCuda())
-    cuda = FakeCuda()
+    cuda = trt.cuda
     s = TrtSession(plan, tmp_path, trt=trt, cuda=cuda)
     x = np.random.default_rng(1).random((4, 1, 28, 28), dtype=np.float32)
     out = s.run(x)
-    assert out.shape == (4, 10) and np.array_equal(cuda.copies_in[0], x)
-    assert s.time_ms(x, 5) == [0.25] * 5 and cuda.events == 2       # one event pair, reused
+    direct = ort.InferenceSession(str(tmp_path / plan.onnx), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.array_equal(cuda.copies_in[0], x) and np.allclose(out, direct, atol=1e-5)
+    times = s.time_ms(x, 5)
+    assert len(times) == 5 and min(times) > 0 and cuda.events == 2       # one event pair, reused
     assert len(_calls(trt, execute)) == 1 + 1 + 5          # run, the load inside time_ms, 5 timed
     shape_call = "ctx.set_input_shape" if version.startswith("10") else "ctx.set_binding_shape"
     assert _calls(trt, shape_call)[0][-1] == [4, 1, 28, 28]
@@ -455,10 +460,11 @@ def test_cli_deploy_rejects_an_unknown_precision(capsys, tmp_path, pruned_ckpt):
 
 # ---------------------------------------------------------------- device side and results read back
 def _prepared_run(tmp_path, target: Target) -> dict[str, EnginePlan]:
+    """A dense model 30x the cost of the pruned one (MACs and weights), planned for `target`."""
     plans = {k: plan_engine(target, DYNAMIC, model=k, onnx_file=f"{k}.onnx", calibration_samples=64)
              for k in ("dense", "pruned")}
-    for p in plans.values():
-        _run_dir(tmp_path, p, samples=64)
+    for k, p in plans.items():
+        _run_dir(tmp_path, p, samples=64, widths=BIG if k == "dense" else SMALL)
     doc = {"schema": "edgeprune.engine_plan/1", "models": {k: p.to_dict() for k, p in plans.items()}}
     (tmp_path / "engine_plan.json").write_text(json.dumps(doc))
     return plans
@@ -482,15 +488,16 @@ def test_build_and_time_interleaves_dense_control_and_pruned_fake_tensorrt(tmp_p
     target = replace(ORIN, build=replace(ORIN.build, precision="fp16"), run=replace(RUN, iterations=7, warmup=2))
     plans = _prepared_run(tmp_path, target)
     test = fmnist_small.test().head(40)
-    trt, cuda = make_fake_tensorrt("10.3.0"), FakeCuda()
-    r = build_and_time(plans, tmp_path, target, test, trt=trt, cuda=cuda)
+    trt = make_fake_tensorrt("10.3.0")
+    r = build_and_time(plans, tmp_path, target, test, trt=trt, cuda=trt.cuda)
     assert set(r["latency_ms"]) == {"1", "32"} and r["latency_ms"]["1"]["dense"]["n"] == 7
-    assert r["latency_ms"]["32"]["ratio_p50"] == 1.0 and r["latency_ms"]["32"]["aa_ratio_p50"] == 1.0
     # per session and batch size: one run to load the batch, 2 warm-up and 7 timed executions;
     # then 2 accuracy batches of 32 for dense and pruned
     assert len(_calls(trt, "ctx.execute_async_v3")) == 3 * 2 * (1 + 2 + 7) + 2 * 2
-    # the fake engine answers class 0: accuracy is the share of class-0 labels, through the engine
-    assert r["accuracy"]["dense"] == pytest.approx(100 * np.mean(test.y == 0)) and r["accuracy"]["agreement"] == 1.0
+    # accuracy through the engines is the ONNX models' own, on the same images
+    for k in ("dense", "pruned"):
+        logits = ort.InferenceSession(str(tmp_path / f"{k}.onnx")).run(None, {"input": test.x})[0]
+        assert r["accuracy"][k] == pytest.approx(100 * np.mean(logits.argmax(1) == test.y))
     assert r["builds"]["pruned"]["sparsity"]["eligible"] == ["/fc1/Gemm + /act1/Relu", "/fc2/Gemm"]
 
 
@@ -514,3 +521,33 @@ def test_device_results_reads_what_the_scripts_wrote(tmp_path):
     dense_median = np.median([0.9, 0.7, 0.5, 0.45, 0.31, 0.33, 0.30, 0.35, 0.32, 0.34])   # 10.x files hold no warm-up
     assert r["pruned_over_dense_median_gpu_compute"]["1"] == pytest.approx(0.245 / dense_median)
     assert "dense.build.log" in r["missing"] and "pruned.b32.times.json" in r["missing"]
+
+
+def test_build_and_time_ratio_follows_engine_cost_and_catches_a_swap_fake_tensorrt(tmp_path, fmnist_small):
+    # The fake engines run their ONNX models, so GPU time here is the models' real cost: the dense
+    # model has 30x the MACs of the pruned one.
+    from edgeprune.backends.trt_profile import build_and_time
+
+    target = replace(ORIN, build=replace(ORIN.build, precision="fp16"),
+                     run=replace(RUN, iterations=30, warmup=3, batch_sizes=(1, 64)))
+    plans = _prepared_run(tmp_path, target)
+    test = fmnist_small.test().head(64)
+    want = macs(SMALL) / macs(BIG)
+
+    def timed(dense, pruned, cuda=None):
+        trt = make_fake_tensorrt("10.3.0", cuda=cuda)
+        return build_and_time({"dense": dense, "pruned": pruned}, tmp_path, target, test, trt=trt, cuda=trt.cuda)
+
+    def follows_cost(ratio, want):      # within 3x of the MAC ratio, and 3.3x away from 1 on its side
+        return want / 3 < ratio < 0.3 if want < 1 else 1 / 0.3 < ratio < want * 3
+
+    lat = timed(plans["dense"], plans["pruned"])["latency_ms"]["64"]
+    assert follows_cost(lat["ratio_p50"], want) and 0.7 < lat["aa_ratio_p50"] < 1.4
+    assert lat["ratio_p50"] == pytest.approx(lat["pruned"]["p50"] / lat["dense"]["p50"])
+    swapped = timed(plans["pruned"], plans["dense"])["latency_ms"]["64"]["ratio_p50"]
+    assert follows_cost(swapped, 1 / want) and not follows_cost(swapped, want)
+    # A device clock that reads the same for every execution, as this fake's once did, gives 1.0.
+    constant = FakeCuda()
+    constant.elapsed_ms = lambda start, end: 0.25
+    flat = timed(plans["dense"], plans["pruned"], constant)["latency_ms"]["64"]["ratio_p50"]
+    assert flat == 1.0 and not follows_cost(flat, want)

@@ -16,9 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from edgeprune import profiling
 from edgeprune.data import load_npz
@@ -27,42 +25,9 @@ from edgeprune.quantize import calibration_path
 from edgeprune.report import Report
 from edgeprune.targets import load_target
 
-# Medium-sized on purpose: the report also xz-compresses both files, and random weights compress
-# at ~1 MB/s.
-BIG = (784, 576, 576, 10)       # 789 k MACs per image, 3.0 MB of weights
-SMALL = (784, 32, 32, 10)       # 26 k MACs per image (1/30), 0.1 MB of weights
+from .cost_models import BIG, SMALL, macs, mlp_onnx, weight_mb
+
 BATCH = 64                      # batch-64 ratios repeat within a few percent; batch 1 drifts ±30 %
-
-
-def mlp_onnx(path: Path, widths: tuple[int, ...], seed: int = 0) -> Path:
-    """A random Fashion-MNIST-shaped MLP (N x 1 x 28 x 28 -> 10 logits) with the given widths."""
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(np.array([-1, widths[0]], np.int64), "shape")]
-    nodes = [helper.make_node("Reshape", ["x", "shape"], ["h"])]
-    prev = "h"
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
-        inits += [numpy_helper.from_array((rng.standard_normal((a, b)) / a**0.5).astype(np.float32), f"w{i}"),
-                  numpy_helper.from_array(np.zeros(b, np.float32), f"b{i}")]
-        last = i == len(widths) - 2
-        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"]),
-                  helper.make_node("Add", [f"m{i}", f"b{i}"], ["y" if last else f"a{i}"])]
-        if not last:
-            nodes.append(helper.make_node("Relu", [f"a{i}"], [f"r{i}"]))
-            prev = f"r{i}"
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 28, 28])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
-def macs(widths: tuple[int, ...]) -> int:
-    return sum(a * b for a, b in zip(widths, widths[1:]))
-
-
-def weight_mb(widths: tuple[int, ...]) -> float:
-    return 4 * sum(a * b + b for a, b in zip(widths, widths[1:])) / 2**20
 
 
 def cost_problems(report: Report, dense: tuple[int, ...], pruned: tuple[int, ...]) -> list[str]:
