@@ -490,14 +490,20 @@ def test_build_and_time_interleaves_dense_control_and_pruned_fake_tensorrt(tmp_p
     test = fmnist_small.test().head(40)
     trt = make_fake_tensorrt("10.3.0")
     r = build_and_time(plans, tmp_path, target, test, trt=trt, cuda=trt.cuda)
-    assert set(r["latency_ms"]) == {"1", "32"} and r["latency_ms"]["1"]["dense"]["n"] == 7
+    assert set(r["latency_ms"]) == {"1", "32"}
+    assert r["latency_ms"]["1"]["dense"]["n"] == r["latency_ms"]["1"]["control"]["n"] == r["latency_ms"]["1"]["pruned"]["n"] == 7
+    # A A' B, rotated each round, after each session's load run and 2 warm-ups (9 executions)
+    ran = [Path(args[0]).stem for args in _calls(trt, "engine.execute")]
+    assert ran[9:18] == ["dense", "dense", "pruned", "dense", "pruned", "dense", "pruned", "dense", "dense"]
     # per session and batch size: one run to load the batch, 2 warm-up and 7 timed executions;
     # then 2 accuracy batches of 32 for dense and pruned
     assert len(_calls(trt, "ctx.execute_async_v3")) == 3 * 2 * (1 + 2 + 7) + 2 * 2
     # accuracy through the engines is the ONNX models' own, on the same images
+    predicted = {}
     for k in ("dense", "pruned"):
-        logits = ort.InferenceSession(str(tmp_path / f"{k}.onnx")).run(None, {"input": test.x})[0]
-        assert r["accuracy"][k] == pytest.approx(100 * np.mean(logits.argmax(1) == test.y))
+        predicted[k] = ort.InferenceSession(str(tmp_path / f"{k}.onnx")).run(None, {"input": test.x})[0].argmax(1)
+        assert r["accuracy"][k] == pytest.approx(100 * np.mean(predicted[k] == test.y))
+    assert r["accuracy"]["agreement"] == pytest.approx(np.mean(predicted["dense"] == predicted["pruned"]))
     assert r["builds"]["pruned"]["sparsity"]["eligible"] == ["/fc1/Gemm + /act1/Relu", "/fc2/Gemm"]
 
 
@@ -549,5 +555,7 @@ def test_build_and_time_ratio_follows_engine_cost_and_catches_a_swap_fake_tensor
     # A device clock that reads the same for every execution, as this fake's once did, gives 1.0.
     constant = FakeCuda()
     constant.elapsed_ms = lambda start, end: 0.25
-    flat = timed(plans["dense"], plans["pruned"], constant)["latency_ms"]["64"]["ratio_p50"]
-    assert flat == 1.0 and not follows_cost(flat, want)
+    flat = timed(plans["dense"], plans["pruned"], constant)["latency_ms"]["64"]
+    assert flat["ratio_p50"] == 1.0 and not follows_cost(flat["ratio_p50"], want)
+    # ... and the figures are in the clock's milliseconds
+    assert flat["dense"]["p50"] == flat["control"]["max"] == flat["pruned"]["min"] == pytest.approx(0.25)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -68,6 +69,24 @@ def test_contract_keys_and_derived_values():
     assert d["accuracy_drop_pt"] == pytest.approx(1.25)
     assert d["latency"]["64"]["aa_ratio_p50"] == pytest.approx(1.01)
     assert d["measured_sparsity"] == pytest.approx(0.9)
+
+
+def test_latency_stats_are_the_samples_in_milliseconds():
+    s = LatencyStats.from_ns(np.arange(1, 101) * 1_000_000, (50, 90, 99, 99.9))    # 1 ms ... 100 ms
+    assert (s.min, s.max, s.n) == (1.0, 100.0, 100)
+    # numpy's linear interpolation between the closest ranks
+    assert (s.p50, s.p90, s.p99) == (pytest.approx(50.5), pytest.approx(90.1), pytest.approx(99.01))
+    assert s.extra == {"p99.9": pytest.approx(99.901)}
+    assert s.mean == pytest.approx(50.5) and s.std == pytest.approx(np.arange(1, 101).std())
+
+
+def test_a_batch_row_states_pruned_over_dense_at_each_percentile_and_the_throughput():
+    bl = BatchLatency(batch=64, dense=stats(8.0, spread=1.5), control=stats(8.4), pruned=stats(2.0, spread=1.1))
+    d = bl.to_dict()
+    assert d["ratio_p50"] == 0.25 and d["aa_ratio_p50"] == pytest.approx(1.05)
+    assert d["ratio_p90"] == pytest.approx(2.2 / 12.0) and d["ratio_p99"] == pytest.approx(2.42 / 18.0)
+    assert d["dense_samples_per_s"] == pytest.approx(8000.0) and d["pruned_samples_per_s"] == pytest.approx(32000.0)
+    assert (d["batch"], d["dense"], d["control"], d["pruned"]) == (64, bl.dense.to_dict(), bl.control.to_dict(), bl.pruned.to_dict())
 
 
 def test_a_zero_denominator_gives_no_ratio_and_valid_json():
