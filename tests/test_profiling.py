@@ -4,10 +4,12 @@ CNN with 90 % of its weights zeroed, exported with the dynamo ONNX exporter."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -237,6 +239,30 @@ def test_sessions_are_timed_interleaved_in_rotating_order():
     assert [len(t) for t in times] == [4, 4, 4]
     timed = log[6:]
     assert timed == ["A", "A'", "B", "A'", "B", "A", "B", "A", "A'", "A", "A'", "B"]
+
+
+class Sleeper:
+    """A fake session that takes a known time per run and notes whether the garbage collector was on."""
+
+    def __init__(self, seconds):
+        self.seconds, self.gc_on = seconds, []
+        self.input_name, self.input_shape, self.providers = "x", ["batch", 1], ["fake"]
+
+    def run(self, x):
+        self.gc_on.append(gc.isenabled())
+        time.sleep(self.seconds)
+        return x
+
+
+def test_timing_is_in_nanoseconds_without_collections_and_lasts_min_seconds():
+    sessions = [Sleeper(0.002), Sleeper(0.004)]
+    t0 = time.perf_counter()
+    times = time_interleaved(sessions, np.zeros((1, 1), np.float32), warmup=1, iterations=2, min_seconds=0.1)
+    assert time.perf_counter() - t0 >= 0.1
+    assert len(times[0]) == len(times[1]) > 2      # rounds went on past `iterations` until min_seconds
+    assert times[0].min() >= 2_000_000 and times[1].min() >= 4_000_000 and times[0].max() < 1_000_000_000
+    # no collection pause lands on a timed run, and the collector is back on afterwards
+    assert not any(sessions[0].gc_on[1:]) and gc.isenabled()
 
 
 def synthetic(ratio: float, aa: float, zeros: bool, macs_ratio: float = 1.0) -> Report:
