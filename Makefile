@@ -44,8 +44,9 @@ test: install data
 	$(BIN)/python -m pytest -q --timeout 900
 
 # Mutation testing of the measurement and ratio code: the functions that time, take memory and form
-# ratios, against the tests in pyproject.toml [tool.mutmut] (about 20 min on 2 cores). The memory
-# probe's mutants show as "no tests": it runs in a process of its own, which mutmut cannot follow.
+# ratios, against the tests in pyproject.toml [tool.mutmut] (about 16 min on 2 busy cores). The memory
+# probe's mutants show as "no tests": it runs as `python -m edgeprune.memprobe`, where mutmut neither
+# sees which tests reach it nor switches mutants on (README, "Testing").
 MUTATE := $(addsuffix __mutmut_*,edgeprune.profiling.x_time_interleaved edgeprune.profiling.x_noise_band \
 	edgeprune.profiling.x__side edgeprune.memprobe.x__status_kb edgeprune.memprobe.x__reset_peak \
 	edgeprune.memprobe.x__peak_kb edgeprune.memprobe.x_probe edgeprune.report.schema.xǁLatencyStatsǁfrom_ns \

@@ -485,11 +485,12 @@ def test_device_entry_builds_one_model_of_the_plan_fake_tensorrt(tmp_path, monke
 def test_build_and_time_interleaves_dense_control_and_pruned_fake_tensorrt(tmp_path, fmnist_small):
     from edgeprune.backends.trt_profile import build_and_time
 
-    target = replace(ORIN, build=replace(ORIN.build, precision="fp16"), run=replace(RUN, iterations=7, warmup=2))
+    target = replace(ORIN, run=replace(RUN, iterations=7, warmup=2))     # INT8: the builds calibrate on the device
     plans = _prepared_run(tmp_path, target)
     test = fmnist_small.test().head(40)
     trt = make_fake_tensorrt("10.3.0")
     r = build_and_time(plans, tmp_path, target, test, trt=trt, cuda=trt.cuda)
+    assert _calls(trt, "calibrated_batches") == [(2,), (2,)] and len(trt.cuda.copies_in) > 4
     assert set(r["latency_ms"]) == {"1", "32"}
     assert r["latency_ms"]["1"]["dense"]["n"] == r["latency_ms"]["1"]["control"]["n"] == r["latency_ms"]["1"]["pruned"]["n"] == 7
     # A A' B, rotated each round, after each session's load run and 2 warm-ups (9 executions)
@@ -505,6 +506,10 @@ def test_build_and_time_interleaves_dense_control_and_pruned_fake_tensorrt(tmp_p
         assert r["accuracy"][k] == pytest.approx(100 * np.mean(predicted[k] == test.y))
     assert r["accuracy"]["agreement"] == pytest.approx(np.mean(predicted["dense"] == predicted["pruned"]))
     assert r["builds"]["pruned"]["sparsity"]["eligible"] == ["/fc1/Gemm + /act1/Relu", "/fc2/Gemm"]
+    # without test data: the builds only
+    trt = make_fake_tensorrt("10.3.0")
+    bare = build_and_time(plans, tmp_path, target, None, trt=trt, cuda=trt.cuda)
+    assert bare["latency_ms"] == {} and bare["accuracy"] is None and set(bare["builds"]) == {"dense", "pruned"}
 
 
 def test_device_results_reads_what_the_scripts_wrote(tmp_path):
@@ -535,7 +540,7 @@ def test_build_and_time_ratio_follows_engine_cost_and_catches_a_swap_fake_tensor
     from edgeprune.backends.trt_profile import build_and_time
 
     target = replace(ORIN, build=replace(ORIN.build, precision="fp16"),
-                     run=replace(RUN, iterations=30, warmup=3, batch_sizes=(1, 64)))
+                     run=replace(RUN, iterations=30, warmup=3, batch_sizes=(1, 64), percentiles=(50.0, 99.9)))
     plans = _prepared_run(tmp_path, target)
     test = fmnist_small.test().head(64)
     want = macs(SMALL) / macs(BIG)
@@ -548,7 +553,7 @@ def test_build_and_time_ratio_follows_engine_cost_and_catches_a_swap_fake_tensor
         return want / 3 < ratio < 0.3 if want < 1 else 1 / 0.3 < ratio < want * 3
 
     lat = timed(plans["dense"], plans["pruned"])["latency_ms"]["64"]
-    assert follows_cost(lat["ratio_p50"], want) and 0.7 < lat["aa_ratio_p50"] < 1.4
+    assert follows_cost(lat["ratio_p50"], want) and 0.5 < lat["aa_ratio_p50"] < 2.0
     assert lat["ratio_p50"] == pytest.approx(lat["pruned"]["p50"] / lat["dense"]["p50"])
     swapped = timed(plans["pruned"], plans["dense"])["latency_ms"]["64"]["ratio_p50"]
     assert follows_cost(swapped, 1 / want) and not follows_cost(swapped, want)
@@ -558,4 +563,4 @@ def test_build_and_time_ratio_follows_engine_cost_and_catches_a_swap_fake_tensor
     flat = timed(plans["dense"], plans["pruned"], constant)["latency_ms"]["64"]
     assert flat["ratio_p50"] == 1.0 and not follows_cost(flat["ratio_p50"], want)
     # ... and the figures are in the clock's milliseconds
-    assert flat["dense"]["p50"] == flat["control"]["max"] == flat["pruned"]["min"] == pytest.approx(0.25)
+    assert flat["dense"]["p50"] == flat["control"]["max"] == flat["pruned"]["p99.9"] == 0.25

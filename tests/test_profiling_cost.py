@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -90,12 +93,12 @@ def test_latency_and_memory_follow_the_cost_of_the_models(report, models):
     for side, widths, path in ((report.dense, BIG, models["big"]), (report.pruned, SMALL, models["small"])):
         assert (side.macs, side.params) == (macs(widths), macs(widths))
         assert side.total_params == macs(widths) + sum(widths[1:])
-        assert side.size_bytes == path.stat().st_size and side.sha256 == file_digest(path)
+        assert side.path == str(path) and side.size_bytes == path.stat().st_size and side.sha256 == file_digest(path)
         assert 0 < side.size_xz_bytes <= side.size_bytes and side.opset == 17 and side.accuracy is not None
     engines = report.run["engines"]
     assert (report.dense.engine_bytes, report.pruned.engine_bytes) == tuple(Path(engines[k]).stat().st_size for k in ("dense", "pruned"))
     bl = report.latency[BATCH]
-    assert 0.7 < bl.aa_ratio_p50 < 1.4    # the A/A control times the same engine: near 1
+    assert 0.5 < bl.aa_ratio_p50 < 2.0    # the A/A control times the same engine: near 1, even on busy cores
     assert any(f"Batch {BATCH}: the pruned model is" in n and "× as fast" in n for n in report.notes)
 
 
@@ -115,3 +118,20 @@ def test_a_timer_with_a_constant_step_and_a_fixed_memory_probe_are_rejected(mode
     assert faked.latency[BATCH].ratio_p50 == 1.0
     problems = cost_problems(faked, BIG, SMALL)
     assert [p.split()[0] for p in problems] == ["latency", "model", "peak"]
+
+
+def test_the_memory_probe_charges_each_model_its_own_weights(models):
+    # The probe as profile_pair starts it: a fresh process per model. The larger model's extra RSS is
+    # its extra weights, give or take ONNX Runtime's copies (at least half and at most 4x of them).
+    def probe(path):
+        out = subprocess.run([sys.executable, "-m", "edgeprune.memprobe", str(path), "--threads", "1", "--runs", "2"],
+                             capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    big, small = probe(models["big"]), probe(models["small"])
+    extra = weight_mb(BIG) - weight_mb(SMALL)
+    assert 0.5 * extra < big["model_rss_mb"] - small["model_rss_mb"] < 4 * extra
+    for r in (big, small):
+        assert r["model_rss_mb"] == pytest.approx(r["peak_rss_mb"] - r["baseline_rss_mb"])
+        assert 20 < r["baseline_rss_mb"] < r["peak_rss_mb"] < 1000 and r["after_run_rss_mb"] <= r["peak_rss_mb"]
+        assert (r["peak_reset"], r["runs"], r["batch"], r["arena"]) == (True, 2, 1, False)

@@ -81,12 +81,15 @@ def test_latency_stats_are_the_samples_in_milliseconds():
 
 
 def test_a_batch_row_states_pruned_over_dense_at_each_percentile_and_the_throughput():
-    bl = BatchLatency(batch=64, dense=stats(8.0, spread=1.5), control=stats(8.4), pruned=stats(2.0, spread=1.1))
+    bl = BatchLatency(batch=64, dense=stats(2.0, spread=1.5), control=stats(2.1), pruned=stats(0.5, spread=1.1))
     d = bl.to_dict()
     assert d["ratio_p50"] == 0.25 and d["aa_ratio_p50"] == pytest.approx(1.05)
-    assert d["ratio_p90"] == pytest.approx(2.2 / 12.0) and d["ratio_p99"] == pytest.approx(2.42 / 18.0)
-    assert d["dense_samples_per_s"] == pytest.approx(8000.0) and d["pruned_samples_per_s"] == pytest.approx(32000.0)
+    assert d["ratio_p90"] == pytest.approx(0.55 / 3.0) and d["ratio_p99"] == pytest.approx(0.605 / 4.5)
+    assert d["dense_samples_per_s"] == pytest.approx(32000.0) and d["pruned_samples_per_s"] == pytest.approx(128000.0)
     assert (d["batch"], d["dense"], d["control"], d["pruned"]) == (64, bl.dense.to_dict(), bl.control.to_dict(), bl.pruned.to_dict())
+    # a timer too coarse for the model gives 0 ms: no ratio and no throughput, not a crash
+    zero = BatchLatency(batch=64, dense=stats(0.0), control=stats(0.0), pruned=stats(0.0)).to_dict()
+    assert zero["ratio_p50"] is None and zero["dense_samples_per_s"] == zero["pruned_samples_per_s"] == 0.0
 
 
 def test_a_zero_denominator_gives_no_ratio_and_valid_json():
