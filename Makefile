@@ -44,7 +44,7 @@ test: install data
 	$(BIN)/python -m pytest -q --timeout 900
 
 # Mutation testing of the measurement and ratio code: the functions that time, take memory and form
-# ratios, against the tests in pyproject.toml [tool.mutmut] (about 16 min on 2 busy cores). The memory
+# ratios, against the tests in pyproject.toml [tool.mutmut] (16-23 min on 2 shared cores). The memory
 # probe's mutants show as "no tests": it runs as `python -m edgeprune.memprobe`, where mutmut neither
 # sees which tests reach it nor switches mutants on (README, "Testing").
 MUTATE := $(addsuffix __mutmut_*,edgeprune.profiling.x_time_interleaved edgeprune.profiling.x_noise_band \

@@ -555,6 +555,7 @@ def test_build_and_time_ratio_follows_engine_cost_and_catches_a_swap_fake_tensor
     lat = timed(plans["dense"], plans["pruned"])["latency_ms"]["64"]
     assert follows_cost(lat["ratio_p50"], want) and 0.5 < lat["aa_ratio_p50"] < 2.0
     assert lat["ratio_p50"] == pytest.approx(lat["pruned"]["p50"] / lat["dense"]["p50"])
+    assert lat["aa_ratio_p50"] == pytest.approx(lat["control"]["p50"] / lat["dense"]["p50"])
     swapped = timed(plans["pruned"], plans["dense"])["latency_ms"]["64"]["ratio_p50"]
     assert follows_cost(swapped, 1 / want) and not follows_cost(swapped, want)
     # A device clock that reads the same for every execution, as this fake's once did, gives 1.0.
