@@ -17,7 +17,8 @@ from .data import ArrayDataset, load_dataset, train_val_split
 from .errors import InputError
 from .export import DEFAULT_OPSET, ExportResult
 from .export import export as export_onnx
-from .model_io import ArchRef, Checkpoint, LoadedModel, file_digest, load_model, new_checkpoint, save_checkpoint
+from .model_io import (ArchRef, Checkpoint, Consent, LoadedModel, file_digest, load_model, new_checkpoint,
+                       normalize_ref, save_checkpoint)
 from .pruning.masks import sparsity_report
 from .pruning.schedule import prune
 from .pruning.base import PruneSpec
@@ -90,9 +91,9 @@ def train(arch: str, out: Path, *, data: DataOptions | None = None, epochs: floa
     te = data.test()
     kwargs = {"in_channels": tr.input_shape[0], "image_size": tr.input_shape[1],
               "num_classes": max(tr.num_classes, te.num_classes), **(arch_kwargs or {})}
-    ref = ArchRef(arch if ":" in arch else f"zoo:{arch}", kwargs)
+    ref = ArchRef(normalize_ref(arch), kwargs)
     torch.manual_seed(seed)
-    model = ref.build()
+    model = ref.build(Consent(arch=ref.ref), "--arch")   # the user named it: that is the consent
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, l1=l1, seed=seed, optimizer=optimizer,
                       cosine=lr_schedule == "cosine")
     log = train_loop(model, tr, cfg,
@@ -133,8 +134,8 @@ class CompressResult:
 
 
 def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions | None = None,
-             finetune_epochs: float = 2.0, lr: float | None = None, batch_size: int = 128, trust_pickle: bool = False,
-             input_shape: tuple[int, ...] | None = None, force: bool = False, progress: bool = True,
+             finetune_epochs: float = 2.0, lr: float | None = None, batch_size: int = 128,
+             consent: Consent | None = None, input_shape: tuple[int, ...] | None = None, force: bool = False, progress: bool = True,
              auto_limit: LimitConfig | None = None) -> CompressResult:
     """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint.
 
@@ -152,7 +153,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
     out = _check_output(out, force)
     if finetune_epochs < 0:
         raise InputError("--finetune-epochs must be >= 0")
-    loaded = load_model(model_path, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_model(model_path, consent=consent, input_shape=input_shape)
     ckpt = loaded.checkpoint
     if data is None:
         data = DataOptions(data=str(ckpt.meta.get("data", DEFAULT_DATA)))
@@ -228,12 +229,12 @@ def _layer_rows(before, after) -> list[dict]:
 
 # ---------------------------------------------------------------- export
 def export(model_path: Path, out: Path, *, opset: int = DEFAULT_OPSET, data: DataOptions | None = None,
-           check: bool = True, trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None,
+           check: bool = True, consent: Consent | None = None, input_shape: tuple[int, ...] | None = None,
            force: bool = False, sparse_weights: bool = False) -> ExportResult:
     """Export a model file to ONNX; parity-checked on real test inputs unless ``check`` is False.
 
     ``sparse_weights`` stores zero-rich weights sparse and reports dense/sparse/compressed sizes."""
-    loaded = load_model(model_path, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_model(model_path, consent=consent, input_shape=input_shape)
     x = None
     if check:
         data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
@@ -249,7 +250,7 @@ def _parity_inputs(loaded: LoadedModel, test: ArrayDataset) -> np.ndarray:
 
 # ---------------------------------------------------------------- analyze (low-rank view)
 def analyze(pruned_path: Path, baseline_path: Path, *, data: DataOptions | None = None, out_dir: Path | None = None,
-            trust_pickle: bool = False, force: bool = False):
+            consent: Consent | None = None, force: bool = False):
     """Per hidden layer rank and singular values of a pruned model against its dense baseline, and the
     PCA rank-reduction baseline at equal ranks (METHODS.md §2.5); returns a LowRankAnalysis.
 
@@ -261,9 +262,9 @@ def analyze(pruned_path: Path, baseline_path: Path, *, data: DataOptions | None 
     if out_dir is not None:   # refuse before the work, not after it
         for name in (JSON_NAME, PLOT_NAME):
             _check_output(Path(out_dir) / name, force)
-    pruned = load_model(pruned_path, trust_pickle=trust_pickle)
+    pruned = load_model(pruned_path, consent=consent)
     pc = pruned.checkpoint
-    dense = load_model(baseline_path, trust_pickle=trust_pickle, input_shape=pc.input_shape)
+    dense = load_model(baseline_path, consent=consent, input_shape=pc.input_shape)
     dc = dense.checkpoint
     if pc.arch and dc.arch and (pc.arch.ref, pc.arch.kwargs) != (dc.arch.ref, dc.arch.kwargs):
         raise InputError(f"baseline {baseline_path} is {dc.arch.ref} {dc.arch.kwargs or ''} but {pruned_path} was "
@@ -327,7 +328,7 @@ def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDatas
 
 
 def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path | None = None,
-           data: DataOptions | None = None, opset: int = DEFAULT_OPSET, trust_pickle: bool = False,
+           data: DataOptions | None = None, opset: int = DEFAULT_OPSET, consent: Consent | None = None,
            force: bool = False, progress: bool = True, precision: str | None = None,
            calibration: str | None = None):
     """Export dense and pruned models, build engines for ``target``, profile both, write the run directory.
@@ -345,13 +346,13 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         from .backends.trt_deploy import check_target
 
         check_target(tgt, calibration)   # before the exports: a build policy that cannot work fails fast
-    pruned = load_model(pruned_path, trust_pickle=trust_pickle)
+    pruned = load_model(pruned_path, consent=consent)
     if baseline_path is None:
         src = pruned.checkpoint.meta.get("source_path")
         if not src or not Path(src).exists():
             raise InputError("no dense baseline: pass --baseline model.pt")
         baseline_path = Path(src)
-    dense = load_model(baseline_path, trust_pickle=trust_pickle, input_shape=pruned.checkpoint.input_shape)
+    dense = load_model(baseline_path, consent=consent, input_shape=pruned.checkpoint.input_shape)
     data = data or DataOptions(data=str(pruned.checkpoint.meta.get("data", DEFAULT_DATA)))
     te = data.test()   # read once: parity inputs for both exports, then the accuracy measurement
     out_dir = _prepare_dir(out_dir, force)
@@ -419,7 +420,7 @@ def limit_notes(meta: dict) -> list[str]:
 
 
 def limit(model_path: Path, *, data: DataOptions | None = None, config: LimitConfig | None = None,
-          measure: bool = False, points: int = 101, trust_pickle: bool = False,
+          measure: bool = False, points: int = 101, consent: Consent | None = None,
           input_shape: tuple[int, ...] | None = None, progress: bool = True) -> LimitResult:
     """Predict how much of ``model_path`` one-shot global magnitude pruning can remove (Zhang et al.,
     METHODS.md §1), from a fixed subset of the training split; ``measure`` also sweeps ``points``
@@ -428,7 +429,7 @@ def limit(model_path: Path, *, data: DataOptions | None = None, config: LimitCon
 
     config = config or LimitConfig()
     config.validate()
-    loaded = load_model(model_path, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_model(model_path, consent=consent, input_shape=input_shape)
     data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
     tr, val = data.train_val()
     _check_fits(loaded, tr)

@@ -29,6 +29,10 @@ TestLimitOpt = typer.Option(None, "--test-limit", help="Use a seeded subset of t
 ForceOpt = typer.Option(False, "--force", help="Overwrite an existing output.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 PickleOpt = typer.Option(False, "--trust-pickle", help="Allow loading a full pickle (runs code from the file).")
+TrustCodeOpt = typer.Option(False, "--trust-code", help="Allow a checkpoint to import and call the architecture "
+                            "factory it names, whatever it is (only for files from a source you trust).")
+ArchOpt = typer.Option(None, "--arch", help="The package.module:factory you expect the checkpoint to be built from: "
+                       "allows importing and calling that one (zoo: names need no consent).")
 ShapeOpt = typer.Option(None, "--input-shape", help="C,H,W for TorchScript or pickled models, e.g. 1,28,28.")
 
 
@@ -42,6 +46,10 @@ def _shape(value: Optional[str]) -> Optional[tuple[int, ...]]:
     if not dims or any(d <= 0 for d in dims):
         raise InputError(f"--input-shape must be positive integers, got '{value}'")
     return dims
+
+
+def _consent(trust_pickle: bool, trust_code: bool = False, arch: Optional[str] = None) -> api.Consent:
+    return api.Consent(pickle=trust_pickle, code=trust_code, arch=arch)
 
 
 def _data(data: Optional[str], data_dir: Optional[str], limit: Optional[int] = None,
@@ -131,7 +139,8 @@ def compress(
     width: Optional[float] = typer.Option(None, "--width", help="spectral: Gaussian width around the spectral peak."),
     target_acc: float = typer.Option(0.98, "--target-acc", help="gated: training accuracy of the last gate and the "
                                      "retraining stop (the paper's 0.98)."),
-    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt,
+    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
+    arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
     force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Prune a model, fine-tune it and say what it cost in accuracy.
@@ -146,7 +155,7 @@ def compress(
                      options=_method_options(score=score, count=count, attenuation=attenuation, width=width),
                      target_accuracy=target_acc)
     r = api.compress(model, spec, output, data=_data(data, data_dir, limit), finetune_epochs=finetune_epochs,
-                     lr=lr, trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force,
+                     lr=lr, consent=_consent(trust_pickle, trust_code, arch), input_shape=_shape(input_shape), force=force,
                      progress=not as_json, auto_limit=_auto_limit() if auto else None)
     if as_json:
         return _emit_json(r)
@@ -206,7 +215,8 @@ def limit(
                                    "(the authors' 1e5-bin smoothed density)."),
     measure: bool = typer.Option(False, "--measure", help="Also sweep 101 sparsities (one-shot, no fine-tuning) "
                                  "and report the measured limit on the validation split."),
-    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt,
+    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
+    arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Predict how much one-shot global magnitude pruning can remove, before pruning (Zhang et al., NeurIPS 2024).
@@ -218,7 +228,7 @@ def limit(
     config = LimitConfig(subset=subset, steps=steps, probes=probes, epsilon=epsilon, eta=eta, zero_mass=zero_mass,
                          quadrature=quadrature, seed=seed)
     r = api.limit(model, data=_data(data, data_dir, limit), config=config, measure=measure,
-                  trust_pickle=trust_pickle, input_shape=_shape(input_shape), progress=not as_json)
+                  consent=_consent(trust_pickle, trust_code, arch), input_shape=_shape(input_shape), progress=not as_json)
     if as_json:
         return _emit_json(r)
     e = r.estimate
@@ -244,7 +254,8 @@ def export(
     opset: int = typer.Option(17, "--opset"),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt,
     check: bool = typer.Option(True, "--check/--no-check", help="Parity check against PyTorch on real inputs."),
-    trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt, force: bool = ForceOpt,
+    trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
+    arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, force: bool = ForceOpt,
     sparse_weights: bool = typer.Option(False, "--sparse-weights", help="Store zero-rich weights as sparse "
                                         "tensors where smaller (ONNX Runtime; not TensorRT); report sizes."),
     as_json: bool = JsonOpt,
@@ -254,7 +265,7 @@ def export(
     Example: edgeprune export pruned.pt -o pruned.onnx
     """
     r = api.export(model, output, opset=opset, data=_data(data, data_dir), check=check,
-                   trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force,
+                   consent=_consent(trust_pickle, trust_code, arch), input_shape=_shape(input_shape), force=force,
                    sparse_weights=sparse_weights)
     if as_json:
         return _emit_json(r)
@@ -278,7 +289,8 @@ def analyze(
     baseline: Path = typer.Option(..., "--baseline", help="The dense model it was pruned from."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write analysis.json and singular_values.png here."),
-    trust_pickle: bool = PickleOpt, force: bool = ForceOpt, as_json: bool = JsonOpt,
+    trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
+    arch: Optional[str] = ArchOpt, force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Low-rank view: per hidden layer rank and singular values before and after pruning, and the PCA
     rank-reduction baseline at equal ranks.
@@ -286,7 +298,7 @@ def analyze(
     Example: edgeprune analyze pruned.pt --baseline model.pt -o runs/analysis
     """
     r = api.analyze(model, baseline, data=_data(data, data_dir, None, test_limit), out_dir=output,
-                    trust_pickle=trust_pickle, force=force)
+                    consent=_consent(trust_pickle, trust_code, arch), force=force)
     if as_json:
         return _emit_json(r)
     t = Table(title=f"{r.method} ({r.arch}): rank per hidden layer, dense -> pruned")
@@ -334,7 +346,8 @@ def deploy(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Dense model (default: the pruned model's source)."),
     output: Path = typer.Option(Path("runs/latest"), "-o", "--output", help="Run directory."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
-    opset: int = typer.Option(17, "--opset"), trust_pickle: bool = PickleOpt, force: bool = ForceOpt,
+    opset: int = typer.Option(17, "--opset"), trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
+    arch: Optional[str] = ArchOpt, force: bool = ForceOpt,
     as_json: bool = JsonOpt,
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the target's)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="INT8 calibration images (.npz with x, y)."),
@@ -344,7 +357,7 @@ def deploy(
     Example: edgeprune deploy pruned.pt --target host-cpu --baseline model.pt -o runs/demo
     """
     report = api.deploy(model, target, output, baseline_path=baseline, data=_data(data, data_dir, None, test_limit),
-                        opset=opset, trust_pickle=trust_pickle, force=force, progress=not as_json,
+                        opset=opset, consent=_consent(trust_pickle, trust_code, arch), force=force, progress=not as_json,
                         precision=precision, calibration=calibration)
     if hasattr(report, "built_here"):   # a TensorRT target: plans and commands for the device
         return _show_trt_deploy(report, as_json)
@@ -453,7 +466,7 @@ def validate(
 @app.command("check-sparsity")
 def check_sparsity(
     model: Path = typer.Argument(..., help="ONNX file or model file (edgeprune checkpoint, TorchScript, .pt2)."),
-    as_json: bool = JsonOpt,
+    trust_code: bool = TrustCodeOpt, arch: Optional[str] = ArchOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Check every Conv/Linear (Gemm/MatMul) layer for the 2:4 pattern and the widths sparse kernels need.
 
@@ -461,7 +474,7 @@ def check_sparsity(
     """
     from .pruning.semistructured import MIN_WIDTH, check_2to4
 
-    checks = check_2to4(model)
+    checks = check_2to4(model, _consent(False, trust_code, arch))
     if as_json:
         return _emit_json([c.to_dict() for c in checks])
     t = Table(title=f"2:4 check of {model.name}")

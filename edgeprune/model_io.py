@@ -6,8 +6,12 @@ in order) and masks, the state_dict, the input shape and metadata. A compacted m
 constructing the base architecture, replaying the plan through Torch-Pruning, then loading weights.
 
 Accepted inputs: edgeprune checkpoints, TorchScript archives, ``torch.export`` programs (.pt2), and,
-only with ``trust_pickle=True``, fully pickled ``nn.Module`` files. TorchScript/export/pickle sources
+only with ``Consent(pickle=True)``, fully pickled ``nn.Module`` files. TorchScript/export/pickle sources
 are embedded as bytes in the checkpoint, so a pruned checkpoint never depends on the original file.
+
+A file never chooses code to run: opening a checkpoint imports and calls the architecture it names
+only when that is a ``zoo:`` name or the user consented (``Consent``: ``--arch`` with the same
+reference, or ``--trust-code``); a full pickle is unpickled only with ``--trust-pickle``.
 """
 
 from __future__ import annotations
@@ -24,13 +28,39 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import InputError, UnknownNameError, UnsafeFileError
+from .errors import InputError, UnknownNameError, UnsafeFileError, first_line
 from .fileio import atomic_write, file_digest
 from .zoo import build_zoo
 
 FORMAT = "edgeprune.checkpoint/1"
 # Kinds of base architecture a checkpoint can name.
 MODULE, TORCHSCRIPT, EXPORTED, PICKLE = "module", "torchscript", "exported", "pickle"
+
+
+def normalize_ref(ref: str) -> str:
+    """``lenet5`` -> ``zoo:lenet5``; a ``package.module:factory`` reference as given."""
+    ref = ref.strip()
+    return ref if ":" in ref else f"zoo:{ref}"
+
+
+@dataclass(frozen=True)
+class Consent:
+    """What the user allowed a model file to make edgeprune run, said on the command line.
+
+    ``zoo:`` architectures build without consent; any other reference a file names is imported and
+    called only when it equals ``arch`` (``--arch REF``) or ``code`` is set (``--trust-code``, like
+    Hugging Face's ``trust_remote_code``). ``pickle`` (``--trust-pickle``) allows a full unpickle."""
+
+    pickle: bool = False
+    code: bool = False
+    arch: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.arch is not None:
+            object.__setattr__(self, "arch", normalize_ref(self.arch))
+
+    def allows(self, ref: str) -> bool:
+        return ref.startswith("zoo:") or self.code or ref == self.arch
 
 
 @dataclass
@@ -40,7 +70,12 @@ class ArchRef:
     ref: str
     kwargs: dict[str, Any] = field(default_factory=dict)
 
-    def build(self) -> nn.Module:
+    def build(self, consent: Consent, source: str = "the checkpoint") -> nn.Module:
+        """Build the architecture, if ``consent`` allows importing what ``ref`` names (checked before any import)."""
+        if not consent.allows(self.ref):
+            raise UnsafeFileError(
+                f"{source} names the architecture '{self.ref}'; building it imports and runs that code: re-run with "
+                f"--arch {self.ref} if that is the architecture you expect, or --trust-code if you trust the file's source")
         if self.ref.startswith("zoo:"):
             return build_zoo(self.ref[4:], **self.kwargs)
         mod_name, sep, attr = self.ref.partition(":")
@@ -49,11 +84,16 @@ class ArchRef:
         try:
             factory = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as e:
-            raise UnknownNameError(f"cannot import architecture '{self.ref}': {e}") from None
+            raise UnknownNameError(f"cannot import architecture '{self.ref}': {first_line(e)}") from None
+        if not callable(factory):
+            raise InputError(f"architecture '{self.ref}' is a {type(factory).__name__}, not a callable factory")
         try:
-            return factory(**self.kwargs)
-        except TypeError as e:
-            raise InputError(f"cannot build '{self.ref}' with {self.kwargs}: {e}") from None
+            model = factory(**self.kwargs)
+        except Exception as e:  # the user's own factory failed: its message, not a traceback into edgeprune
+            raise InputError(f"cannot build '{self.ref}' with {self.kwargs}: {type(e).__name__}: {first_line(e)}") from None
+        if not isinstance(model, nn.Module):
+            raise InputError(f"architecture '{self.ref}' returned a {type(model).__name__}, not a torch.nn.Module")
+        return model
 
 
 @dataclass
@@ -155,14 +195,19 @@ def set_mode(model: nn.Module, training: bool) -> nn.Module:
     return model
 
 
-def build_model(ckpt: Checkpoint, trust_pickle: bool = False) -> nn.Module:
-    """Rebuild the model a checkpoint describes: base architecture, then the plan, then the weights."""
+def build_model(ckpt: Checkpoint, consent: Consent | None = None, source: str = "the checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes: base architecture, then the plan, then the weights.
+
+    Nothing the checkpoint names is imported or unpickled beyond what ``consent`` allows."""
+    consent = consent or Consent()
     if ckpt.kind == MODULE:
         if ckpt.arch is None:
             raise InputError("checkpoint has no architecture reference")
-        model = ckpt.arch.build()
+        if consent.arch is not None and consent.arch != ckpt.arch.ref:
+            raise InputError(f"--arch {consent.arch} was given, but {source} is built from '{ckpt.arch.ref}'")
+        model = ckpt.arch.build(consent, source)
     else:
-        if ckpt.kind == PICKLE and not trust_pickle:
+        if ckpt.kind == PICKLE and not consent.pickle:
             raise UnsafeFileError("this checkpoint's base model is a full pickle; loading it can run arbitrary code "
                                   "(re-run with --trust-pickle if you trust its source)")
         model = _program_module(ckpt.kind, ckpt.program or b"")
@@ -177,8 +222,13 @@ def build_model(ckpt: Checkpoint, trust_pickle: bool = False) -> nn.Module:
     return set_mode(model, False)
 
 
-def load_model(path: str | Path, trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
-    """Load any accepted model file; TorchScript and full pickles need ``input_shape`` if they do not carry one."""
+def load_model(path: str | Path, consent: Consent | None = None,
+               input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """Load any accepted model file; TorchScript and full pickles need ``input_shape`` if they do not carry one.
+
+    ``consent`` says what the file may make edgeprune run (see ``Consent``); by default only ``zoo:``
+    architectures, TorchScript and ``torch.export`` programs."""
+    consent = consent or Consent()
     path = Path(path)
     if not path.exists():
         raise InputError(f"model file not found: {path}")
@@ -207,7 +257,7 @@ def load_model(path: str | Path, trust_pickle: bool = False, input_shape: tuple[
     except pickle.UnpicklingError as e:
         if "Unsupported global" not in str(e):  # anything else is damage, not a pickle of classes
             raise _corrupt(path, e) from None
-        if not trust_pickle:
+        if not consent.pickle:
             raise UnsafeFileError(f"{path} is a full pickle; loading it can run arbitrary code "
                                   "(re-run with --trust-pickle if you trust its source)") from None
         return _load_pickle(path, input_shape)
@@ -215,7 +265,7 @@ def load_model(path: str | Path, trust_pickle: bool = False, input_shape: tuple[
         raise _corrupt(path, e) from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         ckpt = Checkpoint.from_dict(obj, path)
-        return LoadedModel(build_model(ckpt, trust_pickle), ckpt, path)
+        return LoadedModel(build_model(ckpt, consent, str(path)), ckpt, path)
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"{path} is a bare state_dict without an architecture; save it with "
                          "edgeprune.model_io.Checkpoint (arch zoo:NAME or package.module:factory)")

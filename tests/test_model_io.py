@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from edgeprune.errors import InputError, UnsafeFileError
-from edgeprune.model_io import ArchRef, load_model, new_checkpoint, save_checkpoint
+from edgeprune.model_io import ArchRef, Consent, load_model, new_checkpoint, save_checkpoint
 from edgeprune.zoo import build_zoo
 
 
@@ -29,9 +29,11 @@ def test_checkpoint_round_trip_in_a_fresh_process(tmp_path):
 
 def test_factory_reference_and_kwargs(tmp_path):
     ref = ArchRef("edgeprune.zoo:fc5", {"hidden": [20, 10], "image_size": 8})
-    model = ref.build()
+    model = ref.build(Consent(arch="edgeprune.zoo:fc5"))
     save_checkpoint(new_checkpoint(model, ref, (1, 8, 8), {}), tmp_path / "f.pt")
-    assert load_model(tmp_path / "f.pt").model[1].out_features == 20
+    with pytest.raises(UnsafeFileError, match="--arch edgeprune.zoo:fc5"):
+        load_model(tmp_path / "f.pt")   # a factory outside the zoo builds only with consent
+    assert load_model(tmp_path / "f.pt", Consent(arch="edgeprune.zoo:fc5")).model[1].out_features == 20
 
 
 def test_torchscript_and_torch_export_inputs(tmp_path):
@@ -53,14 +55,14 @@ def test_full_pickle_needs_trust_pickle(tmp_path):
     torch.save(model, tmp_path / "pickled.pt")
     with pytest.raises(UnsafeFileError, match="--trust-pickle"):
         load_model(tmp_path / "pickled.pt")
-    loaded = load_model(tmp_path / "pickled.pt", trust_pickle=True, input_shape=(1, 8, 8))
+    loaded = load_model(tmp_path / "pickled.pt", Consent(pickle=True), input_shape=(1, 8, 8))
     x = torch.rand(2, 1, 8, 8)
     assert torch.allclose(loaded.model(x), model(x))
     # a checkpoint built on a pickled base stays behind the flag
     save_checkpoint(loaded.checkpoint, tmp_path / "from_pickle.pt")
     with pytest.raises(UnsafeFileError):
         load_model(tmp_path / "from_pickle.pt")
-    assert load_model(tmp_path / "from_pickle.pt", trust_pickle=True).checkpoint.kind == "pickle"
+    assert load_model(tmp_path / "from_pickle.pt", Consent(pickle=True)).checkpoint.kind == "pickle"
 
 
 def test_bad_model_files(tmp_path):

@@ -132,9 +132,10 @@ def check_weight(name: str, kind: str, weight: np.ndarray) -> LayerCheck:
     return LayerCheck(name, kind, list(w.shape), int(zeros.size), violating, satisfies, wide, aligned, "; ".join(notes))
 
 
-def check_2to4(source: nn.Module | onnx.ModelProto | str | Path) -> list[LayerCheck]:
+def check_2to4(source: nn.Module | onnx.ModelProto | str | Path, consent=None) -> list[LayerCheck]:
     """2:4 check of every Conv/Linear layer of a PyTorch model, or every Conv/Gemm/MatMul with a
-    constant weight of an ONNX model (a ModelProto, an `.onnx` path, or a model file edgeprune loads)."""
+    constant weight of an ONNX model (a ModelProto, an `.onnx` path, or a model file edgeprune loads
+    with ``consent``, a ``model_io.Consent``)."""
     import onnx
 
     if isinstance(source, (str, Path)):
@@ -149,7 +150,7 @@ def check_2to4(source: nn.Module | onnx.ModelProto | str | Path) -> list[LayerCh
         else:
             from edgeprune.model_io import load_model
 
-            source = load_model(path).model
+            source = load_model(path, consent).model
     if isinstance(source, onnx.ModelProto):
         from edgeprune.onnx_layers import weighted_layers
 
