@@ -7,8 +7,7 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 DEMO    := runs/demo
 
-.PHONY: install data calibration demo test bench bench-seeds bench-activation clean
-.PHONY: install data calibration demo test bench bench-seeds bench-int8 clean
+.PHONY: install data sshd calibration demo test bench bench-seeds bench-activation bench-int8 clean
 
 install: $(STAMP)
 
@@ -29,6 +28,13 @@ $(FMNIST):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "error: Fashion-MNIST missing: run 'sudo apt-get install -y dataset-fashion-mnist'"; exit 1; fi
 
+# The remote path's tests start a real sshd on loopback (Debian's openssh-server; needs root to install).
+SSHD := /usr/sbin/sshd
+sshd: $(SSHD)
+$(SSHD):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openssh-server; \
+	else echo "error: sshd missing: run 'sudo apt-get install -y openssh-server'"; exit 1; fi
+
 calibration: install data
 	$(BIN)/python calibration/make_calibration.py --force
 
@@ -40,7 +46,7 @@ demo: install data
 	$(BIN)/edgeprune explain $(DEMO)/run
 	@echo "run directory: $(DEMO)/run (report.md, report.json, latency.png)"
 
-test: install data
+test: install data sshd
 	$(BIN)/python -m pytest -q --timeout 900
 
 bench: install data
