@@ -1,0 +1,1 @@
+"""Measuring on a device: power and energy (the timing loop and verdict move here next)."""
