@@ -277,3 +277,17 @@ def test_profile_rejects_data_of_the_wrong_shape_and_corrupt_onnx(capsys, tmp_pa
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     bad(capsys, "profile", "--baseline", tmp_path / "junk.onnx", tmp_path / "d.onnx", "--data", "digits",
         match="not a readable ONNX model")
+
+
+def test_unexportable_operator_is_one_line_and_a_bug_is_a_traceback(capsys, tmp_path, lenet300_ckpt, monkeypatch):
+    from tests.test_export import _unexportable_ckpt
+
+    bad(capsys, "export", _unexportable_ckpt(tmp_path / "z.pt"), "-o", tmp_path / "z.onnx", "--no-check",
+        match="operator 'prims.zeta' has no ONNX translation at opset 17")
+
+    def broken(*args, **kwargs):
+        raise KeyError("edgeprune bug")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(KeyError, match="edgeprune bug"):   # propagates out of main: a traceback, not exit 2
+        main(["export", str(lenet300_ckpt), "-o", str(tmp_path / "m.onnx")])
