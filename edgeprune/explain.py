@@ -55,8 +55,8 @@ class LayerChange:
     op: str
     dense_shape: list[int]
     pruned_shape: list[int]
-    dense_macs: int
-    pruned_macs: int
+    dense_macs: int | None        # None: shape inference did not reach the node
+    pruned_macs: int | None
     zero_fraction: float          # of the pruned layer's weights
 
     @property
@@ -122,20 +122,23 @@ def _layer_changes(dense: onnx.ModelProto, pruned: onnx.ModelProto, pl: list[Onn
     # the same architecture exported twice keeps its weight names; otherwise fall back to graph order
     pairs = [(d, by_name[d.name]) for d in dl] if all(d.name in by_name for d in dl) else list(zip(dl, pl))
     dm, pm = node_macs(dense), node_macs(pruned)
-    return [LayerChange(d.name, d.op, list(d.weight.shape), list(p.weight.shape), dm.get(d.node, 0), pm.get(p.node, 0),
+    return [LayerChange(d.name, d.op, list(d.weight.shape), list(p.weight.shape), dm.get(d.node), pm.get(p.node),
                         1.0 - np.count_nonzero(p.weight) / max(p.weight.size, 1)) for d, p in pairs]
 
 
 def _compaction(layers: list[LayerChange]) -> Finding:
-    total = sum(L.dense_macs for L in layers)
     compacted = [L for L in layers if L.compacted]
     if not compacted:
         return Finding("compaction", f"no layer was compacted: all {len(layers)} weight tensors keep their dense "
                        "shapes", "no channel or neuron was removed, so the model executes the dense model's MACs")
-    removed = sum(L.dense_macs - L.pruned_macs for L in layers)
     shapes = ", ".join(f"{L.name} {_shape(L.dense_shape)}->{_shape(L.pruned_shape)}" for L in compacted)
-    return Finding("compaction", f"{len(compacted)} of {len(layers)} layers compacted ({shapes}), removing "
-                                 f"{removed / max(total, 1):.0%} of the dense model's layer MACs",
+    uncounted = [L.name for L in layers if L.dense_macs is None or L.pruned_macs is None]
+    if uncounted:
+        removed = f"an unknown share of the layer MACs (the MACs of {', '.join(uncounted)} could not be counted)"
+    else:
+        total = sum(L.dense_macs for L in layers)
+        removed = f"{sum(L.dense_macs - L.pruned_macs for L in layers) / max(total, 1):.0%} of the dense model's layer MACs"
+    return Finding("compaction", f"{len(compacted)} of {len(layers)} layers compacted ({shapes}), removing {removed}",
                    "physically smaller tensors: every backend executes fewer multiply-adds")
 
 
@@ -227,11 +230,17 @@ def _speed(report: Report, widths: list[str], int8: bool, zeros: bool) -> list[F
     for bs in sorted(report.latency):
         bl = report.latency[bs]
         r, aa = bl.ratio_p50, bl.aa_ratio_p50
-        if r is None or aa is None or m is None:
+        if r is None or aa is None:
             continue
         band = noise_band(aa)
         head = (f"batch {bs}: p50 {bl.dense.p50:.3g} -> {bl.pruned.p50:.3g} ms, ratio {r:.2f} (A/A {aa:.2f}, "
-                f"band ±{band:.0%}), MAC ratio {m:.2f}")
+                f"band ±{band:.0%}), MAC ratio {'unknown' if m is None else f'{m:.2f}'}")
+        if m is None:
+            verdict = ("no measurable speed-up" if abs(r - 1.0) <= band
+                       else f"{1 / r:.2f}x faster" if r < 1.0 else f"{r:.2f}x slower")
+            findings.append(Finding("speed-up", f"{head}: {verdict}", "the MACs of a model could not be counted "
+                                    "(see the report's notes), so the ratio cannot be set against the work removed"))
+            continue
         if abs(r - 1.0) <= band:
             text = f"{head}: no measurable speed-up"
             if m >= 0.99:
