@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeprune.errors import EdgepruneError, InputError
+from edgeprune.errors import EdgepruneError, InputError, first_line
 from edgeprune.onnx_layers import OnnxLayer, quant_nodes, weighted_layers
 from edgeprune.onnx_stats import node_macs
 from edgeprune.profiling import NOISY_AA, noise_band
@@ -91,10 +91,10 @@ def explain_run(run_dir: str | Path, target: str | Path | None = None) -> Explan
     pl = weighted_layers(pruned)
     layers = _layer_changes(dense, pruned, pl)
     checks = [check_weight(L.name, L.op, L.weight) for L in pl]
-    int8, quantized = _int8(report, pruned)
+    int8, quantized, uninspected = _int8(report, pruned)
     widths, off = _widths(layers)
     zeros = _zeros(report, layers, checks)
-    findings = [_compaction(layers), zeros, int8, _two_four(report, checks, target), widths]
+    findings = [_compaction(layers), zeros, int8, uninspected, _two_four(report, checks, target), widths]
     findings = [f for f in findings if f is not None]
     findings += _speed(report, off, quantized, zeros is not None)
     return Explanation(str(run), report.target, report.backend, findings, layers, checks)
@@ -156,22 +156,47 @@ def _zeros(report: Report, layers: list[LayerChange], checks: list[LayerCheck]) 
                    f"zeros are densified: {why}, so they bring no speed-up{size}")
 
 
-def _int8(report: Report, pruned: onnx.ModelProto) -> tuple[Finding, bool]:
-    found = {"pruned.onnx": quant_nodes(pruned)}
-    engine = Path(str(report.run.get("engines", {}).get("pruned", "")))
-    if engine.suffix == ".onnx" and engine.is_file():   # ONNX Runtime's engine: the optimised graph
-        try:
-            found["the pruned engine"] = quant_nodes(onnx.load(str(engine)))
-        except Exception:  # noqa: BLE001 - an unreadable engine just is not inspected
-            pass
+def _int8(report: Report, pruned: onnx.ModelProto) -> tuple[Finding, bool, Finding | None]:
+    """The INT8 finding, whether the pruned side is INT8, and a finding for an engine that could not be
+    inspected. The report's precision is what the run built; the graphs show the quantization nodes."""
+    found = {"pruned.onnx": quant_nodes(pruned)}   # deploy's fp32 export: an INT8 build quantizes a copy
+    int8_onnx = (report.int8 or {}).get("int8_onnx")
+    if int8_onnx and Path(str(int8_onnx)).is_file():
+        found[Path(str(int8_onnx)).name] = quant_nodes(onnx.load(str(int8_onnx)))
+    uninspected = None
+    recorded = str(report.run.get("engines", {}).get("pruned", ""))
+    if recorded:
+        engine = Path(recorded)
+        graph, why = _engine_graph(engine)
+        if graph is not None:
+            found["the pruned engine"] = quant_nodes(graph)
+        else:
+            uninspected = Finding("engine", f"the pruned engine {engine.name} was not inspected", why)
     where = {k: v for k, v in found.items() if v}
-    if where:
-        text = "; ".join(f"{sum(v.values())} quantization nodes in {k} "
-                         f"({', '.join(f'{n} {op}' for op, n in v.items())})" for k, v in where.items())
+    nodes = "; ".join(f"{sum(v.values())} quantization nodes in {k} ({', '.join(f'{n} {op}' for op, n in v.items())})"
+                      for k, v in where.items())
+    if report.precision == "int8" or where:
+        built = "built in INT8 (the report's precision)" if report.precision == "int8" else ""
+        text = "; ".join(t for t in (built, nodes) if t)
         return Finding("int8", f"INT8: {text}", "8-bit kernels move a quarter of fp32's bytes and run faster where "
-                                                "the backend has them; accuracy is in the report"), True
-    return Finding("int8", "no INT8: no quantization nodes in the pruned model or its engine",
-                   "it computes in floating point"), False
+                                                "the backend has them; accuracy is in the report"), True, uninspected
+    looked = ", ".join(found)
+    return Finding("int8", f"no INT8: the report's precision is {report.precision} and {looked} hold no quantization "
+                           "nodes", "it computes in floating point"), False, uninspected
+
+
+def _engine_graph(engine: Path) -> tuple[onnx.ModelProto | None, str]:
+    """The engine as an ONNX graph, or None and why it cannot be read as one."""
+    if not engine.is_file():
+        return None, f"it is no longer at {engine}"
+    if engine.suffix != ".onnx":
+        kind = "ORT format" if engine.suffix == ".ort" else f"a '{engine.suffix}' file"
+        return None, f"it is in {kind}, which explain cannot read (it reads ONNX graphs); the findings rest on the " \
+                     "ONNX models and the report"
+    try:
+        return onnx.load(str(engine)), ""
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
+        return None, f"it is not a readable ONNX graph ({type(e).__name__}: {first_line(e)})"
 
 
 def _two_four(report: Report, checks: list[LayerCheck], target: str | Path | None) -> Finding:
