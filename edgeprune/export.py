@@ -22,6 +22,7 @@ from torch import nn
 
 from . import __version__
 from .errors import InputError, ParityError, ShapeError, first_line
+from .data import preprocessing
 from .fileio import atomic_write
 from .model_io import LoadedModel, set_mode
 from .sparse_onnx import Sizes, sparse_export
@@ -150,8 +151,12 @@ def parity_check(model: nn.Module, onnx_bytes: bytes, x: np.ndarray, rtol: float
 
 def export(loaded: LoadedModel, out: Path, *, opset: int = DEFAULT_OPSET, check_inputs: np.ndarray | None = None,
            force: bool = False, extra_metadata: dict[str, str] | None = None,
-           sparse_weights: bool = False) -> ExportResult:
+           sparse_weights: bool = False, data: str | None = None) -> ExportResult:
     """Write ``loaded``'s model as ONNX to ``out`` (atomically), after a parity check on ``check_inputs``.
+
+    The metadata records the data set the model expects and its preprocessing (`edgeprune.data`,
+    `edgeprune.preprocess`, with `edgeprune.input_shape`): the checkpoint's data set, else ``data``
+    (a model file that records none, exported with --data); neither, and the keys are left out.
 
     ``sparse_weights``: store zero-rich weights sparse where that is smaller (`edgeprune.sparse_onnx`);
     the result's ``sizes`` then compares the dense, sparse and compressed forms.
@@ -171,8 +176,11 @@ def export(loaded: LoadedModel, out: Path, *, opset: int = DEFAULT_OPSET, check_
         "edgeprune.arch": ckpt.arch.ref if ckpt.arch else ckpt.kind,
         "edgeprune.input_shape": ",".join(map(str, ckpt.input_shape)),
         "edgeprune.source_sha256": str(ckpt.meta.get("sha256") or ckpt.meta.get("source_sha256") or ""),
-        **(extra_metadata or {}),
     }
+    data = ckpt.meta.get("data") or data
+    if data:
+        meta.update({"edgeprune.data": str(data), "edgeprune.preprocess": preprocessing(str(data))})
+    meta.update(extra_metadata or {})
     onnx.helper.set_model_props(proto, meta)
     proto.producer_name, proto.producer_version = "edgeprune", __version__
     data = proto.SerializeToString()

@@ -36,6 +36,21 @@ def test_metadata_names_method_sparsity_and_source(tmp_path, lenet300_ckpt, fmni
     assert abs(float(props["edgeprune.sparsity"]) - 0.7) < 1e-3
     assert props["edgeprune.source_sha256"] == load_model(pruned).checkpoint.meta["source_sha256"]
     assert props["edgeprune.arch"] == "zoo:lenet300"
+    # what the model expects to be fed: the checkpoint's data set, its input shape and preprocessing
+    assert props["edgeprune.data"] == "fashion-mnist" and props["edgeprune.input_shape"] == "1,28,28"
+    assert props["edgeprune.preprocess"] == ("uint8 pixels / 255 -> float32 N x C x H x W in [0, 1]; "
+                                             "no mean/std normalization")
+
+
+def test_a_model_file_without_a_data_set_records_the_one_given(tmp_path, lenet300_ckpt):
+    scripted = tmp_path / "m.ts"
+    torch.jit.script(load_model(lenet300_ckpt).model).save(str(scripted))
+    for data, want in ((None, None), ("mnist", "mnist")):
+        out = tmp_path / f"{data}.onnx"
+        api.export(scripted, out, input_shape=(1, 28, 28), check=False,
+                   data=api.DataOptions(data) if data else None)
+        props = {p.key: p.value for p in onnx.load(out).metadata_props}
+        assert props.get("edgeprune.data") == want and ("edgeprune.preprocess" in props) == bool(want)
 
 
 def test_residual_cnn_exports_with_parity(tmp_path, resnet_ckpt, fmnist_small):
