@@ -180,9 +180,8 @@ def _int8(report: Report, pruned: onnx.ModelProto) -> tuple[Finding, bool, Findi
         text = "; ".join(t for t in (built, nodes) if t)
         return Finding("int8", f"INT8: {text}", "8-bit kernels move a quarter of fp32's bytes and run faster where "
                                                 "the backend has them; accuracy is in the report"), True, uninspected
-    looked = ", ".join(found)
-    return Finding("int8", f"no INT8: the report's precision is {report.precision} and {looked} hold no quantization "
-                           "nodes", "it computes in floating point"), False, uninspected
+    return Finding("int8", f"no INT8: the report's precision is {report.precision}; no quantization nodes in "
+                           f"{' or '.join(found)}", "it computes in floating point"), False, uninspected
 
 
 def _engine_graph(engine: Path) -> tuple[onnx.ModelProto | None, str]:
