@@ -34,9 +34,10 @@ PARITY_SAMPLES = 256
 
 @dataclass
 class DataOptions:
-    """Where data comes from: a name (fashion-mnist, mnist, digits) or an .npz path."""
+    """Where data comes from: a name (fashion-mnist, mnist, digits) or an .npz path; for `profile`,
+    None means the data set the ONNX models record."""
 
-    data: str = DEFAULT_DATA
+    data: str | None = DEFAULT_DATA
     data_dir: str | None = None
     limit: int | None = None        # use a seeded subset of the training split (quick runs, tests)
     test_limit: int | None = None
@@ -236,10 +237,12 @@ def export(model_path: Path, out: Path, *, opset: int = DEFAULT_OPSET, data: Dat
     ``sparse_weights`` stores zero-rich weights sparse and reports dense/sparse/compressed sizes."""
     loaded = load_model(model_path, consent=consent, input_shape=input_shape)
     x = None
+    given = data.data if data else None
     if check:
         data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
         x = _parity_inputs(loaded, DataOptions(data.data, data.data_dir, test_limit=PARITY_SAMPLES).test())
-    return export_onnx(loaded, Path(out), opset=opset, check_inputs=x, force=force, sparse_weights=sparse_weights)
+    return export_onnx(loaded, Path(out), opset=opset, check_inputs=x, force=force, sparse_weights=sparse_weights,
+                       data=given)
 
 
 def _parity_inputs(loaded: LoadedModel, test: ArrayDataset) -> np.ndarray:
@@ -297,15 +300,42 @@ def _prepare_dir(out_dir: Path, force: bool) -> Path:
 def profile(baseline_onnx: Path, pruned_onnx: Path, target: str, *, data: DataOptions | None = None,
             out_dir: Path | None = None, method: str | None = None, sparsity: float | None = None,
             force: bool = False, progress: bool = True):
-    """Measure dense and pruned ONNX models side by side on ``target``; returns a Report."""
+    """Measure dense and pruned ONNX models side by side on ``target``; returns a Report.
+
+    Without a data set (``data`` None, or its ``data`` None) the one the models' metadata records is used."""
     from .targets import load_target
 
     tgt = load_target(target)
     for p in (baseline_onnx, pruned_onnx):
         if not Path(p).is_file():
             raise InputError(f"ONNX file not found: {p}")
-    return _profile(Path(baseline_onnx), Path(pruned_onnx), tgt, (data or DataOptions()).test(), out_dir,
+    if data is None or data.data is None:
+        data = DataOptions(recorded_data(Path(baseline_onnx), Path(pruned_onnx)), *((data.data_dir, data.limit,
+                                                                                    data.test_limit) if data else ()))
+    return _profile(Path(baseline_onnx), Path(pruned_onnx), tgt, data.test(), out_dir,
                     method=method, sparsity=sparsity, force=force, progress=progress)
+
+
+def recorded_data(*onnx_paths: Path) -> str:
+    """The data set the ONNX models' metadata says they expect (`export` records it), checked against
+    the preprocessing edgeprune's loader of it applies; a one-line error where they record none or disagree."""
+    from .data import preprocessing
+    from .onnx_stats import read_metadata
+
+    metas = {p: read_metadata(p) for p in onnx_paths}
+    names = {m["edgeprune.data"] for m in metas.values() if m.get("edgeprune.data")}
+    if not names:
+        raise InputError(f"{' and '.join(p.name for p in onnx_paths)} record no data set (exported by an older "
+                         "edgeprune or another tool): pass --data")
+    if len(names) > 1:
+        raise InputError(f"the models record different data sets ({', '.join(sorted(names))}): pass --data")
+    name = names.pop()
+    for p, m in metas.items():
+        want = m.get("edgeprune.preprocess")
+        if want and want != preprocessing(name):
+            raise InputError(f"{p.name} expects inputs preprocessed as '{want}', which edgeprune's loader of {name} "
+                             f"does not do ('{preprocessing(name)}'): pass --data with inputs prepared that way (.npz)")
+    return name
 
 
 def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDataset, out_dir: Path | None, *,
@@ -359,7 +389,7 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     exports = {}
     for name, loaded in (("dense", dense), ("pruned", pruned)):
         exports[name] = export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset,
-                                    check_inputs=_parity_inputs(loaded, te), force=True)
+                                    check_inputs=_parity_inputs(loaded, te), force=True, data=data.data)
     if tgt.backend == "tensorrt":
         from .backends.trt_deploy import prepare_tensorrt
 

@@ -53,10 +53,11 @@ def _consent(trust_pickle: bool, trust_code: bool = False, arch: Optional[str] =
 
 
 def _data(data: Optional[str], data_dir: Optional[str], limit: Optional[int] = None,
-          test_limit: Optional[int] = None) -> Optional[api.DataOptions]:
+          test_limit: Optional[int] = None, default: Optional[str] = api.DEFAULT_DATA) -> Optional[api.DataOptions]:
+    """``default``: the data set when none is named (None: the command finds it, e.g. in the models' metadata)."""
     if data is None and data_dir is None and limit is None and test_limit is None:
         return None
-    return api.DataOptions(data or api.DEFAULT_DATA, data_dir, limit, test_limit)
+    return api.DataOptions(data or default, data_dir, limit, test_limit)
 
 
 def _emit_json(obj) -> None:
@@ -394,7 +395,7 @@ def profile(
 
     if json_out is not None and json_out.exists() and not force:
         raise InputError(f"output {json_out} exists (use --force to overwrite)")
-    report = api.profile(baseline, model, target, data=_data(data, data_dir, None, test_limit), out_dir=output,
+    report = api.profile(baseline, model, target, data=_data(data, data_dir, None, test_limit, None), out_dir=output,
                          force=force)
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=2).encode()

@@ -149,6 +149,18 @@ def load_dataset(data: str, split: str = "train", data_dir: str | Path | None = 
     return ds.head(limit)
 
 
+def preprocessing(data: str) -> str:
+    """How the loader of ``data`` turns stored images into model inputs: what a model trained on it
+    expects, recorded in its ONNX metadata (`edgeprune.preprocess`)."""
+    if data in IDX_DATASETS:
+        scale = "uint8 pixels / 255"
+    elif data == "digits":
+        scale = "pixel values 0-16 / 16"
+    else:
+        scale = "uint8 pixels / 255 (float arrays as stored)"
+    return f"{scale} -> float32 N x C x H x W in [0, 1]; no mean/std normalization"
+
+
 def train_val_split(ds: ArrayDataset, val_fraction: float = 0.1, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
     """Carve a validation split out of training data (tuning never sees the test split)."""
     order = np.random.default_rng(seed).permutation(len(ds))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edgeprune.errors import EdgepruneError, InputError
+from edgeprune.errors import EdgepruneError, InputError, first_line
 from edgeprune.onnx_layers import OnnxLayer, quant_nodes, weighted_layers
 from edgeprune.onnx_stats import node_macs
 from edgeprune.profiling import NOISY_AA, noise_band
@@ -55,8 +55,8 @@ class LayerChange:
     op: str
     dense_shape: list[int]
     pruned_shape: list[int]
-    dense_macs: int
-    pruned_macs: int
+    dense_macs: int | None        # None: shape inference did not reach the node
+    pruned_macs: int | None
     zero_fraction: float          # of the pruned layer's weights
 
     @property
@@ -91,10 +91,10 @@ def explain_run(run_dir: str | Path, target: str | Path | None = None) -> Explan
     pl = weighted_layers(pruned)
     layers = _layer_changes(dense, pruned, pl)
     checks = [check_weight(L.name, L.op, L.weight) for L in pl]
-    int8, quantized = _int8(report, pruned)
+    int8, quantized, uninspected = _int8(report, pruned)
     widths, off = _widths(layers)
     zeros = _zeros(report, layers, checks)
-    findings = [_compaction(layers), zeros, int8, _two_four(report, checks, target), widths]
+    findings = [_compaction(layers), zeros, int8, uninspected, _two_four(report, checks, target), widths]
     findings = [f for f in findings if f is not None]
     findings += _speed(report, off, quantized, zeros is not None)
     return Explanation(str(run), report.target, report.backend, findings, layers, checks)
@@ -122,20 +122,23 @@ def _layer_changes(dense: onnx.ModelProto, pruned: onnx.ModelProto, pl: list[Onn
     # the same architecture exported twice keeps its weight names; otherwise fall back to graph order
     pairs = [(d, by_name[d.name]) for d in dl] if all(d.name in by_name for d in dl) else list(zip(dl, pl))
     dm, pm = node_macs(dense), node_macs(pruned)
-    return [LayerChange(d.name, d.op, list(d.weight.shape), list(p.weight.shape), dm.get(d.node, 0), pm.get(p.node, 0),
+    return [LayerChange(d.name, d.op, list(d.weight.shape), list(p.weight.shape), dm.get(d.node), pm.get(p.node),
                         1.0 - np.count_nonzero(p.weight) / max(p.weight.size, 1)) for d, p in pairs]
 
 
 def _compaction(layers: list[LayerChange]) -> Finding:
-    total = sum(L.dense_macs for L in layers)
     compacted = [L for L in layers if L.compacted]
     if not compacted:
         return Finding("compaction", f"no layer was compacted: all {len(layers)} weight tensors keep their dense "
                        "shapes", "no channel or neuron was removed, so the model executes the dense model's MACs")
-    removed = sum(L.dense_macs - L.pruned_macs for L in layers)
     shapes = ", ".join(f"{L.name} {_shape(L.dense_shape)}->{_shape(L.pruned_shape)}" for L in compacted)
-    return Finding("compaction", f"{len(compacted)} of {len(layers)} layers compacted ({shapes}), removing "
-                                 f"{removed / max(total, 1):.0%} of the dense model's layer MACs",
+    uncounted = [L.name for L in layers if L.dense_macs is None or L.pruned_macs is None]
+    if uncounted:
+        removed = f"an unknown share of the layer MACs (the MACs of {', '.join(uncounted)} could not be counted)"
+    else:
+        total = sum(L.dense_macs for L in layers)
+        removed = f"{sum(L.dense_macs - L.pruned_macs for L in layers) / max(total, 1):.0%} of the dense model's layer MACs"
+    return Finding("compaction", f"{len(compacted)} of {len(layers)} layers compacted ({shapes}), removing {removed}",
                    "physically smaller tensors: every backend executes fewer multiply-adds")
 
 
@@ -153,22 +156,46 @@ def _zeros(report: Report, layers: list[LayerChange], checks: list[LayerCheck]) 
                    f"zeros are densified: {why}, so they bring no speed-up{size}")
 
 
-def _int8(report: Report, pruned: onnx.ModelProto) -> tuple[Finding, bool]:
-    found = {"pruned.onnx": quant_nodes(pruned)}
-    engine = Path(str(report.run.get("engines", {}).get("pruned", "")))
-    if engine.suffix == ".onnx" and engine.is_file():   # ONNX Runtime's engine: the optimised graph
-        try:
-            found["the pruned engine"] = quant_nodes(onnx.load(str(engine)))
-        except Exception:  # noqa: BLE001 - an unreadable engine just is not inspected
-            pass
+def _int8(report: Report, pruned: onnx.ModelProto) -> tuple[Finding, bool, Finding | None]:
+    """The INT8 finding, whether the pruned side is INT8, and a finding for an engine that could not be
+    inspected. The report's precision is what the run built; the graphs show the quantization nodes."""
+    found = {"pruned.onnx": quant_nodes(pruned)}   # deploy's fp32 export: an INT8 build quantizes a copy
+    int8_onnx = (report.int8 or {}).get("int8_onnx")
+    if int8_onnx and Path(str(int8_onnx)).is_file():
+        found[Path(str(int8_onnx)).name] = quant_nodes(onnx.load(str(int8_onnx)))
+    uninspected = None
+    recorded = str(report.run.get("engines", {}).get("pruned", ""))
+    if recorded:
+        engine = Path(recorded)
+        graph, why = _engine_graph(engine)
+        if graph is not None:
+            found["the pruned engine"] = quant_nodes(graph)
+        else:
+            uninspected = Finding("engine", f"the pruned engine {engine.name} was not inspected", why)
     where = {k: v for k, v in found.items() if v}
-    if where:
-        text = "; ".join(f"{sum(v.values())} quantization nodes in {k} "
-                         f"({', '.join(f'{n} {op}' for op, n in v.items())})" for k, v in where.items())
+    nodes = "; ".join(f"{sum(v.values())} quantization nodes in {k} ({', '.join(f'{n} {op}' for op, n in v.items())})"
+                      for k, v in where.items())
+    if report.precision == "int8" or where:
+        built = "built in INT8 (the report's precision)" if report.precision == "int8" else ""
+        text = "; ".join(t for t in (built, nodes) if t)
         return Finding("int8", f"INT8: {text}", "8-bit kernels move a quarter of fp32's bytes and run faster where "
-                                                "the backend has them; accuracy is in the report"), True
-    return Finding("int8", "no INT8: no quantization nodes in the pruned model or its engine",
-                   "it computes in floating point"), False
+                                                "the backend has them; accuracy is in the report"), True, uninspected
+    return Finding("int8", f"no INT8: the report's precision is {report.precision}; no quantization nodes in "
+                           f"{' or '.join(found)}", "it computes in floating point"), False, uninspected
+
+
+def _engine_graph(engine: Path) -> tuple[onnx.ModelProto | None, str]:
+    """The engine as an ONNX graph, or None and why it cannot be read as one."""
+    if not engine.is_file():
+        return None, f"it is no longer at {engine}"
+    if engine.suffix != ".onnx":
+        kind = "ORT format" if engine.suffix == ".ort" else f"a '{engine.suffix}' file"
+        return None, f"it is in {kind}, which explain cannot read (it reads ONNX graphs); the findings rest on the " \
+                     "ONNX models and the report"
+    try:
+        return onnx.load(str(engine)), ""
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types for a corrupt file
+        return None, f"it is not a readable ONNX graph ({type(e).__name__}: {first_line(e)})"
 
 
 def _two_four(report: Report, checks: list[LayerCheck], target: str | Path | None) -> Finding:
@@ -227,11 +254,17 @@ def _speed(report: Report, widths: list[str], int8: bool, zeros: bool) -> list[F
     for bs in sorted(report.latency):
         bl = report.latency[bs]
         r, aa = bl.ratio_p50, bl.aa_ratio_p50
-        if r is None or aa is None or m is None:
+        if r is None or aa is None:
             continue
         band = noise_band(aa)
         head = (f"batch {bs}: p50 {bl.dense.p50:.3g} -> {bl.pruned.p50:.3g} ms, ratio {r:.2f} (A/A {aa:.2f}, "
-                f"band ±{band:.0%}), MAC ratio {m:.2f}")
+                f"band ±{band:.0%}), MAC ratio {'unknown' if m is None else f'{m:.2f}'}")
+        if m is None:
+            verdict = ("no measurable speed-up" if abs(r - 1.0) <= band
+                       else f"{1 / r:.2f}x faster" if r < 1.0 else f"{r:.2f}x slower")
+            findings.append(Finding("speed-up", f"{head}: {verdict}", "the MACs of a model could not be counted "
+                                    "(see the report's notes), so the ratio cannot be set against the work removed"))
+            continue
         if abs(r - 1.0) <= band:
             text = f"{head}: no measurable speed-up"
             if m >= 0.99:

@@ -175,6 +175,7 @@ def profile_pair(
             report.notes.insert(0, f"Measured on this host, not on the device: {why}. The engine files in this run "
                                    "are built for the device and were checked here; run `profile` on the device "
                                    "for its latency and memory.")
+    report.notes += uncounted_notes({"dense": (dense_onnx, st_d), "pruned": (pruned_onnx, st_p)})
     if sparsity_given is None:
         report.notes.append(
             "The pruned model records no target sparsity, so the sparsity shown is the measured fraction of zero weights."
@@ -185,6 +186,17 @@ def profile_pair(
             f"(the target asks for {', '.join(map(str, run.batch_sizes))})."
         )
     return report
+
+
+def uncounted_notes(sides: dict[str, tuple[Path, ModelStats]]) -> list[str]:
+    """Name each model whose MACs could not be counted: its MACs and the MAC ratio are unknown, not 0."""
+    notes = []
+    for label, (path, st) in sides.items():
+        if st.macs is None:
+            more = f" (+{len(st.uncounted) - 3} more)" if len(st.uncounted) > 3 else ""
+            notes.append(f"The MACs of the {label} model {path.name} could not be counted: ONNX shape inference gave "
+                         f"no shapes for {', '.join(st.uncounted[:3])}{more}; its MACs and the MAC ratio are unknown.")
+    return notes
 
 
 def explain(report: Report) -> list[str]:

@@ -151,7 +151,15 @@ def quantize_qdq(
                         "QuantizeBias": bool(settings["quantize_bias"]),
                     },
                 )
-            quantized, fp32 = _node_precision(onnx.load(str(out)))
+            result = onnx.load(str(out))
+            if not any(n.op_type == "QuantizeLinear" for n in result.graph.node):
+                # quantize_static writes an unchanged fp32 model when it finds nothing to quantise;
+                # an "INT8" build of it would measure fp32 under an INT8 label.
+                ops = sorted({n.op_type for n in pre.graph.node})
+                left = f", and {len(excluded)} node(s) were excluded" if excluded else ""
+                raise InputError(f"quantising {src.name} quantised nothing: onnxruntime found no operator to quantise "
+                                 f"among {', '.join(ops) or 'no nodes'}{left}")
+            quantized, fp32 = _node_precision(result)
             os.replace(out, dst)
         finally:
             out.unlink(missing_ok=True)

@@ -476,6 +476,22 @@ def test_device_entry_builds_one_model_of_the_plan_fake_tensorrt(tmp_path, monke
     assert backend_module.main(["build", str(tmp_path / "engine_plan.json"), "--model", "other"]) == 2
 
 
+def test_device_entry_keeps_user_errors_one_line_and_bugs_tracebacks_fake_tensorrt(tmp_path, monkeypatch, capsys):
+    from edgeprune.backends import tensorrt as backend_module
+
+    assert backend_module.main(["build", str(tmp_path / "missing.json"), "--model", "pruned"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    _prepared_run(tmp_path, replace(ORIN, build=replace(ORIN.build, precision="fp16")))
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", make_fake_tensorrt("10.3.0"))
+
+    def broken(*args, **kwargs):   # an OSError inside the build is not the user's plan file
+        raise OSError("edgeprune bug")
+
+    monkeypatch.setattr(backend_module, "device_memory_bytes", broken)
+    with pytest.raises(OSError, match="edgeprune bug"):
+        backend_module.main(["build", str(tmp_path / "engine_plan.json"), "--model", "pruned"])
+
+
 def test_build_and_time_interleaves_dense_control_and_pruned_fake_tensorrt(tmp_path, fmnist_small):
     from edgeprune.backends.trt_profile import build_and_time
 

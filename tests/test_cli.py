@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -136,18 +137,21 @@ def test_deploy_writes_the_run_directory(capsys, tmp_path, pruned, lenet300_ckpt
     assert (run_dir / "report.md").read_text().count("|") > 20
     assert (run_dir / "latency.png").read_bytes()[:4] == b"\x89PNG"
     assert {"dense.onnx", "pruned.onnx"} <= {p.name for p in run_dir.iterdir()}
+    for name in ("dense.onnx", "pruned.onnx"):   # deploy's exports record the data set like `export`'s
+        meta = {p.key: p.value for p in onnx.load(str(run_dir / name)).metadata_props}
+        assert meta["edgeprune.data"] == "fashion-mnist" and meta["edgeprune.input_shape"] == "1,28,28"
 
 
 def test_profile_two_onnx_files(capsys, tmp_path, pruned, lenet300_ckpt, fast_target):
     for src, name in ((lenet300_ckpt, "d.onnx"), (pruned, "p.onnx")):
         assert main(["export", str(src), "-o", str(tmp_path / name)]) == 0
+    # no --data: the data set comes from what export recorded in the ONNX metadata
     code, out, err = run(capsys, "profile", "--target", fast_target, "--baseline", tmp_path / "d.onnx",
-                         tmp_path / "p.onnx", "--data", "fashion-mnist", "--test-limit", "300",
-                         "--json", tmp_path / "out.json")
+                         tmp_path / "p.onnx", "--test-limit", "300", "--json", tmp_path / "out.json")
     assert code == 0, err
     report = json.loads((tmp_path / "out.json").read_text())
     assert REPORT_KEYS <= set(report) and report["method"] == "magnitude"
-    assert report["dense"]["accuracy"] > 60 and "latency p50" in out
+    assert report["dense"]["accuracy"] > 60 and "latency p50" in out and report["run"]["accuracy_samples"] == 300
 
 
 def test_targets_lists_host_cpu(capsys):
@@ -277,3 +281,17 @@ def test_profile_rejects_data_of_the_wrong_shape_and_corrupt_onnx(capsys, tmp_pa
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     bad(capsys, "profile", "--baseline", tmp_path / "junk.onnx", tmp_path / "d.onnx", "--data", "digits",
         match="not a readable ONNX model")
+
+
+def test_unexportable_operator_is_one_line_and_a_bug_is_a_traceback(capsys, tmp_path, lenet300_ckpt, monkeypatch):
+    from tests.test_export import _unexportable_ckpt
+
+    bad(capsys, "export", _unexportable_ckpt(tmp_path / "z.pt"), "-o", tmp_path / "z.onnx", "--no-check",
+        match="operator 'prims.zeta' has no ONNX translation at opset 17")
+
+    def broken(*args, **kwargs):
+        raise KeyError("edgeprune bug")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(KeyError, match="edgeprune bug"):   # propagates out of main: a traceback, not exit 2
+        main(["export", str(lenet300_ckpt), "-o", str(tmp_path / "m.onnx")])

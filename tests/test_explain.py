@@ -9,6 +9,8 @@ from edgeprune.cli import main
 from edgeprune.explain import explain_run
 from edgeprune.pruning import PruneSpec
 
+from .conftest import REPO
+
 TEST = api.DataOptions("fashion-mnist", test_limit=300)
 
 
@@ -113,3 +115,41 @@ def test_missing_or_malformed_run_dir_is_a_one_line_error(capsys, tmp_path, unst
     report["dense"]["path"] = str(tmp_path / "gone.onnx")
     (moved / "report.json").write_text(json.dumps(report))
     bad(capsys, "explain", moved, match="no dense.onnx")
+
+
+@pytest.fixture(scope="module")
+def int8_ort_run(tmp_path_factory, lenet300_ckpt, fmnist_small, fast_target):
+    """`deploy --precision int8` of the unstructured lenet300 to host-cpu with ORT-format engines."""
+    d = tmp_path_factory.mktemp("explain")
+    ort_target = d / "host-cpu-ort.toml"
+    ort_target.write_text(fast_target.read_text().replace('model_format = "onnx"', 'model_format = "ort"'))
+    api.compress(lenet300_ckpt, PruneSpec(sparsity=0.8), d / "p.pt", data=fmnist_small, finetune_epochs=0.2,
+                 progress=False)
+    api.deploy(d / "p.pt", str(ort_target), d / "run", baseline_path=lenet300_ckpt, data=TEST, progress=False,
+               precision="int8", calibration=str(REPO / "calibration" / "fmnist.npz"))
+    return d / "run", ort_target
+
+
+def test_an_int8_run_is_int8_whatever_the_engine_format(int8_ort_run):
+    run, target = int8_ort_run
+    report = json.loads((run / "report.json").read_text())
+    assert report["precision"] == "int8" and report["run"]["engines"]["pruned"].endswith(".ort")
+    f = by_topic(explain_run(run, target))
+    assert f["int8"][0].text.startswith("INT8: built in INT8 (the report's precision)")
+    assert "QuantizeLinear" in f["int8"][0].text          # the quantized ONNX file the .ort was built from
+    engine = f["engine"][0]
+    assert engine.text.endswith(".ort was not inspected") and "ORT format" in engine.reason
+
+
+def test_an_engine_that_cannot_be_read_is_a_finding_not_silence(unstructured_run, fast_target, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("dense.onnx", "pruned.onnx"):
+        (run / name).write_bytes((unstructured_run / name).read_bytes())
+    report = json.loads((unstructured_run / "report.json").read_text())
+    (run / "junk.onnx").write_bytes(b"\x00not an onnx graph" * 4)
+    report["run"]["engines"]["pruned"] = str(run / "junk.onnx")
+    (run / "report.json").write_text(json.dumps(report))
+    f = by_topic(explain_run(run, fast_target))
+    assert "not a readable ONNX graph" in f["engine"][0].reason
+    assert f["int8"][0].text.startswith("no INT8: the report's precision is fp32")

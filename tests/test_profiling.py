@@ -326,3 +326,19 @@ def test_int8_target_with_a_calibration_set_of_the_wrong_shape_is_a_one_line_cli
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert err[0] == ("error: calibration data has shape (512, 1, 28, 28) but the model input 'input' takes N x (1, 8, 8) rows")
+
+
+def test_profile_without_data_needs_models_that_record_their_data_set(models, tmp_path, capsys):
+    from edgeprune.cli import main
+
+    dense, pruned = models      # exported straight from torch: no edgeprune.data in their metadata
+    rc = main(["profile", str(pruned), "--baseline", str(dense), "--target", "host-cpu", "--test-limit", "50"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["error: dense.onnx and pruned.onnx record no data set (exported by an older edgeprune "
+                               "or another tool): pass --data"]
+    # a model that records preprocessing edgeprune's loader does not do is refused, not fed as if it matched
+    odd = export(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), tmp_path / "odd.onnx",
+                 {"edgeprune.data": "digits", "edgeprune.preprocess": "(x - 0.5) / 0.25"})
+    rc = main(["profile", str(odd), "--baseline", str(dense), "--target", "host-cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "expects inputs preprocessed as '(x - 0.5) / 0.25'" in err[0]

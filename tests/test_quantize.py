@@ -144,3 +144,23 @@ def test_calibration_paths_resolve_against_the_checkout(tmp_path, monkeypatch):
     assert calibration_path(str(CALIBRATION)) == CALIBRATION
     x = load_calibration(calibration_path("calibration/fmnist.npz"))
     assert x.shape == (512, 1, 28, 28) and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_a_quantisation_that_quantises_nothing_is_an_error(cnn, calib, tmp_path):
+    # A graph of operators onnxruntime does not quantise (Abs) gets no QuantizeLinear node.
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Abs", ["x"], ["y"])], "abs",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, 28, 28])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.save(m, str(tmp_path / "abs.onnx"))
+    with pytest.raises(InputError, match="quantised nothing: onnxruntime found no operator to quantise among Abs"):
+        quantize_qdq(tmp_path / "abs.onnx", tmp_path / "abs.int8.onnx", calib[:64])
+    # and a real CNN with every compute node excluded quantises nothing either
+    names = [n.name for n in onnx.load(str(cnn)).graph.node]
+    with pytest.raises(InputError, match=r"quantised nothing.*excluded"):
+        quantize_qdq(cnn, tmp_path / "none.int8.onnx", calib[:64], preprocess=False, nodes_to_exclude=names)
+    assert not (tmp_path / "abs.int8.onnx").exists() and not (tmp_path / "none.int8.onnx").exists()
+    assert not list(tmp_path.glob(".*tmp*"))

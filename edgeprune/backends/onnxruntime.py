@@ -50,7 +50,16 @@ _NP_TYPES = {
     "tensor(int32)": np.int32,
     "tensor(uint8)": np.uint8,
     "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
 }
+# What ONNX Runtime raises for a model it cannot load (its own pybind types; RuntimeError for a
+# C++ exception it does not map). Python errors from our side of the call are bugs and propagate.
+_LOAD_ERRORS = (RuntimeError, *(t for t in vars(ort.capi.onnxruntime_pybind11_state).values()
+                                 if isinstance(t, type) and issubclass(t, Exception)))
 
 
 class OrtSession:
@@ -61,7 +70,12 @@ class OrtSession:
         inp = sess.get_inputs()[0]
         self.input_name: str = inp.name
         self.input_shape: list[int | str | None] = list(inp.shape)
-        self.input_dtype = _NP_TYPES.get(inp.type, np.float32)
+        if inp.type not in _NP_TYPES:
+            # Feeding float32 to, say, a bfloat16 or string input would fail later or, worse, run on
+            # silently converted data.
+            raise InputError(f"model input '{inp.name}' has type {inp.type}, which edgeprune cannot feed "
+                             f"(supported: {', '.join(sorted(_NP_TYPES))})")
+        self.input_dtype = _NP_TYPES[inp.type]
         self.output_names: list[str] = [sess.get_outputs()[0].name]
         self.providers: list[str] = list(sess.get_providers())
 
@@ -179,7 +193,7 @@ class OnnxRuntimeBackend:
         try:
             sess = ort.InferenceSession(str(path), sess_options=so, providers=asked,
                                         disabled_optimizers=disabled_optimizers(build))
-        except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
+        except _LOAD_ERRORS as e:
             if "fallback to CPU EP has been explicitly disabled" in str(e):
                 raise InputError(
                     f"execution provider(s) {', '.join(asked)} cannot run every node of {path.name}, and the target "

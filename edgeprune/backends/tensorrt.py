@@ -449,12 +449,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="dense or pruned")
     args = ap.parse_args(argv)
     try:
-        doc = json.loads(args.plan_json.read_text())
+        try:
+            doc = json.loads(args.plan_json.read_text())
+        except (OSError, json.JSONDecodeError) as e:   # only reading the user's plan file: not the build's own I/O
+            raise InputError(f"cannot read {args.plan_json}: {e}") from None
         if args.model not in doc.get("models", {}):
             raise InputError(f"{args.plan_json} has no model '{args.model}' (has: {', '.join(doc.get('models', {}))})")
         plan = EnginePlan.from_dict(doc["models"][args.model])
         result = build_engine(plan, args.plan_json.parent)
-    except (InputError, OSError, json.JSONDecodeError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_dict()))

@@ -206,7 +206,9 @@ def format_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _count(n: int) -> str:
+def _count(n: int | None) -> str:
+    if n is None:
+        return "unknown"
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
             return f"{n / size:.2f} {unit}"

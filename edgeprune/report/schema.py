@@ -144,7 +144,8 @@ class ModelSide:
     `params` is the number of **nonzero** parameters (what a sparse format would store);
     `total_params` counts zeros too. `macs` are the **executed** multiply-accumulates at batch 1:
     a dense backend multiplies by zeros, so zeroed weights do not lower them; removed neurons and
-    channels do. `latency_ms` is at the report's `latency_batch` (batch 1 unless the target does
+    channels do; None when they could not be counted (shape inference did not reach every
+    compute node), so that no ratio is taken with a partial count. `latency_ms` is at the report's `latency_batch` (batch 1 unless the target does
     not measure it). `accuracy` is top-1 in percent through the built engine.
     """
 
@@ -159,7 +160,7 @@ class ModelSide:
     engine_bytes: int
     params: int
     total_params: int
-    macs: int
+    macs: int | None
     opset: int
 
     @property
@@ -199,7 +200,7 @@ class ModelSide:
             engine_bytes=int(d.get("engine_bytes", 0)),
             params=int(d["params"]),
             total_params=int(d.get("total_params", d["params"])),
-            macs=int(d["macs"]),
+            macs=None if d["macs"] is None else int(d["macs"]),
             opset=int(d.get("opset", 0)),
         )
 
@@ -398,11 +399,11 @@ def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def ratio(a: float, b: float) -> float | None:
-    """a / b, or None where b is zero."""
-    # A zero denominator (e.g. MACs of a graph shape inference could not follow) has no ratio,
-    # and NaN/inf are not JSON: None ("n/a") it is.
-    if not b:
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None where either is unknown (None) or b is zero."""
+    # An unknown side (MACs that could not be counted) or a zero denominator has no ratio, and
+    # NaN/inf are not JSON: None ("n/a") it is.
+    if a is None or not b:
         return None
     return float(a) / float(b)
 
