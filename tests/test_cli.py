@@ -284,9 +284,10 @@ def test_profile_rejects_data_of_the_wrong_shape_and_corrupt_onnx(capsys, tmp_pa
 
 
 def test_unexportable_operator_is_one_line_and_a_bug_is_a_traceback(capsys, tmp_path, lenet300_ckpt, monkeypatch):
-    from tests.test_export import _unexportable_ckpt
+    from tests.test_export import UNEXPORTABLE, _unexportable_ckpt
 
     bad(capsys, "export", _unexportable_ckpt(tmp_path / "z.pt"), "-o", tmp_path / "z.onnx", "--no-check",
+        "--arch", UNEXPORTABLE,
         match="operator 'prims.zeta' has no ONNX translation at opset 17")
 
     def broken(*args, **kwargs):

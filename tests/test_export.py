@@ -7,7 +7,7 @@ import torch
 from edgeprune import api
 from edgeprune.errors import InputError, ParityError
 from edgeprune.export import export, parity_check, to_onnx_model
-from edgeprune.model_io import load_model
+from edgeprune.model_io import Consent, load_model
 
 
 def test_export_matches_pytorch_on_real_inputs_with_dynamic_batch(tmp_path, lenet300_ckpt, fmnist_small):
@@ -94,17 +94,20 @@ def test_parity_error_is_a_user_error():
     assert issubclass(ParityError, Exception) and ParityError.__mro__[1].__name__ == "EdgepruneError"
 
 
+UNEXPORTABLE = "tests.tiny:Unexportable"   # outside the zoo: opening it takes --arch (consent)
+
+
 def _unexportable_ckpt(path):
     from edgeprune.model_io import ArchRef, new_checkpoint, save_checkpoint
 
-    ref = ArchRef("tests.tiny:Unexportable", {})
-    save_checkpoint(new_checkpoint(ref.build(), ref, (1, 28, 28), {"method": "dense", "data": "fashion-mnist"}), path)
+    ref = ArchRef(UNEXPORTABLE, {})
+    save_checkpoint(new_checkpoint(ref.build(Consent(arch=UNEXPORTABLE)), ref, (1, 28, 28), {"method": "dense", "data": "fashion-mnist"}), path)
     return path
 
 
 @pytest.mark.parametrize("opset", [17, 13])   # the dynamo exporter, and the TorchScript one below 18
 def test_an_operator_without_onnx_translation_is_a_user_error_naming_it(tmp_path, opset):
-    loaded = load_model(_unexportable_ckpt(tmp_path / "z.pt"))
+    loaded = load_model(_unexportable_ckpt(tmp_path / "z.pt"), Consent(arch=UNEXPORTABLE))
     with pytest.raises(InputError, match=r"operator '(prims\.zeta|aten::special_zeta)' has no ONNX translation"):
         export(loaded, tmp_path / "z.onnx", opset=opset)
     assert not (tmp_path / "z.onnx").exists()
