@@ -28,7 +28,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -49,7 +48,6 @@ from rich.table import Table  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import prune as torch_prune  # noqa: E402
 
-import edgeprune  # noqa: E402
 from edgeprune import api  # noqa: E402
 from edgeprune.backends import get_backend  # noqa: E402
 from edgeprune.backends.base import tile_rows  # noqa: E402
@@ -64,6 +62,9 @@ from edgeprune.report.schema import LatencyStats  # noqa: E402
 from edgeprune.targets import load_target  # noqa: E402
 from edgeprune.training import TrainConfig, evaluate, finetune_lr  # noqa: E402
 from edgeprune.training import train as train_loop  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from provenance import load_average, write_results  # noqa: E402
 
 DATA = "fashion-mnist"
 TARGET = "host-cpu"
@@ -260,26 +261,6 @@ def signed_zero_stats(onnx_path: Path) -> dict[str, int]:
     raw = model.SerializeToString()
     return {"negative_zeros": neg,
             "size_xz_bytes_if_positive_zeros": len(lzma.compress(raw, format=lzma.FORMAT_XZ, preset=XZ_PRESET))}
-
-
-def git_state() -> dict[str, Any]:
-    import subprocess
-
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD"),
-            "uncommitted_edgeprune_files": git("status", "--porcelain", "--", "edgeprune").splitlines()}
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -752,18 +733,10 @@ def main(argv: list[str] | None = None) -> int:
         "checks": [asdict(c) | {"verdict": c.verdict} for c in checks],
         "all_checks_pass": not failed,
         "table": {"columns": COLUMNS, "rows": rows},
-        "versions": {"edgeprune": edgeprune.__version__, "torch": torch.__version__,
-                     "torch_pruning": getattr(tp, "__version__", "?"), "onnxruntime": ort.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
-        "git": git_state(),
-        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_end": load_average()},
     })
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "e2e-quick" if s.quick else "e2e"
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    (out / f"{stem}.md").write_text(markdown(rows, checks, summary))
+    write_results(out, stem, record, markdown(rows, checks, summary))
     print_results(rows, checks, summary)
     log(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
     if failed:
