@@ -41,7 +41,7 @@ for p in (str(ROOT), str(ROOT / "benchmarks")):
         sys.path.insert(0, p)
 
 import bench_e2e as E2E  # noqa: E402  (cache keys, logging)
-from provenance import write_results  # noqa: E402
+from provenance import provenance, write_results  # noqa: E402
 
 from edgeprune import api  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
@@ -187,6 +187,7 @@ class Row:
     checkpoint: str = ""
     error: str | None = None                 # the method refused this setting (e.g. sparsity out of reach)
     resumed: bool = False                    # reused from an earlier run's saved row (--resume)
+    timed_in: str | None = None              # the run that timed prune_seconds: its start time and commit
 
 
 def _list(value: str) -> list[str]:
@@ -372,15 +373,22 @@ def markdown(record: dict) -> str:
             by_sp = {c["target_sparsity"]: c for c in cells if c["label"] == label}
             lines.append(f"| {label} | " + " | ".join(_acc_cell(by_sp.get(sp), seeds) for sp in sps) + " |")
         lines.append("")
+    # Rows reused with --resume or kept by --merge were timed by another run (another commit, another
+    # machine load): their times say nothing against this run's, so the table names the run of each.
+    runs: dict[str, set] = {}
+    for r in record["rows"]:
+        runs.setdefault(r["label"], set()).add(r.get("timed_in") or "not recorded")
     lines += ["Pruning step alone (`CompressResult.prune_seconds`: scoring and selection, no fine-tuning), mean "
-              "seconds per run:", "", "| method | " + " | ".join(record["models"]) + " |",
-              "|---|" + "---:|" * len(record["models"])]
+              "seconds per run; compare times only between methods timed in the same run:", "",
+              "| method | " + " | ".join(record["models"]) + " | timed in |",
+              "|---|" + "---:|" * len(record["models"]) + "---|"]
     for label in dict.fromkeys(c["label"] for c in summary):
         row = []
         for model in record["models"]:
             t = [c["prune_seconds_mean"] for c in summary
                  if c["model"] == model and c["label"] == label and c["prune_seconds_mean"] is not None]
             row.append(f"{np.mean(t):.3f}" if t else "")
+        row.append("; ".join(sorted(runs.get(label, {"not recorded"}))))
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     lines.append("")
     if record["compacted"]:
@@ -571,6 +579,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, info in model_info.items():
         compacted += deploy_compacted(by_name[name], rows, Path(info["dense"]["path"]), s, args.work)
     test_images = len(s.data.test())
+    prov = provenance()
+    this_run = f"{prov['created']} at {(prov['git']['commit'] or 'an unknown commit')[:7]}"
+    for r in rows:
+        if r.timed_in is None:
+            r.timed_in = this_run
 
     record: dict[str, Any] = {
         "schema": SCHEMA,
@@ -585,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         merge_previous(record, out / f"{stem}.json")
     record["summary"] = summarize([Row(**r) for r in record["rows"]])
     record["wall_seconds"] = time.perf_counter() - t0
+    record["provenance"] = prov
     write_results(out, stem, record)
     write_outputs(record, out, stem)
     log(f"wrote {out / (stem + '.json')}, {stem}.md, {stem}.png in {record['wall_seconds'] / 60:.1f} min")
