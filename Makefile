@@ -67,6 +67,11 @@ bench-activation: install data
 bench-int8: install data
 	$(BIN)/python benchmarks/bench_int8.py --out benchmarks/results
 
+# README's benchmark tables, re-rendered from benchmarks/results/*.json (tests/test_readme_figures.py checks them).
+.PHONY: readme
+readme: install
+	$(BIN)/python benchmarks/render_readme.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_e2e as B  # noqa: E402
+from provenance import write_results  # noqa: E402
 
 from edgeprune.pruning import PruneSpec  # noqa: E402
 from edgeprune.pruning.schedule import prune  # noqa: E402
@@ -64,7 +65,7 @@ def main() -> int:
                       "mean": float(np.mean(list(a.values()))), "std": float(np.std(list(a.values()), ddof=1))
                       if len(a) > 1 else 0.0} for name, a in acc.items()}
     summary["tp_pruning_ratio"] = ratio
-    args.out.write_text(json.dumps(summary, indent=2))
+    write_results(args.out.parent, args.out.stem, summary)
     print("| variant | seeds | test accuracy % (each) | mean +- std |\n|---|---|---|---|")
     for name in variants:
         r = summary[name]
