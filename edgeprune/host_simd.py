@@ -46,6 +46,8 @@ def simd_of(flags: set[str] | None, machine: str) -> Simd:
         return Simd(16, "AVX-512")
     if "avx2" in flags:
         return Simd(8, "AVX2")
+    if "avx" in flags:                       # 256-bit float vectors arrived with AVX, before AVX2
+        return Simd(8, "AVX")
     if "neon" in flags or "asimd" in flags:  # 32-bit ARM kernels report `neon`
         return Simd(4, "NEON")
     if flags & {"sse", "sse2"}:
