@@ -138,6 +138,23 @@ def test_deploy_writes_the_run_directory(capsys, tmp_path, pruned, lenet300_ckpt
     assert {"dense.onnx", "pruned.onnx"} <= {p.name for p in run_dir.iterdir()}
 
 
+def test_int8_deploy_on_a_target_without_calibration_data_calibrates_on_the_runs_data(capsys, tmp_path, fast_target):
+    # host-cpu names no calibration set (the shipped one is Fashion-MNIST, 28x28): deploy samples the
+    # training split of --data, here sklearn's 8x8 digits, and says so in the report
+    m, p, run_dir = tmp_path / "m.pt", tmp_path / "p.pt", tmp_path / "run"
+    assert main(["train", "--arch", "zoo:lenet300", "--data", "digits", "--epochs", "1", "-o", str(m), "--json"]) == 0
+    assert main(["compress", str(m), "--sparsity", "0.5", "--granularity", "channel", "--finetune-epochs", "0",
+                 "--data", "digits", "-o", str(p), "--json"]) == 0
+    capsys.readouterr()
+    code, out, err = run(capsys, "deploy", p, "--precision", "int8", "--target", fast_target, "--baseline", m,
+                         "--data", "digits", "-o", run_dir, "--json")
+    assert code == 0, err
+    int8 = json.loads(out)["int8"]
+    assert int8["calibration"] == str(run_dir / "calibration.npz") and int8["calibration_samples"] == 512
+    with np.load(run_dir / "calibration.npz") as z:
+        assert z["x"].shape[1:] == (1, 8, 8) and np.bincount(z["y"]).min() >= 51   # class-balanced, 10 classes
+
+
 def test_profile_two_onnx_files(capsys, tmp_path, pruned, lenet300_ckpt, fast_target):
     for src, name in ((lenet300_ckpt, "d.onnx"), (pruned, "p.onnx")):
         assert main(["export", str(src), "-o", str(tmp_path / name)]) == 0
