@@ -521,7 +521,7 @@ def explain_cmd(
         out.print(f"- {f.line()}", highlight=False)
 
 
-# Click's base class of usage errors, bad values and unreadable files. Typer >= 0.24 runs on a copy
+# Click's base class of usage errors, bad values and unreadable files. Recent Typer (0.29 here) runs on a copy
 # of Click in a private module (typer._click) and older Typer on the click package; both export
 # Click's BadParameter as the public `typer.BadParameter`, so the base class is taken from it. An
 # `import click` could name a second, unrelated Click whose classes Typer never raises.
