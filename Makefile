@@ -8,18 +8,22 @@ FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 DEMO    := runs/demo
 
 .PHONY: install data sshd calibration demo test bench bench-seeds bench-activation bench-int8 clean
+.PHONY: install data calibration demo test bench bench-seeds bench-activation bench-int8 clean
 
 install: $(STAMP)
 
-# torch goes in first, pinned to the local CPU build: any other torch spec pulls gigabytes of CUDA
-# wheels. The check after the install fails loudly if a dependency dragged CUDA in anyway.
+# torch goes in first, as TORCH names it. The default is the build this machine's wheel mirror
+# serves (CPU); a CUDA workstation passes its own, e.g.
+#   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+# and a CPU-only machine elsewhere the same with .../whl/cpu. Any build in pyproject.toml's torch
+# range is kept: the editable install below adds nothing to a torch that satisfies it.
+TORCH   ?= torch==2.13.0
+
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev]"
-	@if $(BIN)/pip list 2>/dev/null | grep -qiE '^nvidia-|^triton '; then \
-		echo "error: a CUDA package was installed; torch must stay the CPU build"; exit 1; fi
 	@touch $(STAMP)
 
 # Fashion-MNIST comes from Debian's package; installing it needs root.
@@ -36,7 +40,7 @@ $(SSHD):
 	else echo "error: sshd missing: run 'sudo apt-get install -y openssh-server'"; exit 1; fi
 
 calibration: install data
-	$(BIN)/python calibration/make_calibration.py --force
+	$(BIN)/python edgeprune/shipped/calibration/make_calibration.py --force
 
 demo: install data
 	$(BIN)/edgeprune train --arch zoo:lenet300 --data fashion-mnist --epochs 5 -o $(DEMO)/model.pt --force

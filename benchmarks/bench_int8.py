@@ -53,10 +53,11 @@ from edgeprune.profiling import predict, time_interleaved  # noqa: E402
 from edgeprune.pruning import PruneSpec  # noqa: E402
 from edgeprune.quantize import PLAIN, TUNED, load_calibration, quantize_qdq  # noqa: E402
 from edgeprune.report.schema import LatencyStats  # noqa: E402
+from edgeprune.shipped import shipped_path  # noqa: E402
 from edgeprune.targets import load_target  # noqa: E402
 
 WORK = ROOT / "runs" / "bench-int8"
-CALIBRATION = ROOT / "calibration" / "fmnist.npz"
+CALIBRATION = shipped_path("calibration", "fmnist.npz")
 BATCHES = (1, 64)
 # The figures (never tuned to make a run pass)
 INT8_RATIO_MAX = {64: 0.55, 1: 0.70}

@@ -48,6 +48,7 @@ from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.fileio import atomic_write  # noqa: E402
 from edgeprune.model_io import load_model  # noqa: E402
 from edgeprune.pruning import PruneSpec, available_methods  # noqa: E402
+from edgeprune.targets import load_target  # noqa: E402
 from edgeprune.training import evaluate  # noqa: E402
 
 log = E2E.log
@@ -292,7 +293,7 @@ def deploy_compacted(m: ModelRun, rows: list[Row], dense: Path, s: Settings, wor
     onnx_dir = work / m.name / "onnx"
     target = TARGET
     if s.quick:   # the same target with 30 timed rounds instead of 200: a smoke run times nothing worth keeping
-        text = (ROOT / "targets" / f"{TARGET}.toml").read_text()
+        text = load_target(TARGET).path.read_text()
         target = str(atomic_write(work / f"{TARGET}-quick.toml", text.replace("iterations = 200", "iterations = 30")
                                   .replace("warmup = 20", "warmup = 5").encode(), force=True))
     dense_onnx = api.export(dense, onnx_dir / "dense.onnx", data=s.data, force=True).path

@@ -26,7 +26,7 @@ from .training import TrainConfig, check_recipe, evaluate, finetune_lr, train as
 
 if TYPE_CHECKING:
     from .analysis.limit import LimitConfig, LimitEstimate, MeasuredLimit
-    from .targets import Target
+    from .targets import Target, TargetsDir
 
 DEFAULT_DATA = "fashion-mnist"
 PARITY_SAMPLES = 256
@@ -136,15 +136,30 @@ class CompressResult:
 
 def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions | None = None,
              finetune_epochs: float = 2.0, lr: float | None = None, batch_size: int = 128,
-             consent: Consent | None = None, input_shape: tuple[int, ...] | None = None, force: bool = False, progress: bool = True,
-             auto_limit: LimitConfig | None = None) -> CompressResult:
+             consent: Consent | None = None, input_shape: tuple[int, ...] | None = None, force: bool = False,
+             progress: bool = True, auto_limit: LimitConfig | None = None, target: str | Path | None = None,
+             targets_dir: TargetsDir = None) -> CompressResult:
     """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint.
+
+    ``target`` (a name or .toml path) sets ``spec.round_to`` to the target's ``build.round_to``
+    unless ``spec.round_to`` is None (the CLI passes None when ``--round-to`` is not given and a
+    target is); a round_to the caller set stays as it is.
 
     ``lr`` defaults to ``training.finetune_lr(spec.granularity, spec.schedule)``. ``auto_limit`` (method lomp only,
     the CLI's ``--sparsity auto``) replaces ``spec.sparsity`` by the predicted pruning limit s*,
     estimated on the training split before pruning; ``details["predicted_limit"]`` says what it was.
     """
     t0 = time.perf_counter()
+    target_name = None
+    if target is not None:
+        from dataclasses import replace
+
+        from .targets import load_target
+
+        tgt = load_target(target, targets_dir)
+        target_name = tgt.name
+        if spec.round_to is None:
+            spec = replace(spec, round_to=tgt.build.round_to)
     spec.validate()
     if spec.method == "lomp" or auto_limit is not None:
         from .pruning.lomp import check_spec
@@ -202,6 +217,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
             "finetune_epochs": finetune_epochs, "finetune_lr": lr, "source_path": str(Path(model_path).resolve()),
             "source_sha256": file_digest(Path(model_path)), "dense_val_accuracy": dense_val,
             "val_accuracy": ft_val, "spec": asdict(spec), "report": after.to_dict(), "details": result.details,
+            "target": target_name,   # whose build.round_to set the channel multiple, if a target was given
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "edgeprune_version": __version__}
     new = Checkpoint(kind=ckpt.kind, input_shape=ckpt.input_shape, arch=ckpt.arch, program=ckpt.program,
                      plan=list(ckpt.plan) + list(result.plan), masks=result.masks,
@@ -299,13 +315,14 @@ def _prepare_dir(out_dir: Path, force: bool) -> Path:
 
 def profile(baseline_onnx: Path, pruned_onnx: Path, target: str, *, data: DataOptions | None = None,
             out_dir: Path | None = None, method: str | None = None, sparsity: float | None = None,
-            force: bool = False, progress: bool = True):
+            force: bool = False, progress: bool = True, targets_dir: TargetsDir = None):
     """Measure dense and pruned ONNX models side by side on ``target``; returns a Report.
 
-    Without a data set (``data`` None, or its ``data`` None) the one the models' metadata records is used."""
+    Without a data set (``data`` None, or its ``data`` None) the one the models' metadata records is used.
+    ``targets_dir``: folders searched for a target name before the shipped targets."""
     from .targets import load_target
 
-    tgt = load_target(target)
+    tgt = load_target(target, targets_dir)
     for p in (baseline_onnx, pruned_onnx):
         if not Path(p).is_file():
             raise InputError(f"ONNX file not found: {p}")
@@ -360,16 +377,21 @@ def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDatas
 def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path | None = None,
            data: DataOptions | None = None, opset: int = DEFAULT_OPSET, consent: Consent | None = None,
            force: bool = False, progress: bool = True, precision: str | None = None,
-           calibration: str | None = None):
+           calibration: str | None = None, targets_dir: TargetsDir = None):
     """Export dense and pruned models, build engines for ``target``, profile both, write the run directory.
 
-    ``precision`` and ``calibration`` (an .npz) override the target's build policy. For a TensorRT
+    ``precision`` and ``calibration`` (an .npz, or the name of a shipped one such as
+    ``calibration/fmnist.npz``) override the target's build policy; an ONNX Runtime target that
+    names no calibration set calibrates INT8 on the run's training data. For a TensorRT
     target the result is a ``TrtDeployResult``: the engine plans, trtexec commands and calibration
     inputs for the device, and the engines built and timed here when TensorRT is installed.
     """
+    from .quantize import calibration_path
     from .targets import load_target
 
-    tgt = _override_build(load_target(target), precision, calibration)
+    if calibration is not None:
+        calibration = str(calibration_path(calibration))
+    tgt = _override_build(load_target(target, targets_dir), precision, calibration)
     if tgt.backend not in ("onnxruntime", "tensorrt"):
         raise InputError(f"target {tgt.name} uses backend '{tgt.backend}', which this version cannot build yet")
     if tgt.backend == "tensorrt":
@@ -390,6 +412,8 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     for name, loaded in (("dense", dense), ("pruned", pruned)):
         exports[name] = export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset,
                                     check_inputs=_parity_inputs(loaded, te), force=True, data=data.data)
+    if tgt.backend == "onnxruntime" and tgt.build.precision == "int8" and not tgt.build.calibration:
+        tgt = _override_build(tgt, None, str(_calibration_set(data, out_dir)))
     if tgt.backend == "tensorrt":
         from .backends.trt_deploy import prepare_tensorrt
 
@@ -398,6 +422,18 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     return _profile(exports["dense"].path, exports["pruned"].path, tgt, te, out_dir,
                     method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
                     force=True, progress=progress)
+
+
+def _calibration_set(data: DataOptions, out_dir: Path) -> Path:
+    """512 class-balanced training images of the run's data set, saved in the run directory: the
+    calibration set of a target that names none (the shipped one holds Fashion-MNIST images only)."""
+    from .data import calibration_sample
+    from .fileio import atomic_write
+
+    x, y = calibration_sample(load_dataset(data.data, "train", data.data_dir))
+    path = out_dir / "calibration.npz"
+    atomic_write(path, lambda f: np.savez_compressed(f, x=x, y=y), force=True)
+    return path
 
 
 def _override_build(tgt: Target, precision: str | None, calibration: str | None) -> Target:

@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-# Typer 0.29 vendors Click; its exception types live here.
-from typer._click import exceptions as click_exc
 from rich.console import Console
 from rich.table import Table
 
-from . import api
+from . import __version__, api
 from .errors import EdgepruneError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -34,6 +32,21 @@ TrustCodeOpt = typer.Option(False, "--trust-code", help="Allow a checkpoint to i
 ArchOpt = typer.Option(None, "--arch", help="The package.module:factory you expect the checkpoint to be built from: "
                        "allows importing and calling that one (zoo: names need no consent).")
 ShapeOpt = typer.Option(None, "--input-shape", help="C,H,W for TorchScript or pickled models, e.g. 1,28,28.")
+TargetOpt = typer.Option("host-cpu", "--target", help="Target name (see `edgeprune targets`) or a .toml path.")
+TargetsDirOpt = typer.Option(None, "--targets-dir", help="Folder of your own target .toml files, searched before "
+                             "EDGEPRUNE_TARGETS and the shipped targets (a file there wins over a shipped one).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"edgeprune {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print the version and exit.")) -> None:
+    pass
 
 
 def _shape(value: Optional[str]) -> Optional[tuple[int, ...]]:
@@ -128,7 +141,11 @@ def compress(
                                  "cycles with dead-neuron removal; --finetune-epochs is then its whole training budget)."),
     steps: int = typer.Option(5, "--steps", help="Prune steps for --schedule iterative; pruning cycles for gated."),
     budget: str = typer.Option("params", "--budget", help="Channel pruning: --sparsity counts params or macs."),
-    round_to: int = typer.Option(8, "--round-to", help="Channel pruning: keep widths multiples of this."),
+    round_to: Optional[int] = typer.Option(None, "--round-to", help="Channel pruning: keep widths multiples of "
+                                           "this (default: the --target's build.round_to, else 8)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target name or .toml path whose channel "
+                                         "multiple (build.round_to) channel pruning keeps."),
+    targets_dir: Optional[Path] = TargetsDirOpt,
     finetune_epochs: float = typer.Option(2.0, "--finetune-epochs", help="Fine-tune budget (epochs, in all)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tune learning rate (Adam, cosine decay); "
                                        "default 2e-3 for weight, 5e-4 for channel granularity, 8e-3 for "
@@ -151,13 +168,16 @@ def compress(
     from .pruning.base import PruneSpec
 
     auto = _is_auto(sparsity)
+    if round_to is None and target is None:
+        round_to = PruneSpec.round_to
     spec = PruneSpec(method=method, sparsity=0.0 if auto else _sparsity(sparsity), granularity=granularity, scope=scope,
                      schedule=schedule, steps=steps, budget=budget, round_to=round_to, seed=seed,
                      options=_method_options(score=score, count=count, attenuation=attenuation, width=width),
                      target_accuracy=target_acc)
     r = api.compress(model, spec, output, data=_data(data, data_dir, limit), finetune_epochs=finetune_epochs,
-                     lr=lr, consent=_consent(trust_pickle, trust_code, arch), input_shape=_shape(input_shape), force=force,
-                     progress=not as_json, auto_limit=_auto_limit() if auto else None)
+                     lr=lr, consent=_consent(trust_pickle, trust_code, arch), input_shape=_shape(input_shape),
+                     force=force, progress=not as_json, auto_limit=_auto_limit() if auto else None, target=target,
+                     targets_dir=targets_dir)
     if as_json:
         return _emit_json(r)
     t = Table(title=f"{r.method} {r.granularity} pruning, {r.scope} scope, {r.schedule}")
@@ -343,7 +363,7 @@ def _show_report(report, out_dir: Optional[Path], as_json: bool) -> None:
 @app.command()
 def deploy(
     model: Path = typer.Argument(..., help="Pruned checkpoint."),
-    target: str = typer.Option("host-cpu", "--target", help="Target name (see `edgeprune targets`) or a .toml path."),
+    target: str = TargetOpt, targets_dir: Optional[Path] = TargetsDirOpt,
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Dense model (default: the pruned model's source)."),
     output: Path = typer.Option(Path("runs/latest"), "-o", "--output", help="Run directory."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
@@ -351,15 +371,17 @@ def deploy(
     arch: Optional[str] = ArchOpt, force: bool = ForceOpt,
     as_json: bool = JsonOpt,
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the target's)."),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="INT8 calibration images (.npz with x, y)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="INT8 calibration images (.npz with x, y; "
+                                              "calibration/fmnist.npz is shipped). Default: the target's, or 512 "
+                                              "training images of --data when it names none."),
 ) -> None:
     """Export, build and profile dense and pruned models on a target; write the run directory.
 
     Example: edgeprune deploy pruned.pt --target host-cpu --baseline model.pt -o runs/demo
     """
     report = api.deploy(model, target, output, baseline_path=baseline, data=_data(data, data_dir, None, test_limit),
-                        opset=opset, consent=_consent(trust_pickle, trust_code, arch), force=force, progress=not as_json,
-                        precision=precision, calibration=calibration)
+                        opset=opset, consent=_consent(trust_pickle, trust_code, arch), force=force,
+                        progress=not as_json, precision=precision, calibration=calibration, targets_dir=targets_dir)
     if hasattr(report, "built_here"):   # a TensorRT target: plans and commands for the device
         return _show_trt_deploy(report, as_json)
     _show_report(report, output, as_json)
@@ -381,7 +403,7 @@ def _show_trt_deploy(r, as_json: bool) -> None:
 def profile(
     model: Path = typer.Argument(..., help="Pruned ONNX model."),
     baseline: Path = typer.Option(..., "--baseline", help="Dense ONNX model."),
-    target: str = typer.Option("host-cpu", "--target"),
+    target: str = TargetOpt, targets_dir: Optional[Path] = TargetsDirOpt,
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report to this file."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write report.json/.md/.png here."),
@@ -396,7 +418,7 @@ def profile(
     if json_out is not None and json_out.exists() and not force:
         raise InputError(f"output {json_out} exists (use --force to overwrite)")
     report = api.profile(baseline, model, target, data=_data(data, data_dir, None, test_limit, None), out_dir=output,
-                         force=force)
+                         force=force, targets_dir=targets_dir)
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=2).encode()
         atomic_write(json_out, text, force=True)
@@ -406,35 +428,38 @@ def profile(
 
 
 @app.command()
-def targets(as_json: bool = JsonOpt) -> None:
-    """List the targets in targets/*.toml with their backend, software stack, build policy and status.
+def targets(targets_dir: Optional[Path] = TargetsDirOpt, as_json: bool = JsonOpt) -> None:
+    """List the targets (shipped, EDGEPRUNE_TARGETS, --targets-dir) with their backend, software stack,
+    build policy and status.
 
     Example: edgeprune targets
     """
     from .targets import list_targets, stack_summary, target_status
 
-    rows = [(t, target_status(t)) for t in list_targets()]
+    rows = [(t, target_status(t)) for t in list_targets(targets_dir)]
     if as_json:
-        return _emit_json([{"name": t.name, "backend": t.backend, "description": t.description, "status": s,
+        return _emit_json([{"name": t.name, "path": str(t.path), "backend": t.backend, "description": t.description,
+                            "status": s,
                             "stack_summary": stack_summary(t), "precision": t.build.precision,
                             "sparsity": t.build.sparsity, "dla_core": t.build.dla_core,
                             "trt_generation": t.trt_generation, "ssh": t.ssh, "stack": t.stack,
                             "hardware": t.hardware, "build": t.build.to_dict(), "run": t.run.to_dict()}
                            for t, s in rows])
     table = Table(title="targets")
-    for col in ("name", "backend", "stack", "precision", "sparsity", "DLA", "status"):
+    for col in ("name", "backend", "stack", "precision", "sparsity", "DLA", "round_to", "status"):
         table.add_column(col)
     for t, s in rows:
         dla = t.hardware.get("dla_cores", 0)
         dla_text = "-" if not dla else (f"{dla} (GPU used)" if t.build.dla_core < 0 else f"core {t.build.dla_core}")
-        table.add_row(t.name, t.backend, stack_summary(t), t.build.precision, t.build.sparsity, dla_text, s)
+        table.add_row(t.name, t.backend, stack_summary(t), t.build.precision, t.build.sparsity, dla_text,
+                      str(t.build.round_to), s)
     out.print(table)
 
 
 @app.command()
 def validate(
     model: Path = typer.Argument(..., help="ONNX model to check."),
-    target: str = typer.Option("host-cpu", "--target", help="Target name (see `edgeprune targets`) or a .toml path."),
+    target: str = TargetOpt, targets_dir: Optional[Path] = TargetsDirOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Check an ONNX model against a target without the device: ONNX checker and shape inference,
@@ -446,7 +471,7 @@ def validate(
     from .targets import load_target
     from .validation import errors, validate_onnx
 
-    tgt = load_target(target)
+    tgt = load_target(target, targets_dir)
     problems = validate_onnx(model, tgt)
     failed = bool(errors(problems))
     if as_json:
@@ -494,7 +519,7 @@ def check_sparsity(
 def explain_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory written by deploy (report.json, dense.onnx, pruned.onnx)."),
     target: Optional[str] = typer.Option(None, "--target", help="Target name or .toml (default: the report's)."),
-    as_json: bool = JsonOpt,
+    targets_dir: Optional[Path] = TargetsDirOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Say what the pruned model got and why it is (not) faster on the target.
 
@@ -502,7 +527,7 @@ def explain_cmd(
     """
     from .explain import explain_run
 
-    ex = explain_run(run_dir, target)
+    ex = explain_run(run_dir, target, targets_dir)
     if as_json:
         return _emit_json(ex.to_dict())
     out.print(f"[bold]{ex.run_dir}[/]: pruned vs dense on {ex.target} ({ex.backend})")
@@ -510,17 +535,23 @@ def explain_cmd(
         out.print(f"- {f.line()}", highlight=False)
 
 
+# Click's base class of usage errors, bad values and unreadable files. Recent Typer (0.29 here) runs on a copy
+# of Click in a private module (typer._click) and older Typer on the click package; both export
+# Click's BadParameter as the public `typer.BadParameter`, so the base class is taken from it. An
+# `import click` could name a second, unrelated Click whose classes Typer never raises.
+CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become `error: <one line>` and exit code 2."""
     command = typer.main.get_command(app)
+    args = list(argv if argv is not None else sys.argv[1:]) or ["--help"]   # no arguments: the help, exit 0
     try:
-        rv = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgeprune", standalone_mode=False)
+        rv = command.main(args=args, prog_name="edgeprune", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except EdgepruneError as e:
         print(f"error: {e}", file=sys.stderr)
-    except click_exc.NoArgsIsHelpError:  # Typer has already printed the help
-        return 0
-    except click_exc.ClickException as e:  # usage errors, bad parameter values, unreadable files
+    except CLICK_EXCEPTION as e:
         print(f"error: {e.format_message()}", file=sys.stderr)
     except typer.Abort:
         print("error: aborted", file=sys.stderr)

@@ -4,7 +4,7 @@ Reads a run directory (`report.json` and the two ONNX models that `deploy` write
 turns the weights, the graph and the measurements into findings, one line each with its reason:
 compacted layers and the share of MACs they removed; zeros the backend densifies; INT8 (Q/DQ
 nodes); layers eligible for 2:4 sparse tensor cores and whether the target has them; widths off
-multiples of 8; and the measured latency ratio against the MAC ratio and the A/A noise band.
+the channel multiple the target wants (its build.round_to); and the measured latency ratio against the MAC ratio and the A/A noise band.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ import numpy as np
 import onnx
 
 from edgeprune.errors import EdgepruneError, InputError, first_line
+from edgeprune.host_simd import host_simd
 from edgeprune.onnx_layers import OnnxLayer, quant_nodes, weighted_layers
 from edgeprune.onnx_stats import node_macs
 from edgeprune.profiling import NOISY_AA, noise_band
 from edgeprune.pruning.semistructured import ALIGN, MIN_WIDTH, LayerCheck, check_weight
 from edgeprune.report.schema import Report, read_report
+from edgeprune.targets import Target, TargetsDir, load_target
 
 # Fewer zeros than this (beyond the dense model's own) are not worth a finding.
 ZERO_FINDING = 0.05
@@ -80,9 +82,10 @@ class Explanation:
                 "two_four": [c.to_dict() for c in self.checks]}
 
 
-def explain_run(run_dir: str | Path, target: str | Path | None = None) -> Explanation:
+def explain_run(run_dir: str | Path, target: str | Path | None = None, targets_dir: TargetsDir = None) -> Explanation:
     """Explain the run in ``run_dir``. ``target`` (a name or .toml path) overrides the target the
-    report names, e.g. when it was given as a file that has moved."""
+    report names, e.g. when it was given as a file that has moved; ``targets_dir`` is searched for a
+    target name before the shipped targets."""
     run = Path(run_dir)
     if not run.is_dir():
         raise InputError(f"run directory not found: {run}")
@@ -92,9 +95,14 @@ def explain_run(run_dir: str | Path, target: str | Path | None = None) -> Explan
     layers = _layer_changes(dense, pruned, pl)
     checks = [check_weight(L.name, L.op, L.weight) for L in pl]
     int8, quantized, uninspected = _int8(report, pruned)
-    widths, off = _widths(layers)
+    name = target or report.target
+    try:
+        tgt: Target | str = load_target(name, targets_dir)
+    except EdgepruneError as e:
+        tgt = f"target '{name}' could not be loaded ({e})"
+    widths, off = _widths(layers, tgt)
     zeros = _zeros(report, layers, checks)
-    findings = [_compaction(layers), zeros, int8, uninspected, _two_four(report, checks, target), widths]
+    findings = [_compaction(layers), zeros, int8, uninspected, _two_four(checks, tgt), widths]
     findings = [f for f in findings if f is not None]
     findings += _speed(report, off, quantized, zeros is not None)
     return Explanation(str(run), report.target, report.backend, findings, layers, checks)
@@ -198,19 +206,14 @@ def _engine_graph(engine: Path) -> tuple[onnx.ModelProto | None, str]:
         return None, f"it is not a readable ONNX graph ({type(e).__name__}: {first_line(e)})"
 
 
-def _two_four(report: Report, checks: list[LayerCheck], target: str | Path | None) -> Finding:
-    from edgeprune.targets import load_target
-
+def _two_four(checks: list[LayerCheck], tgt: Target | str) -> Finding:
+    """`tgt`: the target, or why it could not be loaded."""
     n_ok = sum(c.satisfies for c in checks)
     n_fast = sum(c.likely_faster for c in checks)
     text = (f"{n_ok} of {len(checks)} layers satisfy 2:4, {n_fast} of them wide (>= {MIN_WIDTH}) and aligned "
             f"enough for sparse kernels to win")
-    name = target or report.target
-    try:
-        tgt = load_target(name)
-    except EdgepruneError as e:
-        return Finding("2:4", text, f"target '{name}' could not be loaded ({e}): cannot say whether it has sparse "
-                                    "tensor cores")
+    if isinstance(tgt, str):
+        return Finding("2:4", text, f"{tgt}: cannot say whether it has sparse tensor cores")
     cores = tgt.hardware.get("sparse_tensor_cores")
     if not cores:
         setting = "false" if cores is False else "unset"
@@ -228,22 +231,30 @@ def _two_four(report: Report, checks: list[LayerCheck], target: str | Path | Non
     return Finding("2:4", text, reason)
 
 
-def _widths(layers: list[LayerChange]) -> tuple[Finding | None, list[str]]:
-    """Widths pruning changed to something off a multiple of 8 (the dense model's own are not pruning's doing)."""
+def _widths(layers: list[LayerChange], tgt: Target | str) -> tuple[Finding | None, list[str]]:
+    """Widths pruning changed to something off the target's channel multiple (the dense model's own
+    are not pruning's doing). Without a loadable target, 8 (FP16 tensor-core tiles, AVX2)."""
+    multiple, wants = ALIGN, f"{ALIGN}, the common multiple of AVX2 and FP16 tensor-core tiles ({tgt})"
+    if not isinstance(tgt, str):
+        multiple, wants = tgt.build.round_to, f"{tgt.build.round_to}, the multiple {tgt.name} wants (build.round_to"
+        if tgt.hardware.get("family") == "host":
+            simd = host_simd()
+            wants += f"; this CPU: {simd.isa}, {simd.lanes} fp32 lanes"
+        wants += ")"
     off = []
     for L in layers:
         for axis, what in ((0, "out"), (1, "in")):
             w = L.pruned_shape[axis]
-            if w != L.dense_shape[axis] and w % ALIGN:
+            if w != L.dense_shape[axis] and w % multiple:
                 off.append(f"{L.name} {what} {w}")
     if off:
-        return Finding("widths", f"pruned widths not multiples of {ALIGN}: {', '.join(off)}",
-                       "ONNX Runtime's blocked NCHWc convolution layout (x86) and TensorRT's tensor-core tiles want "
-                       f"multiples of {ALIGN}; such layers can run slower than their MACs predict (compress "
-                       "--round-to 8 avoids them)"), off
+        return Finding("widths", f"pruned widths not multiples of {wants}: {', '.join(off)}",
+                       "ONNX Runtime blocks CPU channels by the SIMD width (x86 NCHWc: 8 with AVX2, 16 with "
+                       "AVX-512) and TensorRT's tensor-core tiles want 8 (FP16) or 16 (INT8); such layers can run "
+                       f"slower than their MACs predict (compress --target or --round-to {multiple} avoids them)"), off
     if any(L.compacted for L in layers):
-        return Finding("widths", f"all compacted widths are multiples of {ALIGN}",
-                       "they stay on ONNX Runtime's blocked kernels and tensor-core tiles"), off
+        return Finding("widths", f"all compacted widths are multiples of {wants}",
+                       "they stay on the target's full SIMD blocks and tensor-core tiles"), off
     return None, off
 
 
@@ -271,7 +282,7 @@ def _speed(report: Report, widths: list[str], int8: bool, zeros: bool) -> list[F
                 reason = "the pruned model executes as many MACs as the dense one" + (
                     ", and its zeros are densified" if zeros else "")
             elif widths:
-                reason = "fewer MACs, but the widths pruning left are off multiples of 8 and fall off fast kernels"
+                reason = "fewer MACs, but the widths pruning left are off the target's channel multiple and fall off fast kernels"
             elif bl.dense.p50 < TINY_MS:
                 reason = f"fewer MACs, but at {bl.dense.p50:.3g} ms a call the fixed per-run overhead dominates"
             else:
@@ -287,14 +298,14 @@ def _speed(report: Report, widths: list[str], int8: bool, zeros: bool) -> list[F
                 reason = f"it tracks the MAC ratio (latency/MAC {per_mac:.2f}): the removed channels were compute"
             elif per_mac > 1.0:
                 reason = f"less than the MAC ratio promises (latency/MAC {per_mac:.2f}): " + (
-                    "widths off multiples of 8 fall off fast kernels" if widths
+                    "widths off the target's channel multiple fall off fast kernels" if widths
                     else "per-call overhead and non-MAC work (activations, memory traffic) did not shrink")
             else:
                 reason = (f"more than the MAC ratio predicts (latency/MAC {per_mac:.2f}): smaller tensors fit "
                           "caches better")
         else:
             text = f"{head}: {r:.2f}x slower"
-            reason = ("widths off multiples of 8 fall off fast kernels" if widths
+            reason = ("widths off the target's channel multiple fall off fast kernels" if widths
                       else "nothing pruning did explains a slow-down: check the A/A control and repeat the run")
         if abs(aa - 1.0) > NOISY_AA:
             reason += f" (the A/A control is off by {abs(aa - 1.0):.0%}: the machine was noisy)"

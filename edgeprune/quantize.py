@@ -183,11 +183,13 @@ def calibration_method(name: str):
 
 def calibration_path(spec: str | Path) -> Path:
     """Where a target's `build.calibration` points: an absolute path, a path relative to the
-    working directory, or else one relative to the edgeprune checkout (`calibration/fmnist.npz`)."""
+    working directory, or else a file edgeprune ships (`calibration/fmnist.npz`)."""
+    from edgeprune.shipped import shipped_path
+
     path = Path(spec)
     if path.is_absolute() or path.exists():
         return path
-    return Path(__file__).resolve().parent.parent / path
+    return shipped_path(*path.parts)
 
 
 def load_calibration(path: Path) -> np.ndarray:

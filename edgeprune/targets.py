@@ -5,8 +5,10 @@ stack the device is expected to have, the hardware it is, how engines are built 
 how they are measured (`[run]`). Every table accepts only the keys declared below, so a typo in a
 target file is an error naming the key and the file instead of a silently ignored setting.
 
-Adding a device is adding a file to `targets/`; adding a setting is adding a field here and one
-line to the matching `_*_KEYS` table.
+The shipped targets live in `edgeprune/shipped/targets/`; a user adds a device without touching the
+package, in a folder named by `--targets-dir` or `EDGEPRUNE_TARGETS` (a file there wins over a
+shipped one of the same name), or by passing the file's path. Adding a setting is adding a field
+here and one line to the matching `_*_KEYS` table.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from edgeprune.errors import InputError, UnknownNameError
 
@@ -28,6 +30,9 @@ MODEL_FORMATS = ("onnx", "ort")
 SPARSITY_MODES = ("none", "2:4")           # TensorRT SPARSE_WEIGHTS needs 2:4 weights (Ampere+)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
 ORT_TARGET_PLATFORMS = ("", "amd64", "arm")  # "" = this host
+# build.round_to = "host": the fp32 vector width of the CPU edgeprune runs on (edgeprune/host_simd.py).
+ROUND_TO_HOST = "host"
+TARGETS_ENV = "EDGEPRUNE_TARGETS"
 
 _TOP_KEYS = {"description", "backend", "ssh", "stack", "hardware", "build", "run"}
 
@@ -92,9 +97,14 @@ class BuildPolicy:
     # ONNX Runtime: which CPU the optimised/.ort model is for; "arm" keeps x86-only layouts out.
     ort_target_platform: str = ""
     # INT8: calibration method (ORT names; TensorRT <= 10 uses its entropy calibrator for
-    # "entropy") and the default calibration set (repo-relative .npz) when none is given.
+    # "entropy") and the default calibration set when none is given (an .npz path; a relative one
+    # not found from the working directory is one edgeprune ships, e.g. "calibration/fmnist.npz").
     calibration_method: str = "minmax"
     calibration: str = ""
+    # Channel pruning for this device (`compress --target`) keeps widths multiples of this: the
+    # SIMD width of its CPU or the tensor-core tile of its GPU. "host" in a file = this CPU's width.
+    # 8 when a file does not say: a multiple of NEON's and SSE's 4 and of FP16 tensor-core tiles.
+    round_to: int = 8
     # TensorRT
     sparsity: str = "none"          # "2:4": set SPARSE_WEIGHTS so TensorRT may pick sparse kernels
     dla_core: int = -1              # -1 = GPU only; >= 0 = that DLA core
@@ -183,15 +193,36 @@ def _vtext(version: str | tuple[int, ...]) -> str:
     return version if isinstance(version, str) else ".".join(map(str, version))
 
 
-def default_targets_dir() -> Path:
-    env = os.environ.get("EDGEPRUNE_TARGETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "targets"
+TargetsDir = str | Path | Sequence[str | Path] | None
 
 
-def load_target(name_or_path: str | Path, targets_dir: Path | None = None) -> Target:
-    """Load a target by name (`host-cpu` -> `<targets_dir>/host-cpu.toml`) or by file path."""
+def target_dirs(targets_dir: TargetsDir = None) -> list[Path]:
+    """The folders target names are looked up in, first match first: `targets_dir` (the CLI's
+    `--targets-dir`), each folder of `EDGEPRUNE_TARGETS` (separated by os.pathsep), then the
+    targets edgeprune ships. A user's folder that does not exist is an InputError."""
+    from edgeprune.shipped import shipped_path
+
+    given = [targets_dir] if isinstance(targets_dir, (str, Path)) else list(targets_dir or [])
+    env = [p for p in os.environ.get(TARGETS_ENV, "").split(os.pathsep) if p]
+    for where, paths in (("--targets-dir", given), (TARGETS_ENV, env)):
+        for p in paths:
+            if not Path(p).is_dir():
+                raise InputError(f"{where}: targets folder not found: {p}")
+    return [Path(p) for p in given + env] + [shipped_path("targets")]
+
+
+def _target_files(targets_dir: TargetsDir) -> dict[str, Path]:
+    """Every target name in the search path and the file that wins for it."""
+    found: dict[str, Path] = {}
+    for d in target_dirs(targets_dir):
+        for p in sorted(d.glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return found
+
+
+def load_target(name_or_path: str | Path, targets_dir: TargetsDir = None) -> Target:
+    """Load a target by name (`host-cpu`: the first `host-cpu.toml` in `target_dirs(targets_dir)`)
+    or by file path."""
     text = str(name_or_path)
     looks_like_path = isinstance(name_or_path, Path) or text.endswith(".toml") or os.sep in text or "/" in text
     if looks_like_path:
@@ -199,17 +230,15 @@ def load_target(name_or_path: str | Path, targets_dir: Path | None = None) -> Ta
         if not path.is_file():
             raise InputError(f"target file not found: {path}")
         return _load_file(path)
-    tdir = Path(targets_dir) if targets_dir is not None else default_targets_dir()
-    path = tdir / f"{text}.toml"
-    if not path.is_file():
-        available = ", ".join(p.stem for p in sorted(tdir.glob("*.toml"))) or "none"
-        raise UnknownNameError(f"unknown target '{text}' (available: {available})")
-    return _load_file(path)
+    files = _target_files(targets_dir)
+    if text not in files:
+        raise UnknownNameError(f"unknown target '{text}' (available: {', '.join(sorted(files)) or 'none'})")
+    return _load_file(files[text])
 
 
-def list_targets(targets_dir: Path | None = None) -> list[Target]:
-    tdir = Path(targets_dir) if targets_dir is not None else default_targets_dir()
-    return [_load_file(p) for p in sorted(tdir.glob("*.toml"))]
+def list_targets(targets_dir: TargetsDir = None) -> list[Target]:
+    """Every target by name, a user's file in place of a shipped one of the same name."""
+    return [_load_file(p) for _, p in sorted(_target_files(targets_dir).items())]
 
 
 def target_status(target: Target) -> str:
@@ -346,12 +375,25 @@ def _parse_build(table: dict, src: str) -> BuildPolicy:
         ort_target_platform=_choice_key(table, "ort_target_platform", ORT_TARGET_PLATFORMS, src, d),
         calibration_method=_choice_key(table, "calibration_method", CALIBRATION_METHODS, src, d),
         calibration=_get(table, "calibration", str, src, "build", default=d.calibration),
+        round_to=_round_to(table, src, d),
         sparsity=_choice_key(table, "sparsity", SPARSITY_MODES, src, d),
         dla_core=_min_int(table, "dla_core", -1, src, d),
         gpu_fallback=_get(table, "gpu_fallback", bool, src, "build", default=d.gpu_fallback),
         workspace_mb=_min_int(table, "workspace_mb", 1, src, d),
         timing_cache=_get(table, "timing_cache", bool, src, "build", default=d.timing_cache),
     )
+
+
+def _round_to(table: dict, src: str, d: BuildPolicy) -> int:
+    value = _get(table, "round_to", (int, str), src, "build", default=d.round_to)
+    if value == ROUND_TO_HOST:
+        from edgeprune.host_simd import host_simd
+
+        return host_simd().lanes
+    if isinstance(value, str) or value < 1:
+        raise InputError(f"{src}: build.round_to must be an integer >= 1 (1 = off) or \"{ROUND_TO_HOST}\" "
+                         f"(this CPU's fp32 vector width), got {value!r}")
+    return value
 
 
 def _choice_key(table: dict, key: str, choices: tuple[str, ...], src: str, d: BuildPolicy) -> str:

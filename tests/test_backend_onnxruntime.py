@@ -160,7 +160,7 @@ def test_stack_describes_the_runtime(backend, target):
 
 
 # ---------------------------------------------------------------- ARM platform, INT8, providers
-CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "fmnist.npz"
+from .conftest import CALIBRATION  # noqa: E402
 
 
 def convnet(path: Path, seed: int = 0) -> Path:

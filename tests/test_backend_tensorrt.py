@@ -26,7 +26,7 @@ from edgeprune.data import load_npz
 from edgeprune.errors import InputError
 from edgeprune.targets import BuildPolicy, RunPolicy, Target
 
-from .conftest import REPO
+from .conftest import CALIBRATION
 from .fake_tensorrt import FakeCuda, make_fake_tensorrt
 
 FIX = Path(__file__).parent / "fixtures" / "trtexec"
@@ -401,7 +401,7 @@ def test_cli_deploy_to_tensorrt_target_prepares_the_device_run(capsys, tmp_path,
     target.write_text(JETSON_TOML.format(trt="10.3.0"))
     run = tmp_path / "run"
     code = main(["deploy", str(pruned_ckpt), "--baseline", str(lenet300_ckpt), "--target", str(target), "--precision",
-                 "int8", "--calibration", str(REPO / "calibration" / "fmnist.npz"), "--test-limit", "50", "-o", str(run)])
+                 "int8", "--calibration", str(CALIBRATION), "--test-limit", "50", "-o", str(run)])
     out = capsys.readouterr().out
     assert code == 0
     assert "TensorRT is not installed on this machine: the engines must be built on the device" in " ".join(out.split())
@@ -417,7 +417,7 @@ def test_cli_deploy_to_tensorrt_target_prepares_the_device_run(capsys, tmp_path,
     assert "python3 -m edgeprune.backends.tensorrt build engine_plan.json --model pruned" in build_sh
     # the calibration inputs are the calibration set as the network sees it
     x = np.load(run / "calibration_inputs.npy")
-    assert np.array_equal(x, load_npz(REPO / "calibration" / "fmnist.npz").x) and x.dtype == np.float32
+    assert np.array_equal(x, load_npz(CALIBRATION).x) and x.dtype == np.float32
     assert onnx_facts(run / "pruned.onnx").input_dims == (None, 1, 28, 28)
 
 
@@ -438,7 +438,7 @@ def test_cli_deploy_int8_to_tensorrt_11_validates_the_qdq_model_it_builds(capsys
     target.write_text(JETSON_TOML.format(trt="11.1.0"))
     run = tmp_path / "run"
     code = main(["deploy", str(pruned_ckpt), "--baseline", str(lenet300_ckpt), "--target", str(target), "--precision",
-                 "int8", "--calibration", str(REPO / "calibration" / "fmnist.npz"), "--test-limit", "50", "-o", str(run)])
+                 "int8", "--calibration", str(CALIBRATION), "--test-limit", "50", "-o", str(run)])
     err = capsys.readouterr().err
     assert code == 0, err
     plans = {k: EnginePlan.from_dict(v) for k, v in json.loads((run / "engine_plan.json").read_text())["models"].items()}

@@ -6,7 +6,7 @@ import pytest
 from edgeprune.data import calibration_sample, load_dataset, train_val_split
 from edgeprune.errors import InputError, UnknownNameError
 
-from .conftest import REPO, requires_fmnist
+from .conftest import CALIBRATION, requires_fmnist
 
 
 @requires_fmnist
@@ -77,7 +77,7 @@ def test_calibration_set_is_balanced_and_from_training_images():
 
 
 @requires_fmnist
-def test_committed_calibration_set_is_reproducible_from_the_repo():
-    committed = np.load(REPO / "calibration" / "fmnist.npz")
+def test_shipped_calibration_set_is_reproducible():
+    committed = np.load(CALIBRATION)
     x, y = calibration_sample(load_dataset("fashion-mnist", "train"), 512, seed=0)
     assert np.array_equal(committed["x"], x) and np.array_equal(committed["y"], y)

@@ -7,9 +7,10 @@ import pytest
 from edgeprune import api
 from edgeprune.cli import main
 from edgeprune.explain import explain_run
+from edgeprune.host_simd import host_simd
 from edgeprune.pruning import PruneSpec
 
-from .conftest import REPO
+from .conftest import CALIBRATION, REPO
 
 TEST = api.DataOptions("fashion-mnist", test_limit=300)
 
@@ -26,11 +27,12 @@ def unstructured_run(tmp_path_factory, lenet300_ckpt, fmnist_small, fast_target)
 
 @pytest.fixture(scope="module")
 def channel_run(tmp_path_factory, lenet300_ckpt, fmnist_small, fast_target, unstructured_run):
-    """`profile -o` of lenet300 with half its MACs removed by channel pruning, against the dense export
-    of the deploy run (a profile run directory holds no ONNX files: explain reads the report's paths)."""
+    """`profile -o` of lenet300 with half its MACs removed by channel pruning in the target's channel
+    multiple, against the dense export of the deploy run (a profile run directory holds no ONNX
+    files: explain reads the report's paths)."""
     d = tmp_path_factory.mktemp("explain")
-    api.compress(lenet300_ckpt, PruneSpec(sparsity=0.5, granularity="channel", budget="macs"), d / "c.pt",
-                 data=fmnist_small, finetune_epochs=0.2, progress=False)
+    api.compress(lenet300_ckpt, PruneSpec(sparsity=0.5, granularity="channel", budget="macs", round_to=None), d / "c.pt",
+                 data=fmnist_small, finetune_epochs=0.2, progress=False, target=str(fast_target))
     api.export(d / "c.pt", d / "c.onnx", data=TEST)
     api.profile(unstructured_run / "dense.onnx", d / "c.onnx", str(fast_target), data=TEST, out_dir=d / "run",
                 progress=False)
@@ -71,7 +73,23 @@ def test_channel_pruned_run_names_the_compacted_layers_and_their_mac_share(chann
     text = f["compaction"][0].text
     assert "300x784->" in text and f"removing {removed:.0%} of the dense model's layer MACs" in text
     assert "zeros" not in f
-    assert f["widths"][0].text == "all compacted widths are multiples of 8"
+    simd = host_simd()
+    assert f["widths"][0].text == (f"all compacted widths are multiples of {simd.lanes}, the multiple host-cpu-fast "
+                                   f"wants (build.round_to; this CPU: {simd.isa}, {simd.lanes} fp32 lanes)")
+
+
+def test_widths_off_the_targets_multiple_are_named(channel_run, fast_target, tmp_path):
+    coarse = tmp_path / "coarse.toml"
+    coarse.write_text(fast_target.read_text().replace('round_to = "host"', "round_to = 48"))
+    ex = explain_run(channel_run, coarse)
+    off = [f"{L.name} {what} {L.pruned_shape[axis]}" for L in ex.layers for axis, what in ((0, "out"), (1, "in"))
+           if L.pruned_shape[axis] != L.dense_shape[axis] and L.pruned_shape[axis] % 48]
+    assert off   # widths in steps of 8 or 16 are rarely all multiples of 48
+    widths = by_topic(ex)["widths"][0]
+    simd = host_simd()   # a host target also names this CPU's own width, which 48 is not
+    assert widths.text == (f"pruned widths not multiples of 48, the multiple coarse wants (build.round_to; this CPU: "
+                           f"{simd.isa}, {simd.lanes} fp32 lanes): {', '.join(off)}")
+    assert "--round-to 48" in widths.reason
 
 
 def test_target_that_cannot_be_loaded_is_said_so(unstructured_run):
@@ -126,7 +144,7 @@ def int8_ort_run(tmp_path_factory, lenet300_ckpt, fmnist_small, fast_target):
     api.compress(lenet300_ckpt, PruneSpec(sparsity=0.8), d / "p.pt", data=fmnist_small, finetune_epochs=0.2,
                  progress=False)
     api.deploy(d / "p.pt", str(ort_target), d / "run", baseline_path=lenet300_ckpt, data=TEST, progress=False,
-               precision="int8", calibration=str(REPO / "calibration" / "fmnist.npz"))
+               precision="int8", calibration=str(CALIBRATION))
     return d / "run", ort_target
 
 

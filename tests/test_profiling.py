@@ -19,6 +19,7 @@ from edgeprune.errors import InputError, ShapeError
 from edgeprune.profiling import explain, profile_pair, time_interleaved
 from edgeprune.report import Report, write_report
 from edgeprune.targets import load_target
+from tests.conftest import CALIBRATION
 from tests.test_report import make_report
 
 torch = pytest.importorskip("torch")
@@ -280,9 +281,8 @@ def test_int8_target_deploys_pruned_int8_against_pruned_fp32_and_dense_in_one_ru
     from edgeprune.pruning import PruneSpec
     from edgeprune.report import read_report
 
-    repo = Path(__file__).resolve().parents[1]
     target = tmp_path / "host-int8.toml"
-    target.write_text(INT8_TARGET.format(calibration=repo / "calibration" / "fmnist.npz"))
+    target.write_text(INT8_TARGET.format(calibration=CALIBRATION))
     data = api.DataOptions("fashion-mnist", limit=3000, test_limit=500)
     pruned = tmp_path / "channel.pt"
     api.compress(lenet5_ckpt, PruneSpec(granularity="channel", sparsity=0.5), pruned, data=data,
@@ -320,7 +320,7 @@ def test_int8_target_with_a_calibration_set_of_the_wrong_shape_is_a_one_line_cli
 
     # Fashion-MNIST calibration images (28x28) for the 8x8 digits CNN.
     target = tmp_path / "int8.toml"
-    target.write_text(INT8_TARGET.format(calibration=Path(__file__).resolve().parents[1] / "calibration" / "fmnist.npz"))
+    target.write_text(INT8_TARGET.format(calibration=CALIBRATION))
     dense, pruned = models
     rc = main(["profile", str(pruned), "--baseline", str(dense), "--target", str(target), "--data", "digits"])
     err = capsys.readouterr().err.strip().splitlines()

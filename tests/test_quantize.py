@@ -16,9 +16,8 @@ from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
 from edgeprune.quantize import METHODS, QuantizeResult, calibration_path, load_calibration, quantize_qdq
 
-from .conftest import REPO
+from .conftest import CALIBRATION
 
-CALIBRATION = REPO / "calibration" / "fmnist.npz"
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +137,7 @@ def test_bad_options_are_user_errors(cnn, calib, tmp_path):
         load_calibration(tmp_path / "none.npz")
 
 
-def test_calibration_paths_resolve_against_the_checkout(tmp_path, monkeypatch):
+def test_calibration_paths_resolve_against_the_shipped_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert calibration_path("calibration/fmnist.npz") == CALIBRATION
     assert calibration_path(str(CALIBRATION)) == CALIBRATION

@@ -157,8 +157,8 @@ def _calibration_inputs(source: str, given: bool, sample_dims: tuple) -> np.ndar
     from edgeprune.quantize import calibration_path, load_calibration
 
     if not source:
-        raise InputError("precision int8 needs calibration data: pass --calibration calibration/fmnist.npz")
-    # a target's build.calibration may be relative to the repository; --calibration is taken as given
+        raise InputError("precision int8 needs calibration data: pass --calibration FILE.npz")
+    # a target's build.calibration may name a shipped file; --calibration is taken as given
     path = Path(source) if given else calibration_path(source)
     x = load_calibration(path)
     if tuple(x.shape[1:]) != tuple(sample_dims):

@@ -1,4 +1,4 @@
-"""Make calibration/fmnist.npz: 512 class-balanced Fashion-MNIST training images (uint8) and labels.
+"""Make edgeprune/shipped/calibration/fmnist.npz: 512 class-balanced Fashion-MNIST training images (uint8) and labels.
 
 Calibration data comes from the training split, never the test split. Deterministic (seed 0), so
 the committed file can be reproduced: `make calibration`.
