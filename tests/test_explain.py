@@ -10,7 +10,7 @@ from edgeprune.explain import explain_run
 from edgeprune.host_simd import host_simd
 from edgeprune.pruning import PruneSpec
 
-from .conftest import CALIBRATION, REPO
+from .conftest import CALIBRATION
 
 TEST = api.DataOptions("fashion-mnist", test_limit=300)
 
