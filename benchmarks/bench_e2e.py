@@ -4,10 +4,11 @@
 Two architectures on Fashion-MNIST, each pruned by edgeprune and by a peer library at the same
 budget and fine-tuned with the same loop, optimizer, learning rate and seed:
 
-* resnet8 (channels 32/64/128): edgeprune channel pruning to ~50 % of MACs (round_to 8, scope
-  "layer" and "global") vs Torch-Pruning's own uniform pruner (MetaPruner, group L2 magnitude)
-  bisected to the same MAC count, once with its default (no round_to) and once with round_to at
-  edgeprune's multiple.
+* resnet8 (channels 32/64/128): edgeprune channel pruning to ~50 % of MACs (round_to from target
+  host-cpu: this CPU's SIMD width, 16 on AVX-512; scope "layer" and "global") vs Torch-Pruning
+  (MetaPruner, group L2 magnitude) at the nearest MAC count it reaches: its uniform pruner with its
+  default (no round_to), and with round_to at edgeprune's multiple (uniform or global, whichever
+  lands nearer).
 * lenet300: edgeprune unstructured global magnitude 90 % vs torch.nn.utils.prune.global_unstructured
   (L1, 90 %), both exported through edgeprune.export.
 
@@ -57,10 +58,10 @@ from edgeprune.export import export as export_onnx  # noqa: E402
 from edgeprune.model_io import ArchRef, Checkpoint, LoadedModel, load_model  # noqa: E402
 from edgeprune.onnx_stats import model_stats  # noqa: E402
 from edgeprune.profiling import predict, time_interleaved  # noqa: E402
+from edgeprune.targets import load_target  # noqa: E402
 from edgeprune.pruning import PruneSpec  # noqa: E402
 from edgeprune.pruning.structured import budget_count  # noqa: E402
 from edgeprune.report.schema import LatencyStats  # noqa: E402
-from edgeprune.targets import load_target  # noqa: E402
 from edgeprune.training import TrainConfig, evaluate, finetune_lr  # noqa: E402
 from edgeprune.training import train as train_loop  # noqa: E402
 
@@ -104,7 +105,7 @@ class Settings:
     resnet_epochs: float = 3.0
     resnet_widths: tuple[int, ...] = (32, 64, 128)
     resnet_mac_sparsity: float = 0.5
-    round_to: int = 8
+    round_to: int = field(default_factory=lambda: load_target("host-cpu").build.round_to)  # this CPU's SIMD width
     scopes: tuple[str, ...] = ("layer", "global")
     lenet_epochs: float = 10.0
     lenet_sparsity: float = 0.9
@@ -122,7 +123,7 @@ class Settings:
             s.warmup, s.iterations, s.min_seconds = 5, 30, 0.0
         if args.scopes:
             s.scopes = tuple(x.strip() for x in args.scopes.split(",") if x.strip())
-        for name in ("resnet_epochs", "lenet_epochs", "finetune_epochs", "iterations", "min_seconds"):
+        for name in ("resnet_epochs", "lenet_epochs", "finetune_epochs", "iterations", "min_seconds", "round_to"):
             value = getattr(args, name, None)
             if value is not None:
                 setattr(s, name, type(getattr(s, name))(value))
@@ -320,27 +321,37 @@ def measure(arch: str, variants: list[Variant], data: Data, s: Settings) -> dict
 
 # ---------------------------------------------------------------------------------------- resnet8
 def tp_uniform(dense_path: Path, example: torch.Tensor, target_macs: float,
-               round_to: int | None = None) -> tuple[nn.Module, float, float]:
-    """Torch-Pruning's uniform (local) pruner, its pruning_ratio bisected to `target_macs`; with
-    `round_to`, Torch-Pruning keeps every pruned width a multiple of it (as edgeprune does)."""
+               round_to: int | None = None) -> tuple[nn.Module, float, float, bool]:
+    """Torch-Pruning at `target_macs`: returns (model, pruning_ratio, MACs, global_pruning).
+
+    Without `round_to`, the uniform (local) pruner with its pruning_ratio bisected. With `round_to`,
+    Torch-Pruning keeps every width a multiple of it, and the MAC count is no longer monotone in the
+    ratio (it rounds each layer's kept channels down, so 32 -> 16 already at a ratio of 0.01 with
+    round_to 16): both the uniform and the global pruner are scanned over a grid of ratios and the
+    nearest MAC count wins."""
     base_model = load_model(dense_path).model
 
-    def pruned(ratio: float) -> nn.Module:
+    def pruned(ratio: float, global_pruning: bool = False) -> nn.Module:
         m = copy.deepcopy(base_model)
         m.eval()
         pruner = tp.pruner.MetaPruner(m, example, tp.importance.GroupMagnitudeImportance(p=2),
-                                      global_pruning=False, pruning_ratio=ratio, ignored_layers=[m.fc],
+                                      global_pruning=global_pruning, pruning_ratio=ratio, ignored_layers=[m.fc],
                                       round_to=round_to)
         pruner.step()
         return m
 
-    cache: dict[float, float] = {}
+    cache: dict[tuple[float, bool], float] = {}
 
-    def macs(ratio: float) -> float:
-        if ratio not in cache:
-            cache[ratio] = budget_count(pruned(ratio), example, "macs")
-        return cache[ratio]
+    def macs(ratio: float, global_pruning: bool = False) -> float:
+        key = (ratio, global_pruning)
+        if key not in cache:
+            cache[key] = budget_count(pruned(ratio, global_pruning), example, "macs")
+        return cache[key]
 
+    if round_to:
+        grid = [(k / 200, g) for g in (False, True) for k in range(1, 181)]
+        ratio, glob = min(grid, key=lambda rg: (abs(macs(*rg) - target_macs), rg[1], rg[0]))
+        return pruned(ratio, glob), ratio, macs(ratio, glob), glob
     lo, hi = 0.0, 0.9
     for _ in range(30):
         mid = (lo + hi) / 2
@@ -350,9 +361,8 @@ def tp_uniform(dense_path: Path, example: torch.Tensor, target_macs: float,
             hi = mid
         if hi - lo < 1e-4:
             break
-    # rounded widths move the MAC count in steps: take whichever side of the step lands nearer
     ratio = min((lo, hi), key=lambda r: abs(macs(r) - target_macs))
-    return pruned(ratio), ratio, macs(ratio)
+    return pruned(ratio), ratio, macs(ratio), False
 
 
 def tp_peer(name: str, round_to: int | None, ref: Variant, dense_path: Path, example: torch.Tensor,
@@ -361,7 +371,7 @@ def tp_peer(name: str, round_to: int | None, ref: Variant, dense_path: Path, exa
     log(f"{arch}: {name}: bisecting Torch-Pruning's pruning_ratio (round_to {round_to}) to "
         f"{ref.torch_macs / base_macs:.3f} of MACs ...")
     t = time.perf_counter()
-    model, ratio, macs = tp_uniform(dense_path, example, ref.torch_macs, round_to)
+    model, ratio, macs, glob = tp_uniform(dense_path, example, ref.torch_macs, round_to)
     bisect_s = time.perf_counter() - t
     pre_val = evaluate(model, data.val)
     ft_s = finetune(model, s, data, name, "channel")
@@ -369,14 +379,14 @@ def tp_peer(name: str, round_to: int | None, ref: Variant, dense_path: Path, exa
     loaded = wrap(model, arch, kwargs, data.input_shape,
                   {"method": "torch-pruning-magnitude", "granularity": "channel", "sparsity": 1 - macs / base_macs})
     t = time.perf_counter()
-    label = "Torch-Pruning uniform" + (f", round_to {round_to}" if round_to else "")
+    label = f"Torch-Pruning {'global' if glob else 'uniform'}" + (f", round_to {round_to}" if round_to else "")
     v = Variant(arch, name, label, export_variant(loaded, WORK_DIR / arch / f"{name}.onnx", data),
-                how=f"tp.pruner.MetaPruner(GroupMagnitudeImportance(p=2), global_pruning=False, "
+                how=f"tp.pruner.MetaPruner(GroupMagnitudeImportance(p=2), global_pruning={glob}, "
                     f"pruning_ratio={ratio:.4f}, round_to={round_to}, fc ignored) + {s.finetune_epochs:g} ep fine-tune "
                     f"lr {lr_for(s, 'channel'):g}",
                 widths=conv_widths(model), torch_macs=macs, val_accuracy=val)
     v.seconds = {"bisect": bisect_s, "finetune": ft_s, "export": time.perf_counter() - t}
-    v.extra = {"pruning_ratio": ratio, "round_to": round_to, "matched_to": ref.name,
+    v.extra = {"pruning_ratio": ratio, "round_to": round_to, "global_pruning": glob, "matched_to": ref.name,
                "val_accuracy_before_finetune": pre_val, "torch_mac_ratio": macs / base_macs}
     log(f"{arch}: {name}: pruning_ratio {ratio:.4f}, MACs {macs / base_macs:.3f} of dense, widths {v.widths}, "
         f"val {pre_val:.2f} % -> {val:.2f} %")
@@ -705,6 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resnet-epochs", type=float)
     p.add_argument("--lenet-epochs", type=float)
     p.add_argument("--finetune-epochs", type=float)
+    p.add_argument("--round-to", type=int, help="channel multiple (default: host-cpu's build.round_to, this CPU's SIMD width)")
     p.add_argument("--iterations", type=int, help="minimum timed rounds per batch size (default 200)")
     p.add_argument("--min-seconds", type=float, help="minimum timing per batch size (default 20 s)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")

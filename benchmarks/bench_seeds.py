@@ -47,7 +47,7 @@ def main() -> int:
     ours = copy.deepcopy(base.model)
     prune(ours, PruneSpec(method="magnitude", granularity="channel", budget="macs", sparsity=0.5,
                           round_to=8, scope="global"), x)
-    tp_model, ratio, _ = B.tp_uniform(dense_path, x, budget_count(ours, x, "macs"))
+    tp_model, ratio, _, _ = B.tp_uniform(dense_path, x, budget_count(ours, x, "macs"))
     variants = {"edgeprune-global": ours, "tp-uniform": tp_model}
     acc: dict[str, dict[int, float]] = {k: {} for k in variants}
     for v in e2e["models"]["resnet8"]["variants"]:
