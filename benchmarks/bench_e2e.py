@@ -52,12 +52,13 @@ from torch.nn.utils import prune as torch_prune  # noqa: E402
 
 from edgeprune import api  # noqa: E402
 from edgeprune.backends import get_backend  # noqa: E402
-from edgeprune.backends.base import tile_rows  # noqa: E402
+from edgeprune.measure.timing import tile_rows  # noqa: E402
 from edgeprune.data import load_dataset, train_val_split  # noqa: E402
 from edgeprune.export import export as export_onnx  # noqa: E402
 from edgeprune.model_io import ArchRef, Checkpoint, LoadedModel, load_model  # noqa: E402
 from edgeprune.onnx_stats import model_stats  # noqa: E402
-from edgeprune.profiling import predict, time_interleaved  # noqa: E402
+from edgeprune.measure.accuracy import predict  # noqa: E402
+from edgeprune.measure.timing import time_interleaved  # noqa: E402
 from edgeprune.targets import load_target  # noqa: E402
 from edgeprune.pruning import PruneSpec  # noqa: E402
 from edgeprune.pruning.structured import budget_count  # noqa: E402
@@ -79,7 +80,7 @@ EVAL_BATCH = 256
 LAT_VS_MAC_FACTOR = 1.25     # pruned/dense latency ratio <= 1.25 x pruned/dense MAC ratio
 RESNET_MAX_DROP_PT = 1.0
 LENET_MAX_DROP_PT = 1.5
-NOISE_FLOOR = 0.02           # as in edgeprune.profiling: a ratio within max(|A/A - 1|, 2 %) of 1 is noise
+NOISE_FLOOR = 0.02           # as in edgeprune.measure.verdict: a ratio within max(|A/A - 1|, 2 %) of 1 is noise
 
 # Logs and redirected output (make bench > file, nohup) get a fixed width instead of 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 240)

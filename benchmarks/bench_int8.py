@@ -45,11 +45,12 @@ import bench_e2e as e2e  # noqa: E402
 from provenance import write_results  # noqa: E402
 from edgeprune import api  # noqa: E402
 from edgeprune.backends import get_backend  # noqa: E402
-from edgeprune.backends.base import tile_rows  # noqa: E402
+from edgeprune.measure.timing import tile_rows  # noqa: E402
 from edgeprune.fileio import file_digest  # noqa: E402
 from edgeprune.model_io import load_model  # noqa: E402
 from edgeprune.onnx_stats import model_stats  # noqa: E402
-from edgeprune.profiling import predict, time_interleaved  # noqa: E402
+from edgeprune.measure.accuracy import predict  # noqa: E402
+from edgeprune.measure.timing import time_interleaved  # noqa: E402
 from edgeprune.pruning import PruneSpec  # noqa: E402
 from edgeprune.quantize import PLAIN, TUNED, load_calibration, quantize_qdq  # noqa: E402
 from edgeprune.report.schema import LatencyStats  # noqa: E402

@@ -33,7 +33,7 @@ ROOT = HERE.parent
 README = ROOT / "README.md"
 RESULTS = HERE / "results"
 BLOCK = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
-NOISE_FLOOR = 0.02   # a latency ratio within max(|A/A - 1|, 2 %) of 1 is noise (as edgeprune.profiling)
+NOISE_FLOOR = 0.02   # a latency ratio within max(|A/A - 1|, 2 %) of 1 is noise (as edgeprune.measure.verdict)
 
 
 # ------------------------------------------------------------------------------------- the rule

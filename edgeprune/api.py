@@ -358,7 +358,7 @@ def recorded_data(*onnx_paths: Path) -> str:
 def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDataset, out_dir: Path | None, *,
              method: str | None, sparsity: float | None, force: bool, progress: bool):
     from .profiling import profile_pair
-    from .report.schema import write_report
+    from .report.write import write_report
 
     if out_dir:
         work = _prepare_dir(out_dir, force)

@@ -434,7 +434,8 @@ def targets(targets_dir: Optional[Path] = TargetsDirOpt, as_json: bool = JsonOpt
 
     Example: edgeprune targets
     """
-    from .targets import list_targets, stack_summary, target_status
+    from .backends.base import target_status
+    from .targets import list_targets, stack_summary
 
     rows = [(t, target_status(t)) for t in list_targets(targets_dir)]
     if as_json:

@@ -19,7 +19,7 @@ from edgeprune.errors import EdgepruneError, InputError, first_line
 from edgeprune.host_simd import host_simd
 from edgeprune.onnx_layers import OnnxLayer, quant_nodes, weighted_layers
 from edgeprune.onnx_stats import node_macs
-from edgeprune.profiling import NOISY_AA, noise_band
+from edgeprune.measure.verdict import noise_band, noisy_machine, verdict, within_noise
 from edgeprune.pruning.semistructured import ALIGN, MIN_WIDTH, LayerCheck, check_weight
 from edgeprune.report.schema import Report, read_report
 from edgeprune.targets import Target, TargetsDir, load_target
@@ -271,13 +271,11 @@ def _speed(report: Report, widths: list[str], int8: bool, zeros: bool) -> list[F
         head = (f"batch {bs}: p50 {bl.dense.p50:.3g} -> {bl.pruned.p50:.3g} ms, ratio {r:.2f} (A/A {aa:.2f}, "
                 f"band ±{band:.0%}), MAC ratio {'unknown' if m is None else f'{m:.2f}'}")
         if m is None:
-            verdict = ("no measurable speed-up" if abs(r - 1.0) <= band
-                       else f"{1 / r:.2f}x faster" if r < 1.0 else f"{r:.2f}x slower")
-            findings.append(Finding("speed-up", f"{head}: {verdict}", "the MACs of a model could not be counted "
+            findings.append(Finding("speed-up", f"{head}: {verdict(r, aa)}", "the MACs of a model could not be counted "
                                     "(see the report's notes), so the ratio cannot be set against the work removed"))
             continue
-        if abs(r - 1.0) <= band:
-            text = f"{head}: no measurable speed-up"
+        text = f"{head}: {verdict(r, aa)}"
+        if within_noise(r, aa):
             if m >= 0.99:
                 reason = "the pruned model executes as many MACs as the dense one" + (
                     ", and its zeros are densified" if zeros else "")
@@ -288,7 +286,6 @@ def _speed(report: Report, widths: list[str], int8: bool, zeros: bool) -> list[F
             else:
                 reason = "fewer MACs, but the removed work is not where the time goes (memory or overhead bound)"
         elif r < 1.0:
-            text = f"{head}: {1 / r:.2f}x faster"
             per_mac = r / m
             if int8 and m >= 0.99:
                 reason = "the MACs are unchanged: INT8 kernels make each one cheaper"
@@ -304,10 +301,9 @@ def _speed(report: Report, widths: list[str], int8: bool, zeros: bool) -> list[F
                 reason = (f"more than the MAC ratio predicts (latency/MAC {per_mac:.2f}): smaller tensors fit "
                           "caches better")
         else:
-            text = f"{head}: {r:.2f}x slower"
             reason = ("widths off the target's channel multiple fall off fast kernels" if widths
                       else "nothing pruning did explains a slow-down: check the A/A control and repeat the run")
-        if abs(aa - 1.0) > NOISY_AA:
+        if noisy_machine(aa):
             reason += f" (the A/A control is off by {abs(aa - 1.0):.0%}: the machine was noisy)"
         findings.append(Finding("speed-up", text, reason))
     return findings

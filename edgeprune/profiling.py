@@ -16,31 +16,23 @@ import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from edgeprune.backends import Engine, Session, get_backend
-from edgeprune.backends.base import tile_rows
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
+from edgeprune.measure.accuracy import agreement, predict, top1_accuracy
+from edgeprune.measure.timing import static_batch, tile_rows, time_interleaved
+from edgeprune.measure.verdict import latency_notes, noise_band
 from edgeprune.onnx_stats import ModelStats, model_stats, read_metadata, xz_size
 from edgeprune.progress import progress_bar
 from edgeprune.report.render import format_bytes
 from edgeprune.report.schema import Agreement, BatchLatency, LatencyStats, ModelSide, Report
 from edgeprune.targets import Target
 
-# The noise band around 1 is NOISE_SCALE x |A'/A - 1|, at least NOISE_FLOOR. Twice, because the
-# A/A ratio is one draw of the noise and B/A is another, independent one; the floor because p50s of
-# a few hundred runs do not resolve differences finer than a couple of percent even when the A/A
-# control happens to land on 1.00.
-NOISE_SCALE = 2.0
-NOISE_FLOOR = 0.02
-# An A/A ratio further than this from 1 means the machine itself was too noisy to trust.
-NOISY_AA = 0.10
 EVAL_BATCH = 256
 _BACKEND_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 
@@ -84,7 +76,7 @@ def profile_pair(
         a, a2, b = backend.open(dense_engine, target), backend.open(dense_engine, target), backend.open(pruned_engine, target)
         sessions = [a, a2, b] + ([backend.open(fp32_engine, target)] if fp32_engine else [])
         _check_input(a, x)
-        static = _static_batch(a)
+        static = static_batch(a)
         batch_sizes = [static] if static else list(run.batch_sizes)
 
         latency: dict[int, BatchLatency] = {}
@@ -141,8 +133,8 @@ def profile_pair(
         backend=target.backend,
         method=method,
         sparsity=sparsity_given if sparsity_given is not None else round(st_p.sparsity, 4),
-        dense=_side(dense_onnx, dense_engine, latency[ref].dense, mem_d, _accuracy(logits_d, y), st_d),
-        pruned=_side(pruned_src, pruned_engine, latency[ref].pruned, mem_p, _accuracy(logits_p, y), pruned_stats),
+        dense=_side(dense_onnx, dense_engine, latency[ref].dense, mem_d, top1_accuracy(logits_d, y), st_d),
+        pruned=_side(pruned_src, pruned_engine, latency[ref].pruned, mem_p, top1_accuracy(logits_p, y), pruned_stats),
         latency=latency,
         agreement=_agreement(logits_d, logits_p),
         latency_batch=ref,
@@ -164,17 +156,14 @@ def profile_pair(
         precision=target.build.precision,
     )
     if int8:
-        report.pruned_fp32 = _side(pruned_onnx, fp32_engine, latency[ref].pruned_fp32, mem_f, _accuracy(logits_f, y), st_p)
+        report.pruned_fp32 = _side(pruned_onnx, fp32_engine, latency[ref].pruned_fp32, mem_f, top1_accuracy(logits_f, y), st_p)
         report.int8 = {**_quantization(pruned_engine), "agreement_with_fp32": _agreement(logits_f, logits_p).to_dict()}
     report.notes = explain(report)
-    if target.backend == "onnxruntime":
-        from .backends.onnxruntime import foreign_arch
-
-        why = foreign_arch(target)
-        if why:
-            report.notes.insert(0, f"Measured on this host, not on the device: {why}. The engine files in this run "
-                                   "are built for the device and were checked here; run `profile` on the device "
-                                   "for its latency and memory.")
+    why = backend.measured_elsewhere(target)
+    if why:
+        report.notes.insert(0, f"Measured on this host, not on the device: {why}. The engine files in this run "
+                               "are built for the device and were checked here; run `profile` on the device "
+                               "for its latency and memory.")
     report.notes += uncounted_notes({"dense": (dense_onnx, st_d), "pruned": (pruned_onnx, st_p)})
     if sparsity_given is None:
         report.notes.append(
@@ -224,26 +213,7 @@ def explain(report: Report) -> list[str]:
         r, aa = bl.ratio_p50, bl.aa_ratio_p50
         if r is None or aa is None:
             continue
-        band = noise_band(aa)
-        if abs(r - 1.0) <= band:
-            notes.append(
-                f"Batch {bs}: the pruned/dense p50 ratio {r:.2f} lies within the A/A noise band (dense vs itself "
-                f"{aa:.2f}, band ±{band:.0%}): no measurable latency difference."
-            )
-        elif r < 1.0:
-            notes.append(
-                f"Batch {bs}: the {what} is {1 / r:.2f}× as fast as the dense one at p50 "
-                f"(ratio {r:.2f}; A/A control {aa:.2f})."
-            )
-        else:
-            notes.append(
-                f"Batch {bs}: the {what} is slower than the dense one at p50 (ratio {r:.2f}; A/A control {aa:.2f})."
-            )
-        if abs(aa - 1.0) > NOISY_AA:
-            notes.append(
-                f"Batch {bs}: the dense model timed against itself differs by {abs(aa - 1.0):.0%}: the machine was "
-                f"noisy; repeat the run or raise run.iterations before trusting small ratios."
-            )
+        notes += latency_notes(bs, r, aa, what)
     drop = report.accuracy_drop_pt
     if drop is not None:
         text = f"Top-1 accuracy {d.accuracy:.2f} % → {p.accuracy:.2f} % ({-drop:+.2f} points)"
@@ -289,61 +259,6 @@ def _int8_notes(report: Report) -> list[str]:
         notes.append("INT8 is slower than fp32 for this model on this target at every batch size measured: "
                      "the fp32 engine is the better deployment here.")
     return notes
-
-
-def noise_band(aa_ratio: float) -> float:
-    """Half-width of the band around 1 inside which a pruned/dense ratio is noise."""
-    return max(NOISE_SCALE * abs(aa_ratio - 1.0), NOISE_FLOOR)
-
-
-def time_interleaved(
-    sessions: list[Session],
-    xb: np.ndarray,
-    warmup: int,
-    iterations: int,
-    min_seconds: float = 0.0,
-    tick: Callable[[int], None] | None = None,
-) -> list[np.ndarray]:
-    """Per-run wall times (ns) of each session, timed in rotating order within one loop."""
-    n = len(sessions)
-    orders = [tuple((r + i) % n for i in range(n)) for r in range(n)]
-    for r in range(warmup):
-        for i in orders[r % n]:
-            sessions[i].run(xb)
-    times: list[list[int]] = [[] for _ in sessions]
-    clock = time.perf_counter_ns
-    # A collection pause inside a timed run would land on whichever model happened to be running.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        deadline = time.perf_counter() + min_seconds
-        r = 0
-        while r < iterations or time.perf_counter() < deadline:
-            for i in orders[r % n]:
-                t0 = clock()
-                sessions[i].run(xb)
-                times[i].append(clock() - t0)
-            r += 1
-            if tick is not None and r % 10 == 0 and r <= iterations:
-                tick(10)
-        if tick is not None and iterations % 10:
-            tick(iterations % 10)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return [np.asarray(t, dtype=np.int64) for t in times]
-
-
-def predict(session: Session, x: np.ndarray, batch: int) -> np.ndarray:
-    """First output for every row of x, in batches of `batch` (the last one padded if needed)."""
-    outs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start : start + batch]
-        n = len(chunk)
-        if n < batch and _static_batch(session):
-            chunk = tile_rows(chunk, batch)
-        outs.append(np.asarray(session.run(np.ascontiguousarray(chunk)))[:n])
-    return np.concatenate(outs)
 
 
 def measure_memory(engine: Engine, target: Target, sample_npy: Path | None = None, timeout: float = 300) -> dict:
@@ -429,29 +344,12 @@ def _check_input(session: Session, x: np.ndarray) -> None:
         )
 
 
-def _static_batch(session: Session) -> int | None:
-    shape = getattr(session, "input_shape", None)
-    if shape and isinstance(shape[0], int) and shape[0] > 0:
-        return int(shape[0])
-    return None
-
-
-def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    pred = logits.reshape(len(logits), -1).argmax(axis=1)
-    return float(100.0 * np.mean(pred == y))
-
-
-def _agreement(ld: np.ndarray, lp: np.ndarray) -> Agreement:
-    d, p = ld.reshape(len(ld), -1), lp.reshape(len(lp), -1)
-    return Agreement(
-        top1=float(np.mean(d.argmax(axis=1) == p.argmax(axis=1))),
-        max_abs_logit_diff=float(np.max(np.abs(d.astype(np.float64) - p.astype(np.float64)))),
-        samples=int(len(d)),
-    )
-
-
 def _float_or_none(v: str | None) -> float | None:
     try:
         return None if v is None else float(v)
     except ValueError:
         return None
+
+
+def _agreement(ld: np.ndarray, lp: np.ndarray) -> Agreement:
+    return Agreement(**agreement(ld, lp))

@@ -228,7 +228,7 @@ class _Reader:
 
     @staticmethod
     def _split(x: np.ndarray, batch: int) -> Iterator[np.ndarray]:
-        from edgeprune.backends.base import tile_rows
+        from edgeprune.measure.timing import tile_rows
 
         for start in range(0, len(x), batch):
             chunk = x[start:start + batch]

@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from edgeprune.backends.trt_versions import TRT_GENERATIONS, trt_generation, trt_parser_max_opset  # noqa: F401
 from edgeprune.errors import InputError, UnknownNameError
+from edgeprune.versions import version_in_range, version_tuple  # noqa: F401
 
 # Backends a target may name. A name here need not be importable on this machine (TensorRT
 # targets load on the GPU-less build host); `edgeprune.backends.get_backend` says whether it runs.
@@ -65,17 +67,6 @@ _HARDWARE_KEYS: dict[str, tuple[type, ...]] = {
     "sparse_tensor_cores": (bool,),
     "power_modes": (list,),  # nominal nvpmodel mode names; `nvpmodel -p --verbose` lists the real ones
 }
-
-# TensorRT API generations (DEPLOY.md §1.1, §1.7): 8.2-8.4 bind by index (`execute_async_v2`,
-# `max_workspace_size` on 8.2); 8.5 brought name-based I/O, which 10.0 made the only API; 11.0
-# removed weak typing (FP16/INT8 builder flags, calibrators). Code that branches on the API asks
-# `trt_generation`, never compares versions itself.
-TRT_GENERATIONS = ("8.2", "8.5-10", "11")
-# Highest ONNX opset each TensorRT release's ONNX parser reads (onnx-tensorrt docs/operators.md of
-# that release: 8.2/8.4 -> 13, 8.5/8.6 -> 17, 9.2 -> 19, 10.0 -> 20, 10.15 -> 24; 11.x -> 25 per
-# DEPLOY.md §1.1). A target's stack.max_opset may be lower, never higher.
-_TRT_PARSER_MAX_OPSET = ((8, 2), 13), ((8, 5), 17), ((9, 2), 19), ((10, 0), 20), ((10, 15), 24), ((11, 0), 25)
-
 
 @dataclass(frozen=True)
 class BuildPolicy:
@@ -156,41 +147,13 @@ class Target:
     def trt_version(self) -> tuple[int, ...] | None:
         """`stack.tensorrt` as a tuple (`"10.3.0"` -> `(10, 3, 0)`), None when the stack names none."""
         text = self.stack.get("tensorrt")
-        return _vtuple(text) if text else None
+        return version_tuple(text) if text else None
 
     @property
     def trt_generation(self) -> str | None:
         """The TensorRT API generation of the stack (see `trt_generation`), None without TensorRT."""
         version = self.trt_version
         return trt_generation(version) if version else None
-
-
-def trt_generation(version: str | tuple[int, ...]) -> str:
-    """`"8.2"` for TensorRT 8.2-8.4, `"8.5-10"` for 8.5-10.x, `"11"` for 11.x and later.
-
-    Raises InputError for anything older than 8.2, which edgeprune does not support.
-    """
-    v = version_tuple(version)
-    if not v:
-        raise InputError(f"'{_vtext(version)}' is not a TensorRT version (e.g. 10.3.0)")
-    if v < (8, 2):
-        raise InputError(f"TensorRT {_vtext(version)} is older than 8.2, the oldest version edgeprune supports")
-    if v < (8, 5):
-        return "8.2"
-    if v < (11,):
-        return "8.5-10"
-    return "11"
-
-
-def trt_parser_max_opset(version: str | tuple[int, ...]) -> int:
-    """The highest opset the ONNX parser of TensorRT `version` reads (>= 8.2)."""
-    v = version_tuple(version)
-    trt_generation(v)  # rejects versions before 8.2
-    return max(opset for since, opset in _TRT_PARSER_MAX_OPSET if v >= since)
-
-
-def _vtext(version: str | tuple[int, ...]) -> str:
-    return version if isinstance(version, str) else ".".join(map(str, version))
 
 
 TargetsDir = str | Path | Sequence[str | Path] | None
@@ -239,27 +202,6 @@ def load_target(name_or_path: str | Path, targets_dir: TargetsDir = None) -> Tar
 def list_targets(targets_dir: TargetsDir = None) -> list[Target]:
     """Every target by name, a user's file in place of a shipped one of the same name."""
     return [_load_file(p) for _, p in sorted(_target_files(targets_dir).items())]
-
-
-def target_status(target: Target) -> str:
-    """A short status for listings: `ready`, `remote (user@host)`, or `unavailable: <why>`."""
-    from edgeprune.backends import get_backend
-
-    try:
-        backend = get_backend(target.backend)
-    except UnknownNameError:
-        return f"unavailable: no '{target.backend}' backend in this installation"
-    if target.ssh:
-        return f"remote ({target.ssh})"
-    problems = backend.host_problems(target)
-    if problems:
-        return f"unavailable: {problems[0]}"
-    if target.backend == "onnxruntime":
-        from edgeprune.backends.onnxruntime import foreign_arch
-
-        if foreign_arch(target):
-            return f"builds here; latency is this host's, not the {target.hardware['arch']} device's"
-    return "ready"
 
 
 def stack_summary(target: Target) -> str:
@@ -483,48 +425,3 @@ def _is_int(v: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def version_in_range(version: str, spec: str) -> bool:
-    """`"1.31.1"` in `">=1.18,<2"`: comma-separated clauses of >=, <=, >, <, ==, != (== allows
-    a trailing `.*`). Pre-release and local suffixes are ignored."""
-    v = _vtuple(version)
-    for clause in (c.strip() for c in spec.split(",") if c.strip()):
-        for op in (">=", "<=", "==", "!=", ">", "<"):
-            if clause.startswith(op):
-                ref = clause[len(op):].strip()
-                break
-        else:
-            op, ref = "==", clause
-        if ref.endswith(".*"):
-            r = _vtuple(ref[:-2])
-            match = v[: len(r)] == r
-            if (op == "==" and not match) or (op == "!=" and match):
-                return False
-            continue
-        r = _vtuple(ref)
-        n = max(len(v), len(r))
-        a, b = v + (0,) * (n - len(v)), r + (0,) * (n - len(r))
-        ok = {">=": a >= b, "<=": a <= b, "==": a == b, "!=": a != b, ">": a > b, "<": a < b}[op]
-        if not ok:
-            return False
-    return True
-
-
-def version_tuple(version: str | tuple[int, ...]) -> tuple[int, ...]:
-    """`"10.3.0.26"` -> `(10, 3, 0, 26)`; a tuple is returned as it is."""
-    return tuple(version) if isinstance(version, tuple) else _vtuple(version)
-
-
-def _vtuple(s: str) -> tuple[int, ...]:
-    out = []
-    for part in s.split("+")[0].split("."):
-        digits = ""
-        for ch in part:
-            if not ch.isdigit():
-                break
-            digits += ch
-        if not digits:
-            break
-        out.append(int(digits))
-    return tuple(out)

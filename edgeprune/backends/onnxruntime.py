@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from edgeprune.backends.base import Engine
 from edgeprune.errors import InputError, ShapeError, first_line
-from edgeprune.targets import version_in_range
+from edgeprune.versions import version_in_range
 
 # The layout transformer that writes x86-only com.microsoft.nchwc nodes (convert_onnx_models_to_ort
 # disables it unless --target_platform amd64).
@@ -110,6 +110,9 @@ class OnnxRuntimeBackend:
         if target.ssh is None:
             problems += _version_problems(target)
         return problems
+
+    def measured_elsewhere(self, target: Target) -> str | None:
+        return foreign_arch(target)
 
     def host_problems(self, target: Target) -> list[str]:
         return _missing_providers(target.build) + _version_problems(target)

@@ -33,7 +33,8 @@ import numpy as np
 
 from edgeprune.backends.base import Engine
 from edgeprune.backends.trt_plan import EnginePlan, onnx_facts, plan_engine, plan_problems
-from edgeprune.targets import trt_generation, version_tuple
+from edgeprune.backends.trt_versions import trt_generation
+from edgeprune.versions import version_tuple
 from edgeprune.backends.trtexec import SparsityResult, parse_sparsity
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import atomic_write
@@ -347,6 +348,10 @@ class TrtSession:
         self.cuda.sync(self.stream)
         return self._out.copy()
 
+    def device_time_ns(self, x: np.ndarray) -> int:
+        """GPU time of one execution, for `edgeprune.measure.timing.time_interleaved`."""
+        return round(self.time_ms(x, 1)[0] * 1e6)
+
     def time_ms(self, x: np.ndarray, iterations: int) -> list[float]:
         """GPU time (ms) of `iterations` executions on the batch x, one CUDA event pair each."""
         if self._loaded is not x:     # copy the batch in once, outside the timed window
@@ -431,6 +436,9 @@ class TensorRTBackend:
     def open(self, engine: Engine, target: Target) -> TrtSession:
         plan = EnginePlan.from_dict(json.loads(Path(engine.extra["plan"]).read_text()))
         return TrtSession(plan, Path(engine.path).parent)
+
+    def measured_elsewhere(self, target: Target) -> str | None:
+        return None   # an engine is built and timed on the GPU it runs on, or not at all
 
     def stack(self, target: Target) -> dict[str, str]:
         out = {"backend": self.name, "target_tensorrt": str(target.stack.get("tensorrt", ""))}

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeprune.backends.trt_plan import CALIBRATION_INPUTS, EnginePlan, onnx_facts, plan_engine, plan_problems
+from edgeprune.backends.tensorrt import build_here_problem
+from edgeprune.backends.trt_plan import CALIBRATION_INPUTS, PLAN_SCHEMA, onnx_facts, plan_engine, plan_problems
 from edgeprune.backends.trtexec import bench_command, bench_script, build_command, build_script
 from edgeprune.errors import InputError
 from edgeprune.fileio import atomic_write
@@ -32,9 +33,6 @@ from edgeprune.fileio import atomic_write
 if TYPE_CHECKING:
     from edgeprune.data import ArrayDataset
     from edgeprune.targets import Target
-
-PLAN_SCHEMA = "edgeprune.engine_plan/1"
-
 
 @dataclass
 class TrtDeployResult:
@@ -103,8 +101,6 @@ def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path,
     first = plan_list[0]
     notes = list(dict.fromkeys(n for p in plan_list for n in p.notes))
 
-    from edgeprune.backends.tensorrt import build_here_problem
-
     device = f"{target.hardware.get('module', target.name)}, TensorRT {first.tensorrt}"
     cannot = build_here_problem(first)
     built_here = cannot is None
@@ -171,17 +167,3 @@ def _quantize(src: Path, dst: Path, x: np.ndarray, method: str) -> None:
     from edgeprune.quantize import TENSORRT, quantize_qdq
 
     quantize_qdq(src, dst, x, method=method, per_channel=True, **TENSORRT)
-
-
-def load_engine_plans(run_dir: Path) -> dict[str, EnginePlan]:
-    """The EnginePlans of a prepared run directory (its engine_plan.json)."""
-    path = Path(run_dir) / "engine_plan.json"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path} not found: prepare the run with `edgeprune deploy --target <tensorrt target>`") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not JSON ({e.msg})") from None
-    if doc.get("schema") != PLAN_SCHEMA:
-        raise InputError(f"{path}: not an edgeprune engine plan (schema {doc.get('schema')!r})")
-    return {k: EnginePlan.from_dict(v) for k, v in doc["models"].items()}

@@ -7,7 +7,6 @@ two sides, so they cannot disagree with them; `from_dict` recomputes rather than
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import InputError
-from edgeprune.fileio import atomic_write
 
 SCHEMA = "edgeprune.report/1"
 
@@ -381,22 +379,6 @@ def read_report(path: str | Path) -> Report:
         raise InputError(f"report not found: {p}") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{p}: not valid JSON: {e}") from None
-
-
-def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
-    """Write `report.json`, `report.md` and `latency.png` into out_dir, each atomically."""
-    from edgeprune.report.plot import latency_png
-    from edgeprune.report.render import to_markdown
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "latency.png"}
-    atomic_write(paths["json"], report.to_json().encode(), force=True)
-    atomic_write(paths["markdown"], to_markdown(report).encode(), force=True)
-    buf = io.BytesIO()
-    latency_png(report, buf)
-    atomic_write(paths["plot"], buf.getvalue(), force=True)
-    return paths
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
