@@ -323,6 +323,7 @@ def profile(baseline_onnx: Path, pruned_onnx: Path, target: str, *, data: DataOp
     from .targets import load_target
 
     tgt = load_target(target, targets_dir)
+    _check_measurable(tgt)
     for p in (baseline_onnx, pruned_onnx):
         if not Path(p).is_file():
             raise InputError(f"ONNX file not found: {p}")
@@ -331,6 +332,15 @@ def profile(baseline_onnx: Path, pruned_onnx: Path, target: str, *, data: DataOp
                                                                                     data.test_limit) if data else ()))
     return _profile(Path(baseline_onnx), Path(pruned_onnx), tgt, data.test(), out_dir,
                     method=method, sparsity=sparsity, force=force, progress=progress)
+
+
+def _check_measurable(tgt: Target) -> None:
+    """Refuse, before any work, a target this machine cannot build and time (e.g. TensorRT without it)."""
+    from .backends import get_backend
+
+    problems = get_backend(tgt.backend).host_problems(tgt)
+    if problems:
+        raise InputError(f"target {tgt.name} cannot be measured on this machine: {problems[0]}")
 
 
 def recorded_data(*onnx_paths: Path) -> str:
@@ -375,29 +385,29 @@ def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDatas
 
 
 def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path | None = None,
-           data: DataOptions | None = None, opset: int = DEFAULT_OPSET, consent: Consent | None = None,
+           data: DataOptions | None = None, opset: int | None = None, consent: Consent | None = None,
            force: bool = False, progress: bool = True, precision: str | None = None,
            calibration: str | None = None, targets_dir: TargetsDir = None):
     """Export dense and pruned models, build engines for ``target``, profile both, write the run directory.
 
-    ``precision`` and ``calibration`` (an .npz, or the name of a shipped one such as
+    ``opset`` defaults to the highest the target reads, at most DEFAULT_OPSET; above what it reads is an
+    error. ``precision`` and ``calibration`` (an .npz, or the name of a shipped one such as
     ``calibration/fmnist.npz``) override the target's build policy; an ONNX Runtime target that
-    names no calibration set calibrates INT8 on the run's training data. For a TensorRT
-    target the result is a ``TrtDeployResult``: the engine plans, trtexec commands and calibration
-    inputs for the device, and the engines built and timed here when TensorRT is installed.
+    names no calibration set calibrates INT8 on the run's training data. Every check that can fail
+    (the target's build policy, the calibration set's shape, the opset) runs before the first export.
+    For a TensorRT target the result is a ``TrtDeployResult``: the engine plans, trtexec commands and
+    calibration inputs for the device, and the engines built and timed here when TensorRT is installed.
     """
+    from dataclasses import replace
+
+    from .backends import get_backend
     from .quantize import calibration_path
     from .targets import load_target
 
     if calibration is not None:
         calibration = str(calibration_path(calibration))
     tgt = _override_build(load_target(target, targets_dir), precision, calibration)
-    if tgt.backend not in ("onnxruntime", "tensorrt"):
-        raise InputError(f"target {tgt.name} uses backend '{tgt.backend}', which this version cannot build yet")
-    if tgt.backend == "tensorrt":
-        from .backends.trt_deploy import check_target
-
-        check_target(tgt, calibration)   # before the exports: a build policy that cannot work fails fast
+    backend = get_backend(tgt.backend)
     pruned = load_model(pruned_path, consent=consent)
     if baseline_path is None:
         src = pruned.checkpoint.meta.get("source_path")
@@ -407,13 +417,21 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     dense = load_model(baseline_path, consent=consent, input_shape=pruned.checkpoint.input_shape)
     data = data or DataOptions(data=str(pruned.checkpoint.meta.get("data", DEFAULT_DATA)))
     te = data.test()   # read once: parity inputs for both exports, then the accuracy measurement
+    parity = {name: _parity_inputs(loaded, te) for name, loaded in (("dense", dense), ("pruned", pruned))}
+    # an ONNX Runtime INT8 target without a calibration set gets one from the run's own data (below)
+    own_calibration = tgt.backend == "onnxruntime" and tgt.build.precision == "int8" and not tgt.build.calibration
+    checked = replace(tgt, build=replace(tgt.build, precision="fp32")) if own_calibration else tgt
+    problems = backend.target_problems(checked, tuple(pruned.checkpoint.input_shape))
+    if problems:
+        raise InputError(f"target {tgt.name}: {problems[0]}")
+    opset = _target_opset(backend.max_opset(tgt), opset, tgt.name)
+    batch = backend.export_batch(tgt)
     out_dir = _prepare_dir(out_dir, force)
-    exports = {}
-    for name, loaded in (("dense", dense), ("pruned", pruned)):
-        exports[name] = export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset,
-                                    check_inputs=_parity_inputs(loaded, te), force=True, data=data.data)
-    if tgt.backend == "onnxruntime" and tgt.build.precision == "int8" and not tgt.build.calibration:
+    if own_calibration:
         tgt = _override_build(tgt, None, str(_calibration_set(data, out_dir)))
+    exports = {name: export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset, check_inputs=parity[name],
+                                 force=True, data=data.data, batch=batch)
+               for name, loaded in (("dense", dense), ("pruned", pruned))}
     if tgt.backend == "tensorrt":
         from .backends.trt_deploy import prepare_tensorrt
 
@@ -422,6 +440,15 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     return _profile(exports["dense"].path, exports["pruned"].path, tgt, te, out_dir,
                     method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
                     force=True, progress=progress)
+
+
+def _target_opset(ceiling: int | None, opset: int | None, target: str) -> int:
+    """The opset to export at: the one asked for, or the highest the target reads up to DEFAULT_OPSET."""
+    if opset is None:
+        return min(DEFAULT_OPSET, ceiling) if ceiling else DEFAULT_OPSET
+    if ceiling and opset > ceiling:
+        raise InputError(f"--opset {opset} is above {ceiling}, the highest opset target {target} reads")
+    return opset
 
 
 def _calibration_set(data: DataOptions, out_dir: Path) -> Path:

@@ -367,7 +367,9 @@ def deploy(
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Dense model (default: the pruned model's source)."),
     output: Path = typer.Option(Path("runs/latest"), "-o", "--output", help="Run directory."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
-    opset: int = typer.Option(17, "--opset"), trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the highest the target reads, "
+                                        "at most 17)."),
+    trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
     arch: Optional[str] = ArchOpt, force: bool = ForceOpt,
     as_json: bool = JsonOpt,
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the target's)."),
@@ -469,11 +471,13 @@ def validate(
 
     Example: edgeprune validate pruned.onnx --target jetson-orin-nano
     """
+    from .backends import get_backend
     from .targets import load_target
-    from .validation import errors, validate_onnx
+    from .validation import Problem, errors, validate_onnx
 
     tgt = load_target(target, targets_dir)
-    problems = validate_onnx(model, tgt)
+    # the model's problems, then the target's build policy: the same checks deploy runs before exporting
+    problems = validate_onnx(model, tgt) + [Problem("target", p) for p in get_backend(tgt.backend).target_problems(tgt)]
     failed = bool(errors(problems))
     if as_json:
         _emit_json({"model": str(model), "target": tgt.name, "ok": not failed, "errors": len(errors(problems)),

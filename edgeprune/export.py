@@ -77,8 +77,9 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def to_onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """Export with a dynamic batch dimension.
+def to_onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int = DEFAULT_OPSET,
+                  batch: int | None = None) -> onnx.ModelProto:
+    """Export with a dynamic batch dimension, or a fixed one of ``batch`` (DLA builds static shapes only).
 
     What a user's model can cause is an InputError: a forward pass that fails on inputs of
     ``input_shape`` (ShapeError) and what the exporters refuse (`torch.onnx.OnnxExporterError`:
@@ -86,7 +87,7 @@ def to_onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int = D
     where the exporter does. Anything else is a bug and propagates.
     """
     set_mode(model, False)
-    example = (torch.zeros(2, *input_shape),)
+    example = (torch.zeros(batch or 2, *input_shape),)
     try:
         with torch.no_grad():
             model(*example)
@@ -98,7 +99,8 @@ def to_onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int = D
                 program = torch.onnx.export(model, example, None, dynamo=True, opset_version=opset,
                                             external_data=False, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                             optimize=True,
-                                            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},))
+                                            dynamic_shapes=None if batch else
+                                            ({0: torch.export.Dim("batch", min=1, max=65536)},))
                 # The dynamo exporter writes opset 18 and converts down; where ONNX has no down
                 # converter (below 14 for Relu, Reshape, ...) it keeps 18 without a word. Those
                 # opsets (TensorRT 8.2 on a Jetson Nano reads up to 13) come from the TorchScript
@@ -108,7 +110,7 @@ def to_onnx_model(model: nn.Module, input_shape: tuple[int, ...], opset: int = D
             buf = io.BytesIO()
             torch.onnx.export(model, example, buf, dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                              dynamic_axes=None if batch else {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
             return onnx.load_from_string(buf.getvalue())
     except torch.onnx.OnnxExporterError as e:
         raise InputError(exporter_message(e, opset)) from None
@@ -139,19 +141,32 @@ def parity_check(model: nn.Module, onnx_bytes: bytes, x: np.ndarray, rtol: float
     """Compare ONNX Runtime (CPU, all optimisations) with PyTorch on real inputs ``x``."""
     import onnxruntime as ort
 
+    from .measure.accuracy import predict as run_batches
     from .training import predict
 
     sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    got = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: x[i:i + 256]})[0] for i in range(0, len(x), 256)])
+    fixed = sess.get_inputs()[0].shape[0]
+    got = run_batches(_OrtRun(sess), x, fixed if isinstance(fixed, int) and fixed > 0 else 256)
     ref = predict(model, x)
     scale = max(1.0, float(np.abs(ref).max()))
     return Parity(samples=len(x), max_abs_diff=float(np.abs(got - ref).max()),
                   top1_agreement=float((got.argmax(1) == ref.argmax(1)).mean()), tolerance=rtol * scale * 10)
 
 
+class _OrtRun:
+    """The session interface `measure.accuracy.predict` feeds (its input shape says a fixed batch)."""
+
+    def __init__(self, sess):
+        self.sess, self.name = sess, sess.get_inputs()[0].name
+        self.input_shape = sess.get_inputs()[0].shape
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.sess.run(None, {self.name: x})[0]
+
+
 def export(loaded: LoadedModel, out: Path, *, opset: int = DEFAULT_OPSET, check_inputs: np.ndarray | None = None,
            force: bool = False, extra_metadata: dict[str, str] | None = None,
-           sparse_weights: bool = False, data: str | None = None) -> ExportResult:
+           sparse_weights: bool = False, data: str | None = None, batch: int | None = None) -> ExportResult:
     """Write ``loaded``'s model as ONNX to ``out`` (atomically), after a parity check on ``check_inputs``.
 
     The metadata records the data set the model expects and its preprocessing (`edgeprune.data`,
@@ -159,7 +174,8 @@ def export(loaded: LoadedModel, out: Path, *, opset: int = DEFAULT_OPSET, check_
     (a model file that records none, exported with --data); neither, and the keys are left out.
 
     ``sparse_weights``: store zero-rich weights sparse where that is smaller (`edgeprune.sparse_onnx`);
-    the result's ``sizes`` then compares the dense, sparse and compressed forms.
+    the result's ``sizes`` then compares the dense, sparse and compressed forms. ``batch`` fixes the
+    batch dimension (None: dynamic).
     """
     out = Path(out)
     if out.exists() and not force:
@@ -167,7 +183,7 @@ def export(loaded: LoadedModel, out: Path, *, opset: int = DEFAULT_OPSET, check_
     if not 7 <= opset <= 23:
         raise InputError(f"opset {opset} is outside the supported range 7-23")
     ckpt = loaded.checkpoint
-    proto = to_onnx_model(loaded.model, ckpt.input_shape, opset)
+    proto = to_onnx_model(loaded.model, ckpt.input_shape, opset, batch)
     meta = {
         "edgeprune.version": __version__,
         "edgeprune.method": str(ckpt.meta.get("method", "dense")),

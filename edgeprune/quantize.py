@@ -203,6 +203,23 @@ def load_calibration(path: Path) -> np.ndarray:
     return load_npz(path).x
 
 
+def calibration_problems(source: str, input_shape: tuple[int, ...] | None = None) -> list[str]:
+    """Why the calibration set ``source`` (a path or a shipped name) cannot calibrate a model whose
+    samples have ``input_shape`` (None: not checked), one line each; empty when it can. Reads the
+    file, so a wrong set is found before any export, not after both."""
+    if not source:
+        return ["precision 'int8' needs a calibration set: set build.calibration in the target or pass --calibration"]
+    path = calibration_path(source)
+    if not path.is_file():
+        return [f"calibration file not found: {path}"]
+    if input_shape is None:
+        return []
+    x = load_calibration(path)
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        return [f"calibration images in {path} have shape {tuple(x.shape[1:])}; the model takes {tuple(input_shape)}"]
+    return []
+
+
 def check_calibration(x: np.ndarray, model) -> np.ndarray:
     """`x` as float32 rows fitting the model's input, or a one-line ShapeError."""
     x = np.asarray(x)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeprune.backends.base import target_status
 from edgeprune.errors import InputError, UnknownNameError
 from edgeprune.host_simd import host_simd
 from edgeprune.targets import (
@@ -20,7 +21,6 @@ from edgeprune.targets import (
     list_targets,
     load_target,
     stack_summary,
-    target_status,
     trt_generation,
     trt_parser_max_opset,
     version_in_range,

@@ -58,6 +58,20 @@ class Backend(Protocol):
         version outside the target's range), one line each; empty when it can."""
         ...
 
+    def target_problems(self, target: Target, input_shape: tuple[int, ...] | None = None) -> list[str]:
+        """Why the target's build policy cannot be built (for a model whose samples have
+        `input_shape`, when given), one line each: what `deploy` checks before the first export,
+        and `validate` beside the model's own problems."""
+        ...
+
+    def max_opset(self, target: Target) -> int | None:
+        """The highest opset the target reads (None: no limit)."""
+        ...
+
+    def export_batch(self, target: Target) -> int | None:
+        """The fixed batch the target's engines need (None: a dynamic batch)."""
+        ...
+
     def measured_elsewhere(self, target: Target) -> str | None:
         """Why a measurement on this machine is not the device's (another CPU architecture), or None."""
         ...

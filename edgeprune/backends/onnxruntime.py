@@ -101,15 +101,26 @@ class OnnxRuntimeBackend:
         # process needs onnxruntime, not onnx (whose import alone costs tens of MB of RSS).
         from edgeprune.validation import errors, validate_onnx
 
-        problems = [str(p) for p in errors(validate_onnx(Path(onnx_path), target))]
+        return [str(p) for p in errors(validate_onnx(Path(onnx_path), target))] + self.target_problems(target)
+
+    def target_problems(self, target: Target, input_shape: tuple[int, ...] | None = None) -> list[str]:
+        problems = []
         if target.build.precision == "fp16":
             problems.append("precision 'fp16' is not implemented by the onnxruntime backend (use fp32 or int8)")
         if target.build.precision == "int8":
-            problems += _calibration_problems(target.build)
+            from edgeprune.quantize import calibration_problems
+
+            problems += calibration_problems(target.build.calibration, input_shape)
         # A remote target's stack is checked on the device; only a local one is this process's.
         if target.ssh is None:
             problems += _version_problems(target)
         return problems
+
+    def max_opset(self, target: Target) -> int | None:
+        return target.stack.get("max_opset")
+
+    def export_batch(self, target: Target) -> int | None:
+        return None
 
     def measured_elsewhere(self, target: Target) -> str | None:
         return foreign_arch(target)
@@ -146,9 +157,9 @@ class OnnxRuntimeBackend:
 
     def _quantize(self, src: Path, target: Target, out: Path) -> tuple[Path, dict[str, str]]:
         """The static INT8 Q/DQ model of `src` (next to the engine), calibrated on the target's set."""
-        from edgeprune.quantize import calibration_path, load_calibration, quantize_qdq
+        from edgeprune.quantize import calibration_path, calibration_problems, load_calibration, quantize_qdq
 
-        problems = _calibration_problems(target.build)
+        problems = calibration_problems(target.build.calibration)
         if problems:
             raise InputError(problems[0])
         cal = calibration_path(target.build.calibration)
@@ -229,17 +240,6 @@ def _version_problems(target: Target) -> list[str]:
     wanted = target.stack.get("onnxruntime")
     if wanted and not version_in_range(ort.__version__, wanted):
         return [f"installed onnxruntime {ort.__version__} is outside the target's range '{wanted}'"]
-    return []
-
-
-def _calibration_problems(build: BuildPolicy) -> list[str]:
-    from edgeprune.quantize import calibration_path
-
-    if not build.calibration:
-        return ["precision 'int8' needs a calibration set: set build.calibration in the target or pass --calibration"]
-    path = calibration_path(build.calibration)
-    if not path.is_file():
-        return [f"calibration file not found: {path}"]
     return []
 
 

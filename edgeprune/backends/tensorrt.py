@@ -33,7 +33,7 @@ import numpy as np
 
 from edgeprune.backends.base import Engine
 from edgeprune.backends.trt_plan import EnginePlan, onnx_facts, plan_engine, plan_problems
-from edgeprune.backends.trt_versions import trt_generation
+from edgeprune.backends.trt_versions import trt_generation, trt_parser_max_opset
 from edgeprune.versions import version_tuple
 from edgeprune.backends.trtexec import SparsityResult, parse_sparsity
 from edgeprune.errors import InputError, ShapeError
@@ -415,6 +415,22 @@ class TensorRTBackend:
 
         # notes (e.g. sparse initializers, which deploy densifies) do not stop a build
         return [str(p) for p in errors(validate_onnx(path, target))] + plan_problems(target, facts)
+
+    def target_problems(self, target: Target, input_shape: tuple[int, ...] | None = None) -> list[str]:
+        problems = plan_problems(target)
+        if target.build.precision == "int8" and target.build.calibration and not problems:
+            from edgeprune.quantize import calibration_problems
+
+            problems += calibration_problems(target.build.calibration, input_shape)
+        return problems
+
+    def max_opset(self, target: Target) -> int | None:
+        ceiling = trt_parser_max_opset(target.stack["tensorrt"])
+        return min(target.stack.get("max_opset", ceiling), ceiling)
+
+    def export_batch(self, target: Target) -> int | None:
+        # DLA builds static shapes only: the engine is built for the smallest benchmarked batch
+        return min(target.run.batch_sizes) if target.build.dla_core >= 0 else None
 
     def build(self, onnx_path: Path, target: Target, out_dir: Path) -> Engine:
         import shutil

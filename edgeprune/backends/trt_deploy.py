@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeprune.backends.tensorrt import build_here_problem
-from edgeprune.backends.trt_plan import CALIBRATION_INPUTS, PLAN_SCHEMA, onnx_facts, plan_engine, plan_problems
+from edgeprune.backends.trt_plan import CALIBRATION_INPUTS, PLAN_SCHEMA, onnx_facts, plan_engine
 from edgeprune.backends.trtexec import bench_command, bench_script, build_command, build_script
 from edgeprune.errors import InputError
 from edgeprune.fileio import atomic_write
@@ -53,13 +53,6 @@ class TrtDeployResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_target(target: Target, calibration: str | None = None) -> None:
-    """Raise InputError with the first reason `target`'s build policy cannot be built."""
-    problems = plan_problems(target, calibration=calibration)
-    if problems:
-        raise InputError(f"target {target.name}: {problems[0]}")
 
 
 def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path, *, calibration: str | None = None,
