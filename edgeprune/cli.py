@@ -384,7 +384,9 @@ def deploy(
     report = api.deploy(model, target, output, baseline_path=baseline, data=_data(data, data_dir, None, test_limit),
                         opset=opset, consent=_consent(trust_pickle, trust_code, arch), force=force,
                         progress=not as_json, precision=precision, calibration=calibration, targets_dir=targets_dir)
-    if hasattr(report, "built_here"):   # a TensorRT target: plans and commands for the device
+    from .report import Report
+
+    if not isinstance(report, Report):   # a TensorRT target: plans and commands for the device
         return _show_trt_deploy(report, as_json)
     _show_report(report, output, as_json)
 
