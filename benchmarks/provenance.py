@@ -39,6 +39,11 @@ def git_state() -> dict[str, Any]:
             "uncommitted_files": _git("status", "--porcelain", "--", "edgeprune", "benchmarks").splitlines()}
 
 
+# The tree as it was when the benchmark started: its code was imported then, and a long run must not
+# take the commit of whatever was checked out by the time it writes its results.
+_AT_START = git_state()
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -78,7 +83,9 @@ def machine() -> dict[str, Any]:
 
 def provenance() -> dict[str, Any]:
     """Commit, versions and machine of the run that is writing its results now."""
-    return {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git_state(),
+    now = git_state()
+    git = dict(_AT_START, **({} if now == _AT_START else {"changed_during_run": now}))
+    return {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "git": git,
             "versions": versions(), "machine": machine()}
 
 
