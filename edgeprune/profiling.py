@@ -442,11 +442,14 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def _agreement(ld: np.ndarray, lp: np.ndarray) -> Agreement:
-    d, p = ld.reshape(len(ld), -1), lp.reshape(len(lp), -1)
+    d, p = ld.reshape(len(ld), -1).astype(np.float64), lp.reshape(len(lp), -1).astype(np.float64)
+    norms = np.linalg.norm(d, axis=1) * np.linalg.norm(p, axis=1)
+    cos = np.sum(d * p, axis=1) / np.where(norms > 0, norms, 1.0)
     return Agreement(
         top1=float(np.mean(d.argmax(axis=1) == p.argmax(axis=1))),
-        max_abs_logit_diff=float(np.max(np.abs(d.astype(np.float64) - p.astype(np.float64)))),
+        max_abs_logit_diff=float(np.max(np.abs(d - p))),
         samples=int(len(d)),
+        cosine=float(np.mean(cos)),
     )
 
 
