@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .data import ArrayDataset, load_dataset, train_val_split
+from .data import ArrayDataset, train_val_split
+from .data.stream import Data
 from .errors import InputError
 from .export import DEFAULT_OPSET, ExportResult
 from .export import export as export_onnx
@@ -34,19 +35,90 @@ PARITY_SAMPLES = 256
 
 @dataclass
 class DataOptions:
-    """Where data comes from: a name (fashion-mnist, mnist, digits) or an .npz path; for `profile`,
-    None means the data set the ONNX models record."""
+    """Where data comes from: a name (fashion-mnist, mnist, digits), an .npz path, an image folder
+    (train/ and val/ or test/, one folder per class) or a ``pkg.mod:fn`` returning train/val/test
+    Datasets; for `profile`, None means the data set the ONNX models record."""
 
     data: str | None = DEFAULT_DATA
     data_dir: str | None = None
     limit: int | None = None        # use a seeded subset of the training split (quick runs, tests)
     test_limit: int | None = None
+    input_shape: tuple[int, ...] | None = None   # image folder: C,H,W to resize/crop to (default: the first image's)
+    normalize: str | None = None                 # image folder: a preset (imagenet) or MEAN,../STD,..
+    metric: str | None = None                    # pkg.mod:fn scoring a split (default: top-1 accuracy)
+    preprocess: dict | None = None               # an image folder's preprocessing as a checkpoint recorded it
 
-    def train_val(self) -> tuple[ArrayDataset, ArrayDataset]:
-        return train_val_split(load_dataset(self.data, "train", self.data_dir, self.limit))
+    def _preprocess(self):
+        from .data.imagefolder import default_preprocess, is_image_folder
+        from .data.preprocess import Preprocess
 
-    def test(self) -> ArrayDataset:
-        return load_dataset(self.data, "test", self.data_dir, self.test_limit)
+        if not is_image_folder(str(self.data)):
+            return None
+        if self.preprocess is not None and self.input_shape is None and self.normalize is None:
+            return Preprocess.from_dict(self.preprocess)
+        return default_preprocess(str(self.data), self.input_shape, self.normalize)
+
+    def _open(self, split: str, limit: int | None):
+        from .data import open_split
+        from .data.factory import load_metric
+
+        ds = open_split(str(self.data), split, self.data_dir, limit, self._preprocess())
+        if ds is not None and self.metric:
+            ds.metric = load_metric(self.metric)
+        return ds
+
+    def train_val(self) -> tuple[Data, Data]:
+        """The training split and a validation split: the source's own, else carved from training data."""
+        tr, val = self._open("train", self.limit), self._open("val", self.limit)
+        return (tr, val) if val is not None else train_val_split(tr)
+
+    def train_split(self) -> Data:
+        return self._open("train", None)
+
+    def test(self) -> Data:
+        return self._open("test", self.test_limit)
+
+    def recorded(self) -> dict:
+        """What a checkpoint records so later commands (export, deploy, calibration) reuse this data as it was."""
+        from .data.imagefolder import is_image_folder
+
+        folder = is_image_folder(str(self.data))
+        pre = self._preprocess() if folder else None
+        return {"data": str(Path(str(self.data)).resolve()) if folder else self.data,
+                "preprocess": pre.to_dict() if pre else None, "metric": self.metric}
+
+
+# Test images read into memory for accuracy on a runtime (ONNX Runtime, TensorRT take numpy) when
+# the data set is streamed from disk; --test-limit sets another bound.
+STREAMED_TEST_SAMPLES = 2000
+
+
+def _data_for(meta: dict, given: DataOptions | None, consent: Consent | None, source: str) -> DataOptions:
+    """The data a command uses for a model: ``given`` (--data), completed by what the checkpoint
+    recorded (preprocessing, metric), else the recorded data. Recorded code (a data factory, a
+    metric) runs only with the user's consent, as recorded architectures do."""
+    from dataclasses import replace
+
+    from .data.factory import check_consent, is_ref
+
+    if given is None:
+        given = DataOptions(data=str(meta.get("data") or DEFAULT_DATA), preprocess=meta.get("preprocess"))
+        if is_ref(given.data):
+            check_consent(given.data, "--data", consent, source)
+    elif given.preprocess is None and given.input_shape is None and given.normalize is None and meta.get("preprocess"):
+        given = replace(given, preprocess=meta["preprocess"])
+    if given.metric is None and meta.get("metric"):
+        check_consent(str(meta["metric"]), "--metric", consent, source)
+        given = replace(given, metric=str(meta["metric"]))
+    return given
+
+
+def _test_arrays(data: DataOptions) -> ArrayDataset:
+    """The test split in memory; a streamed one bounded to STREAMED_TEST_SAMPLES unless --test-limit says."""
+    from .data.stream import as_arrays
+
+    te = data.test()
+    return as_arrays(te, None if isinstance(te, ArrayDataset) or data.test_limit else STREAMED_TEST_SAMPLES)
 
 
 def _check_output(out: Path, force: bool) -> Path:
@@ -56,7 +128,7 @@ def _check_output(out: Path, force: bool) -> Path:
     return out
 
 
-def _check_fits(loaded: LoadedModel, ds: ArrayDataset) -> None:
+def _check_fits(loaded: LoadedModel, ds: Data) -> None:
     want = tuple(loaded.checkpoint.input_shape)
     if tuple(ds.input_shape) != want:
         raise InputError(f"data set {ds.name} has inputs of shape {tuple(ds.input_shape)} but the model expects {want}")
@@ -91,7 +163,7 @@ def train(arch: str, out: Path, *, data: DataOptions | None = None, epochs: floa
     tr, val = data.train_val()
     te = data.test()
     kwargs = {"in_channels": tr.input_shape[0], "image_size": tr.input_shape[1],
-              "num_classes": max(tr.num_classes, te.num_classes), **(arch_kwargs or {})}
+              "num_classes": max(tr.num_classes or 0, te.num_classes or 0), **(arch_kwargs or {})}
     ref = ArchRef(normalize_ref(arch), kwargs)
     torch.manual_seed(seed)
     model = ref.build(Consent(arch=ref.ref), "--arch")   # the user named it: that is the consent
@@ -100,7 +172,7 @@ def train(arch: str, out: Path, *, data: DataOptions | None = None, epochs: floa
     log = train_loop(model, tr, cfg,
                      val_set=val, progress=progress, description=f"train {ref.ref}")
     val_acc, test_acc = evaluate(model, val), evaluate(model, te)
-    meta = {"method": "dense", "sparsity": 0.0, "data": data.data, "epochs": epochs, "l1": l1, "seed": seed,
+    meta = {"method": "dense", "sparsity": 0.0, **data.recorded(), "epochs": epochs, "l1": l1, "seed": seed,
             "optimizer": optimizer, "lr": lr, "lr_schedule": lr_schedule,
             "val_accuracy": val_acc, "test_accuracy": test_acc, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     save_checkpoint(new_checkpoint(model, ref, tr.input_shape, meta), out, force=force)
@@ -171,8 +243,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
         raise InputError("--finetune-epochs must be >= 0")
     loaded = load_model(model_path, consent=consent, input_shape=input_shape)
     ckpt = loaded.checkpoint
-    if data is None:
-        data = DataOptions(data=str(ckpt.meta.get("data", DEFAULT_DATA)))
+    data = _data_for(ckpt.meta, data, consent, str(model_path))
     tr, val = data.train_val()
     _check_fits(loaded, tr)
     if spec.granularity == "channel" and ckpt.kind != "module" and ckpt.kind != "pickle":
@@ -195,7 +266,11 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
             train_loop(m, tr, TrainConfig(epochs=finetune_epochs * share, lr=lr, batch_size=batch_size,
                                           seed=spec.seed), masks=masks, progress=progress, description="fine-tune")
 
-    calib = [torch.from_numpy(tr.x[i:i + 256]) for i in range(0, min(len(tr), 2048), 256)]
+    if spec.method == "lomp" and not isinstance(tr, ArrayDataset):
+        raise InputError("method lomp estimates its limit on in-memory data (a built-in set or .npz), "
+                         f"not on {tr.name}")
+    first = tr.x[:2048] if isinstance(tr, ArrayDataset) else tr.take(np.arange(min(len(tr), 2048))).arrays().x
+    calib = [torch.from_numpy(first[i:i + 256]) for i in range(0, len(first), 256)]
     if spec.schedule == "gated":
         # the accuracy-gated schedule trains itself: finetune_epochs is its whole budget
         from .pruning.gated import prune_gated
@@ -213,7 +288,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
     ft_val = evaluate(model, val)
     meta = {**{k: v for k, v in ckpt.meta.items() if k not in ("report",)},
             "method": spec.method, "sparsity": sparsity, "target_sparsity": spec.sparsity,
-            "granularity": spec.granularity, "scope": spec.scope, "schedule": spec.schedule, "data": data.data,
+            "granularity": spec.granularity, "scope": spec.scope, "schedule": spec.schedule, **data.recorded(),
             "finetune_epochs": finetune_epochs, "finetune_lr": lr, "source_path": str(Path(model_path).resolve()),
             "source_sha256": file_digest(Path(model_path)), "dense_val_accuracy": dense_val,
             "val_accuracy": ft_val, "spec": asdict(spec), "report": after.to_dict(), "details": result.details,
@@ -253,18 +328,22 @@ def export(model_path: Path, out: Path, *, opset: int = DEFAULT_OPSET, data: Dat
     ``sparse_weights`` stores zero-rich weights sparse and reports dense/sparse/compressed sizes."""
     loaded = load_model(model_path, consent=consent, input_shape=input_shape)
     x = None
-    given = data.data if data else None
+    given = data.recorded() if data else {}
     if check:
-        data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
-        x = _parity_inputs(loaded, DataOptions(data.data, data.data_dir, test_limit=PARITY_SAMPLES).test())
+        from dataclasses import replace
+
+        data = _data_for(loaded.checkpoint.meta, data, consent, str(model_path))
+        x = _parity_inputs(loaded, replace(data, test_limit=PARITY_SAMPLES).test())
     return export_onnx(loaded, Path(out), opset=opset, check_inputs=x, force=force, sparse_weights=sparse_weights,
-                       data=given)
+                       data=given.get("data"), preprocess=given.get("preprocess"))
 
 
-def _parity_inputs(loaded: LoadedModel, test: ArrayDataset) -> np.ndarray:
+def _parity_inputs(loaded: LoadedModel, test: Data) -> np.ndarray:
     """PARITY_SAMPLES real test images the model accepts."""
+    from .data.stream import as_arrays
+
     _check_fits(loaded, test)
-    return test.head(PARITY_SAMPLES).x
+    return as_arrays(test, PARITY_SAMPLES).x
 
 
 # ---------------------------------------------------------------- analyze (low-rank view)
@@ -290,8 +369,8 @@ def analyze(pruned_path: Path, baseline_path: Path, *, data: DataOptions | None 
                          f"pruned from {pc.arch.ref} {pc.arch.kwargs or ''}: pass the dense model it came from")
     if tuple(pc.input_shape) != tuple(dc.input_shape):
         raise InputError(f"baseline takes inputs of shape {tuple(dc.input_shape)}, the pruned model {tuple(pc.input_shape)}")
-    data = data or DataOptions(data=str(pc.meta.get("data", DEFAULT_DATA)))
-    te = data.test()
+    data = _data_for(pc.meta, data, consent, str(pruned_path))
+    te = _test_arrays(data)
     _check_fits(pruned, te)
     src = pc.meta.get("source_sha256")
     result = lowrank_view(pruned.model, dense.model, te, pruned_path=str(pruned_path), baseline_path=str(baseline_path),
@@ -328,9 +407,11 @@ def profile(baseline_onnx: Path, pruned_onnx: Path, target: str, *, data: DataOp
         if not Path(p).is_file():
             raise InputError(f"ONNX file not found: {p}")
     if data is None or data.data is None:
-        data = DataOptions(recorded_data(Path(baseline_onnx), Path(pruned_onnx)), *((data.data_dir, data.limit,
-                                                                                    data.test_limit) if data else ()))
-    return _profile(Path(baseline_onnx), Path(pruned_onnx), tgt, data.test(), out_dir,
+        from dataclasses import replace
+
+        name, pre = recorded_data(Path(baseline_onnx), Path(pruned_onnx))
+        data = replace(data or DataOptions(), data=name, preprocess=pre)
+    return _profile(Path(baseline_onnx), Path(pruned_onnx), tgt, _test_arrays(data), out_dir,
                     method=method, sparsity=sparsity, force=force, progress=progress)
 
 
@@ -343,10 +424,15 @@ def _check_measurable(tgt: Target) -> None:
         raise InputError(f"target {tgt.name} cannot be measured on this machine: {problems[0]}")
 
 
-def recorded_data(*onnx_paths: Path) -> str:
-    """The data set the ONNX models' metadata says they expect (`export` records it), checked against
-    the preprocessing edgeprune's loader of it applies; a one-line error where they record none or disagree."""
+def recorded_data(*onnx_paths: Path) -> tuple[str, dict | None]:
+    """The data set the ONNX models' metadata says they expect (`export` records it) and an image
+    folder's preprocessing, checked against the preprocessing edgeprune's loader of it applies; a
+    one-line error where they record none or disagree. A recorded data factory is code: it is not
+    run from a file's say-so (pass --data)."""
+    import json
+
     from .data import preprocessing
+    from .data.factory import check_consent, is_ref
     from .onnx_stats import read_metadata
 
     metas = {p: read_metadata(p) for p in onnx_paths}
@@ -357,12 +443,16 @@ def recorded_data(*onnx_paths: Path) -> str:
     if len(names) > 1:
         raise InputError(f"the models record different data sets ({', '.join(sorted(names))}): pass --data")
     name = names.pop()
+    if is_ref(name):
+        check_consent(name, "--data", None, " and ".join(p.name for p in onnx_paths))
+    pres = {m["edgeprune.preprocess"].partition("; json ")[2] for m in metas.values() if m.get("edgeprune.preprocess")}
+    pre = json.loads(pres.pop()) if len(pres) == 1 and "" not in pres else None
     for p, m in metas.items():
         want = m.get("edgeprune.preprocess")
-        if want and want != preprocessing(name):
+        if want and want != preprocessing(name, pre):
             raise InputError(f"{p.name} expects inputs preprocessed as '{want}', which edgeprune's loader of {name} "
-                             f"does not do ('{preprocessing(name)}'): pass --data with inputs prepared that way (.npz)")
-    return name
+                             f"does not do ('{preprocessing(name, pre)}'): pass --data with inputs prepared that way (.npz)")
+    return name, pre
 
 
 def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDataset, out_dir: Path | None, *,
@@ -392,14 +482,13 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
 
     ``opset`` defaults to the highest the target reads, at most DEFAULT_OPSET; above what it reads is an
     error. ``precision`` and ``calibration`` (an .npz, or the name of a shipped one such as
-    ``calibration/fmnist.npz``) override the target's build policy; an ONNX Runtime target that
-    names no calibration set calibrates INT8 on the run's training data. Every check that can fail
-    (the target's build policy, the calibration set's shape, the opset) runs before the first export.
-    For a TensorRT target the result is a ``TrtDeployResult``: the engine plans, trtexec commands and
-    calibration inputs for the device, and the engines built and timed here when TensorRT is installed.
+    ``calibration/fmnist.npz``) override the target's build policy; without ``calibration``, INT8
+    calibrates on a class-balanced sample of the run's training split (`calibration.npz` in
+    ``out_dir``), whatever set the target names. Every check that can fail (the target's build policy,
+    the calibration set's shape, the opset) runs before the first export. For a TensorRT
+    target the result is a ``TrtDeployResult``: the engine plans, trtexec commands and calibration
+    inputs for the device, and the engines built and timed here when TensorRT is installed.
     """
-    from dataclasses import replace
-
     from .backends import get_backend
     from .quantize import calibration_path
     from .targets import load_target
@@ -415,22 +504,33 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
             raise InputError("no dense baseline: pass --baseline model.pt")
         baseline_path = Path(src)
     dense = load_model(baseline_path, consent=consent, input_shape=pruned.checkpoint.input_shape)
-    data = data or DataOptions(data=str(pruned.checkpoint.meta.get("data", DEFAULT_DATA)))
-    te = data.test()   # read once: parity inputs for both exports, then the accuracy measurement
+    data = _data_for(pruned.checkpoint.meta, data, consent, str(pruned_path))
+    te = _test_arrays(data)   # read once: parity inputs for both exports, then the accuracy measurement
     parity = {name: _parity_inputs(loaded, te) for name, loaded in (("dense", dense), ("pruned", pruned))}
-    # an ONNX Runtime INT8 target without a calibration set gets one from the run's own data (below)
-    own_calibration = tgt.backend == "onnxruntime" and tgt.build.precision == "int8" and not tgt.build.calibration
-    checked = replace(tgt, build=replace(tgt.build, precision="fp32")) if own_calibration else tgt
-    problems = backend.target_problems(checked, tuple(pruned.checkpoint.input_shape))
-    if problems:
-        raise InputError(f"target {tgt.name}: {problems[0]}")
-    opset = _target_opset(backend.max_opset(tgt), opset, tgt.name)
-    batch = backend.export_batch(tgt)
-    out_dir = _prepare_dir(out_dir, force)
-    if own_calibration:
-        tgt = _override_build(tgt, None, str(_calibration_set(data, out_dir)))
-    exports = {name: export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset, check_inputs=parity[name],
-                                 force=True, data=data.data, batch=batch)
+    staging = None
+    if tgt.build.precision == "int8" and calibration is None:
+        # INT8 calibrates on the user's data unless --calibration says otherwise: a target's shipped set
+        # is one data set's images (Fashion-MNIST), of one input shape. It is written aside first, so the
+        # target's checks see it before anything lands in the run directory.
+        staging = Path(tempfile.mkdtemp(prefix="edgeprune-cal-"))
+        tgt = _override_build(tgt, None, str(_calibration_set(data, staging)))
+    try:
+        problems = backend.target_problems(tgt, tuple(pruned.checkpoint.input_shape))
+        if problems:
+            raise InputError(f"target {tgt.name}: {problems[0]}")
+        opset = _target_opset(backend.max_opset(tgt), opset, tgt.name)
+        batch = backend.export_batch(tgt)
+        out_dir = _prepare_dir(out_dir, force)
+        if staging is not None:
+            calibration = str(out_dir / "calibration.npz")
+            shutil.move(tgt.build.calibration, calibration)
+            tgt = _override_build(tgt, None, calibration)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    recorded = data.recorded()
+    exports = {name: export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset, check_inputs=parity[name], force=True,
+                                 data=recorded["data"], preprocess=recorded["preprocess"], batch=batch)
                for name, loaded in (("dense", dense), ("pruned", pruned))}
     if tgt.backend == "tensorrt":
         from .backends.trt_deploy import prepare_tensorrt
@@ -452,15 +552,35 @@ def _target_opset(ceiling: int | None, opset: int | None, target: str) -> int:
 
 
 def _calibration_set(data: DataOptions, out_dir: Path) -> Path:
-    """512 class-balanced training images of the run's data set, saved in the run directory: the
-    calibration set of a target that names none (the shipped one holds Fashion-MNIST images only)."""
+    """A class-balanced sample of the run's training split, saved in the run directory."""
+    return calibrate(data, out_dir / "calibration.npz", force=True).path
+
+
+@dataclass
+class CalibrationResult:
+    path: Path
+    data: str
+    samples: int
+    input_shape: tuple[int, ...]
+    dtype: str
+    classes: int | None           # classes sampled (None: the labels were unknown, a random sample)
+
+
+def calibrate(data: DataOptions, out: Path, *, n: int = 512, force: bool = False) -> CalibrationResult:
+    """Write an INT8 calibration set: ``n`` class-balanced images of the training split of ``data``
+    (x uint8, or float16 for normalised inputs; y the labels), to keep and pass as --calibration."""
     from .data import calibration_sample
     from .fileio import atomic_write
 
-    x, y = calibration_sample(load_dataset(data.data, "train", data.data_dir))
-    path = out_dir / "calibration.npz"
-    atomic_write(path, lambda f: np.savez_compressed(f, x=x, y=y), force=True)
-    return path
+    if n <= 0:
+        raise InputError("-n must be positive")
+    out = _check_output(out, force)
+    tr = data.train_split()
+    x, y = calibration_sample(tr, n)
+    atomic_write(out, lambda f: np.savez_compressed(f, x=x, y=y), force=force)
+    labels = y if isinstance(tr, ArrayDataset) else tr.labels
+    return CalibrationResult(out, str(data.data), len(x), tuple(x.shape[1:]), str(x.dtype),
+                             None if labels is None else int(len(np.unique(y))))
 
 
 def _override_build(tgt: Target, precision: str | None, calibration: str | None) -> Target:
@@ -523,8 +643,10 @@ def limit(model_path: Path, *, data: DataOptions | None = None, config: LimitCon
     config = config or LimitConfig()
     config.validate()
     loaded = load_model(model_path, consent=consent, input_shape=input_shape)
-    data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
+    data = _data_for(loaded.checkpoint.meta, data, consent, str(model_path))
     tr, val = data.train_val()
+    if not isinstance(tr, ArrayDataset):
+        raise InputError(f"the limit estimate runs on in-memory data (a built-in set or .npz), not on {tr.name}")
     _check_fits(loaded, tr)
     est = estimate_limit(loaded.model, tr, config, l1=float(loaded.checkpoint.meta.get("l1", 0.0)), progress=progress)
     measured = measure_limit(loaded.model, val, points, progress=progress) if measure else None

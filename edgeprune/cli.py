@@ -20,7 +20,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "and measure it side by side with the dense model.")
 out = Console()
 
-DataOpt = typer.Option(None, "--data", help="Data set name (fashion-mnist, mnist, digits) or an .npz path.")
+DataOpt = typer.Option(None, "--data", help="Data set name (fashion-mnist, mnist, digits), an .npz path, an image "
+                       "folder (train/ and val/ or test/, one folder per class) or package.module:function returning "
+                       "train, val, test Datasets (naming it here allows running it).")
+NormalizeOpt = typer.Option(None, "--normalize", help="Image folder: per-channel normalisation after scaling to "
+                            "[0, 1]: a preset (imagenet) or MEAN,../STD,.. (default: none).")
+MetricOpt = typer.Option(None, "--metric", help="package.module:function(outputs, targets) -> float scoring a split, "
+                         "higher is better (default: top-1 accuracy); naming it here allows running it.")
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder with the IDX files (default /usr/share/datasets/NAME).")
 LimitOpt = typer.Option(None, "--limit", help="Use a seeded subset of this many training samples.")
 TestLimitOpt = typer.Option(None, "--test-limit", help="Use a seeded subset of this many test samples.")
@@ -31,7 +37,8 @@ TrustCodeOpt = typer.Option(False, "--trust-code", help="Allow a checkpoint to i
                             "factory it names, whatever it is (only for files from a source you trust).")
 ArchOpt = typer.Option(None, "--arch", help="The package.module:factory you expect the checkpoint to be built from: "
                        "allows importing and calling that one (zoo: names need no consent).")
-ShapeOpt = typer.Option(None, "--input-shape", help="C,H,W for TorchScript or pickled models, e.g. 1,28,28.")
+ShapeOpt = typer.Option(None, "--input-shape", help="C,H,W for TorchScript or pickled models, e.g. 1,28,28 (and "
+                        "the size an image folder's images are resized and cropped to).")
 TargetOpt = typer.Option("host-cpu", "--target", help="Target name (see `edgeprune targets`) or a .toml path.")
 TargetsDirOpt = typer.Option(None, "--targets-dir", help="Folder of your own target .toml files, searched before "
                              "EDGEPRUNE_TARGETS and the shipped targets (a file there wins over a shipped one).")
@@ -66,11 +73,13 @@ def _consent(trust_pickle: bool, trust_code: bool = False, arch: Optional[str] =
 
 
 def _data(data: Optional[str], data_dir: Optional[str], limit: Optional[int] = None,
-          test_limit: Optional[int] = None, default: Optional[str] = api.DEFAULT_DATA) -> Optional[api.DataOptions]:
+          test_limit: Optional[int] = None, default: Optional[str] = api.DEFAULT_DATA,
+          input_shape: Optional[str] = None, normalize: Optional[str] = None,
+          metric: Optional[str] = None) -> Optional[api.DataOptions]:
     """``default``: the data set when none is named (None: the command finds it, e.g. in the models' metadata)."""
-    if data is None and data_dir is None and limit is None and test_limit is None:
+    if all(v is None for v in (data, data_dir, limit, test_limit, input_shape, normalize, metric)):
         return None
-    return api.DataOptions(data or default, data_dir, limit, test_limit)
+    return api.DataOptions(data or default, data_dir, limit, test_limit, _shape(input_shape), normalize, metric)
 
 
 def _emit_json(obj) -> None:
@@ -110,13 +119,17 @@ def train(
     optimizer: str = typer.Option("adam", "--optimizer", help="adam, or sgd (momentum 0.9; Zhang et al.'s "
                                   "LOMP recipe with --lr 0.01 --lr-schedule constant)."),
     lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine (decay to zero) or constant."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Image folder: C,H,W the images are "
+                                              "resized and centre-cropped to (default: the first image's own)."),
+    normalize: Optional[str] = NormalizeOpt, metric: Optional[str] = MetricOpt,
     seed: int = typer.Option(0, "--seed"), force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Train a reference model from scratch.
 
     Example: edgeprune train --arch zoo:lenet300 --data fashion-mnist --epochs 5 -o model.pt
     """
-    r = api.train(arch, output, data=_data(data, data_dir, limit), epochs=epochs, lr=lr, batch_size=batch_size,
+    r = api.train(arch, output, data=_data(data, data_dir, limit, input_shape=input_shape, normalize=normalize,
+                                           metric=metric), epochs=epochs, lr=lr, batch_size=batch_size,
                   l1=l1, seed=seed, optimizer=optimizer, lr_schedule=lr_schedule, force=force,
                   progress=not as_json)
     if as_json:
@@ -159,6 +172,7 @@ def compress(
                                      "retraining stop (the paper's 0.98)."),
     seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
     arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
+    normalize: Optional[str] = NormalizeOpt, metric: Optional[str] = MetricOpt,
     force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Prune a model, fine-tune it and say what it cost in accuracy.
@@ -174,7 +188,10 @@ def compress(
                      schedule=schedule, steps=steps, budget=budget, round_to=round_to, seed=seed,
                      options=_method_options(score=score, count=count, attenuation=attenuation, width=width),
                      target_accuracy=target_acc)
-    r = api.compress(model, spec, output, data=_data(data, data_dir, limit), finetune_epochs=finetune_epochs,
+    folder = data is not None and Path(data).is_dir()   # an image folder is cropped to the model's input shape
+    r = api.compress(model, spec, output, data=_data(data, data_dir, limit, input_shape=input_shape if folder else None,
+                                                     normalize=normalize, metric=metric),
+                     finetune_epochs=finetune_epochs,
                      lr=lr, consent=_consent(trust_pickle, trust_code, arch), input_shape=_shape(input_shape),
                      force=force, progress=not as_json, auto_limit=_auto_limit() if auto else None, target=target,
                      targets_dir=targets_dir)
@@ -374,8 +391,8 @@ def deploy(
     as_json: bool = JsonOpt,
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the target's)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="INT8 calibration images (.npz with x, y; "
-                                              "calibration/fmnist.npz is shipped). Default: the target's, or 512 "
-                                              "training images of --data when it names none."),
+                                              "calibration/fmnist.npz is shipped; `edgeprune calibrate` writes "
+                                              "one). Default: 512 class-balanced training images of the run's data."),
 ) -> None:
     """Export, build and profile dense and pruned models on a target; write the run directory.
 
@@ -429,6 +446,28 @@ def profile(
     _show_report(report, output, False)
     if json_out is not None:
         out.print(f"JSON report: {json_out}")
+
+
+@app.command()
+def calibrate(
+    data: str = typer.Option(..., "--data", help="The data to sample (as --data anywhere: name, .npz, image folder, "
+                             "package.module:function)."),
+    n: int = typer.Option(512, "-n", help="Images to sample, balanced over the classes."),
+    output: Path = typer.Option(..., "-o", "--output", help=".npz to write (x, y)."),
+    data_dir: Optional[str] = DataDirOpt,
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Image folder: C,H,W (as for train)."),
+    normalize: Optional[str] = NormalizeOpt, force: bool = ForceOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Write an INT8 calibration set from the training split of --data, to keep and pass as --calibration.
+
+    Example: edgeprune calibrate --data ~/data/parts -n 512 -o cal.npz
+    """
+    r = api.calibrate(_data(data, data_dir, input_shape=input_shape, normalize=normalize), output, n=n, force=force)
+    if as_json:
+        return _emit_json(r)
+    balance = f"balanced over {r.classes} classes" if r.classes else "a seeded random sample (labels unknown)"
+    out.print(f"wrote {r.path}: {r.samples} images of {r.data} ({'x'.join(map(str, r.input_shape))}, {r.dtype}), "
+              f"{balance}")
 
 
 @app.command()

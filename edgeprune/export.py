@@ -166,12 +166,15 @@ class _OrtRun:
 
 def export(loaded: LoadedModel, out: Path, *, opset: int = DEFAULT_OPSET, check_inputs: np.ndarray | None = None,
            force: bool = False, extra_metadata: dict[str, str] | None = None,
-           sparse_weights: bool = False, data: str | None = None, batch: int | None = None) -> ExportResult:
+           sparse_weights: bool = False, data: str | None = None, preprocess: dict | None = None,
+           batch: int | None = None) -> ExportResult:
     """Write ``loaded``'s model as ONNX to ``out`` (atomically), after a parity check on ``check_inputs``.
 
     The metadata records the data set the model expects and its preprocessing (`edgeprune.data`,
     `edgeprune.preprocess`, with `edgeprune.input_shape`): the checkpoint's data set, else ``data``
-    (a model file that records none, exported with --data); neither, and the keys are left out.
+    (a model file that records none, exported with --data) with ``preprocess`` (an image folder's
+    ``Preprocess.to_dict()``; its line ends in the JSON a runtime rebuilds it from); neither, and the
+    keys are left out.
 
     ``sparse_weights``: store zero-rich weights sparse where that is smaller (`edgeprune.sparse_onnx`);
     the result's ``sizes`` then compares the dense, sparse and compressed forms. ``batch`` fixes the
@@ -193,9 +196,10 @@ def export(loaded: LoadedModel, out: Path, *, opset: int = DEFAULT_OPSET, check_
         "edgeprune.input_shape": ",".join(map(str, ckpt.input_shape)),
         "edgeprune.source_sha256": str(ckpt.meta.get("sha256") or ckpt.meta.get("source_sha256") or ""),
     }
-    data = ckpt.meta.get("data") or data
+    if ckpt.meta.get("data"):
+        data, preprocess = ckpt.meta["data"], ckpt.meta.get("preprocess")
     if data:
-        meta.update({"edgeprune.data": str(data), "edgeprune.preprocess": preprocessing(str(data))})
+        meta.update({"edgeprune.data": str(data), "edgeprune.preprocess": preprocessing(str(data), preprocess)})
     meta.update(extra_metadata or {})
     onnx.helper.set_model_props(proto, meta)
     proto.producer_name, proto.producer_version = "edgeprune", __version__

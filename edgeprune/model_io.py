@@ -63,6 +63,21 @@ class Consent:
         return ref.startswith("zoo:") or self.code or ref == self.arch
 
 
+def import_callable(ref: str, what: str) -> Any:
+    """The callable ``package.module:name`` names (``what`` says what it is for, in errors). Callers
+    check ``Consent`` first: importing runs the module's code."""
+    mod_name, sep, attr = ref.partition(":")
+    if not sep or not mod_name or not attr:
+        raise InputError(f"{what} reference '{ref}' must be package.module:name")
+    try:
+        obj = getattr(importlib.import_module(mod_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise UnknownNameError(f"cannot import {what} '{ref}': {first_line(e)}") from None
+    if not callable(obj):
+        raise InputError(f"{what} '{ref}' is a {type(obj).__name__}, not a callable")
+    return obj
+
+
 @dataclass
 class ArchRef:
     """``zoo:NAME`` or ``package.module:factory`` with JSON-able kwargs."""
@@ -78,15 +93,7 @@ class ArchRef:
                 f"--arch {self.ref} if that is the architecture you expect, or --trust-code if you trust the file's source")
         if self.ref.startswith("zoo:"):
             return build_zoo(self.ref[4:], **self.kwargs)
-        mod_name, sep, attr = self.ref.partition(":")
-        if not sep or not mod_name or not attr:
-            raise InputError(f"architecture reference '{self.ref}' must be zoo:NAME or package.module:factory")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise UnknownNameError(f"cannot import architecture '{self.ref}': {first_line(e)}") from None
-        if not callable(factory):
-            raise InputError(f"architecture '{self.ref}' is a {type(factory).__name__}, not a callable factory")
+        factory = import_callable(self.ref, "architecture")
         try:
             model = factory(**self.kwargs)
         except Exception as e:  # the user's own factory failed: its message, not a traceback into edgeprune

@@ -342,3 +342,15 @@ def test_profile_without_data_needs_models_that_record_their_data_set(models, tm
     rc = main(["profile", str(odd), "--baseline", str(dense), "--target", "host-cpu"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "expects inputs preprocessed as '(x - 0.5) / 0.25'" in err[0]
+
+
+def test_agreement_reports_cosine_so_outputs_without_labels_are_judged():
+    from edgeprune.profiling import _agreement
+
+    d = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]], np.float32)
+    same = _agreement(d, d.copy())
+    assert same.cosine == pytest.approx(1.0) and same.top1 == 1.0 and same.max_abs_logit_diff == 0.0
+    p = np.array([[1.0, 0.0], [2.0, 2.0], [-3.0, -4.0]], np.float32)   # 0 deg, 45 deg, opposite
+    a = _agreement(d, p)
+    assert a.cosine == pytest.approx((1.0 + 2 ** -0.5 - 1.0) / 3)
+    assert a.top1 == pytest.approx(1 / 3) and a.max_abs_logit_diff == pytest.approx(8.0)

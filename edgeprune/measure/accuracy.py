@@ -28,8 +28,12 @@ def top1_accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def agreement(ld: np.ndarray, lp: np.ndarray) -> dict[str, Any]:
-    """How often two models pick the same class, and their largest output difference."""
-    d, p = ld.reshape(len(ld), -1), lp.reshape(len(lp), -1)
+    """How often two models pick the same class, their largest output difference and the mean cosine
+    of their outputs: what judges a model whose task has no labels here."""
+    d, p = ld.reshape(len(ld), -1).astype(np.float64), lp.reshape(len(lp), -1).astype(np.float64)
+    norms = np.linalg.norm(d, axis=1) * np.linalg.norm(p, axis=1)
+    cos = np.sum(d * p, axis=1) / np.where(norms > 0, norms, 1.0)
     return {"top1": float(np.mean(d.argmax(axis=1) == p.argmax(axis=1))),
-            "max_abs_logit_diff": float(np.max(np.abs(d.astype(np.float64) - p.astype(np.float64)))),
-            "samples": int(len(d))}
+            "max_abs_logit_diff": float(np.max(np.abs(d - p))),
+            "samples": int(len(d)),
+            "cosine": float(np.mean(cos))}

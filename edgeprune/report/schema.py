@@ -221,18 +221,21 @@ class Ratios:
 
 @dataclass
 class Agreement:
-    """How often dense and pruned engines pick the same class, and the largest output difference."""
+    """How often dense and pruned engines pick the same class, the largest output difference, and the
+    mean cosine similarity of their output vectors: label-free, so a model without labels is judged too."""
 
     top1: float  # fraction in [0, 1]
     max_abs_logit_diff: float
     samples: int
+    cosine: float | None = None   # mean over samples; None in reports written before it was measured
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Agreement:
-        return cls(top1=float(d["top1"]), max_abs_logit_diff=float(d["max_abs_logit_diff"]), samples=int(d["samples"]))
+        return cls(top1=float(d["top1"]), max_abs_logit_diff=float(d["max_abs_logit_diff"]), samples=int(d["samples"]),
+                   cosine=None if d.get("cosine") is None else float(d["cosine"]))
 
 
 @dataclass
