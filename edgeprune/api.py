@@ -19,10 +19,10 @@ from .errors import InputError
 from .export import DEFAULT_OPSET, ExportResult
 from .export import export as export_onnx
 from .model_io import (ArchRef, Checkpoint, Consent, LoadedModel, file_digest, load_model, new_checkpoint,
-                       normalize_ref, save_checkpoint)
+                       save_checkpoint)
 from .pruning.masks import sparsity_report
 from .pruning.schedule import prune
-from .pruning.base import PruneSpec
+from .pruning.base import PruneSpec, method_class
 from .training import TrainConfig, check_recipe, evaluate, finetune_lr, train as train_loop
 
 if TYPE_CHECKING:
@@ -162,11 +162,13 @@ def train(arch: str, out: Path, *, data: DataOptions | None = None, epochs: floa
     check_recipe(optimizer, lr_schedule)
     tr, val = data.train_val()
     te = data.test()
-    kwargs = {"in_channels": tr.input_shape[0], "image_size": tr.input_shape[1],
-              "num_classes": max(tr.num_classes or 0, te.num_classes or 0), **(arch_kwargs or {})}
-    ref = ArchRef(normalize_ref(arch), kwargs)
+    consent = Consent(arch=arch)   # the user named it: that is the consent
+    # the factory gets those of these it accepts, then the user's arch_kwargs as they are
+    shape_kwargs = {"in_channels": tr.input_shape[0], "image_size": tr.input_shape[1],
+                    "num_classes": max(tr.num_classes or 0, te.num_classes or 0)}
+    ref = ArchRef.fitted(arch, consent, shape_kwargs, arch_kwargs)
     torch.manual_seed(seed)
-    model = ref.build(Consent(arch=ref.ref), "--arch")   # the user named it: that is the consent
+    model = ref.build(consent, "--arch")
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, l1=l1, seed=seed, optimizer=optimizer,
                       cosine=lr_schedule == "cosine")
     log = train_loop(model, tr, cfg,
@@ -206,12 +208,24 @@ class CompressResult:
     details: dict = field(default_factory=dict)   # the method's own report (Method.details)
 
 
-def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions | None = None,
-             finetune_epochs: float = 2.0, lr: float | None = None, batch_size: int = 128,
-             consent: Consent | None = None, input_shape: tuple[int, ...] | None = None, force: bool = False,
+def default_output(model_path: Path, method: str) -> Path:
+    """Where ``compress`` writes when no output is named: ``<stem>.<method>.pt`` beside the input."""
+    model_path = Path(model_path)
+    return model_path.with_name(f"{model_path.stem}.{method}.pt")
+
+
+def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data: DataOptions | None = None,
+             finetune_epochs: float | None = None, lr: float | None = None, batch_size: int = 128,
+             consent: Consent | None = None, input_shape: tuple[int, ...] | None = None,
+             arch_kwargs: dict[str, Any] | None = None, force: bool = False,
              progress: bool = True, auto_limit: LimitConfig | None = None, target: str | Path | None = None,
              targets_dir: TargetsDir = None) -> CompressResult:
     """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint.
+
+    ``out`` defaults to ``default_output`` (``model.activation.pt`` beside ``model.pt``); an existing
+    file is kept unless ``force``. ``spec.schedule`` None and ``finetune_epochs`` None are the method's
+    own (``Method.default_schedule``, ``Method.default_finetune_epochs``). A bare state_dict is built
+    from ``consent.arch`` with ``arch_kwargs`` and ``input_shape`` (``model_io.load_model``).
 
     ``target`` (a name or .toml path) sets ``spec.round_to`` to the target's ``build.round_to``
     unless ``spec.round_to`` is None (the CLI passes None when ``--round-to`` is not given and a
@@ -238,10 +252,12 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
 
         check_spec(spec, auto_limit is not None)
     lr = finetune_lr(spec.granularity, spec.schedule) if lr is None else lr
-    out = _check_output(out, force)
+    out = _check_output(default_output(model_path, spec.method) if out is None else out, force)
+    if finetune_epochs is None:
+        finetune_epochs = method_class(spec.method).default_finetune_epochs
     if finetune_epochs < 0:
         raise InputError("--finetune-epochs must be >= 0")
-    loaded = load_model(model_path, consent=consent, input_shape=input_shape)
+    loaded = load_model(model_path, consent=consent, input_shape=input_shape, arch_kwargs=arch_kwargs)
     ckpt = loaded.checkpoint
     data = _data_for(ckpt.meta, data, consent, str(model_path))
     tr, val = data.train_val()

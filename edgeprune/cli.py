@@ -37,8 +37,11 @@ TrustCodeOpt = typer.Option(False, "--trust-code", help="Allow a checkpoint to i
                             "factory it names, whatever it is (only for files from a source you trust).")
 ArchOpt = typer.Option(None, "--arch", help="The package.module:factory you expect the checkpoint to be built from: "
                        "allows importing and calling that one (zoo: names need no consent).")
-ShapeOpt = typer.Option(None, "--input-shape", help="C,H,W for TorchScript or pickled models, e.g. 1,28,28 (and "
-                        "the size an image folder's images are resized and cropped to).")
+ShapeOpt = typer.Option(None, "--input-shape", help="C,H,W for TorchScript or pickled models and bare state_dicts, "
+                        "e.g. 1,28,28 (and the size an image folder's images are resized and cropped to).")
+ArchKwargsOpt = typer.Option(None, "--arch-kwargs", help="JSON object of keyword arguments for the --arch factory, "
+                             "e.g. '{\"num_classes\": 10}' (in_channels, image_size, num_classes are passed "
+                             "from the data where the factory takes them).")
 TargetOpt = typer.Option("host-cpu", "--target", help="Target name (see `edgeprune targets`) or a .toml path.")
 TargetsDirOpt = typer.Option(None, "--targets-dir", help="Folder of your own target .toml files, searched before "
                              "EDGEPRUNE_TARGETS and the shipped targets (a file there wins over a shipped one).")
@@ -66,6 +69,27 @@ def _shape(value: Optional[str]) -> Optional[tuple[int, ...]]:
     if not dims or any(d <= 0 for d in dims):
         raise InputError(f"--input-shape must be positive integers, got '{value}'")
     return dims
+
+
+def _arch_kwargs(value: Optional[str]) -> Optional[dict]:
+    if value is None:
+        return None
+    try:
+        kwargs = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--arch-kwargs must be a JSON object like '{{\"num_classes\": 10}}': {e}") from None
+    if not isinstance(kwargs, dict):
+        raise InputError(f"--arch-kwargs must be a JSON object (keyword arguments), got {type(kwargs).__name__}")
+    return kwargs
+
+
+def _methods_help() -> str:
+    """Every registered method with the schedule and budget it runs with by default (from the registry)."""
+    from .pruning.base import available_methods, method_class
+
+    rows = [f"{n} ({method_class(n).default_schedule}, {method_class(n).default_finetune_epochs:g} epochs)"
+            for n in available_methods()]
+    return "Pruning method, with its default schedule and budget: " + ", ".join(rows) + "."
 
 
 def _consent(trust_pickle: bool, trust_code: bool = False, arch: Optional[str] = None) -> api.Consent:
@@ -111,6 +135,7 @@ def _method_options(**given) -> dict:
 @app.command()
 def train(
     arch: str = typer.Option("zoo:lenet300", "--arch", help="zoo:NAME or package.module:factory."),
+    arch_kwargs: Optional[str] = ArchKwargsOpt,
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, limit: Optional[int] = LimitOpt,
     epochs: float = typer.Option(5.0, "--epochs"), lr: float = typer.Option(1e-3, "--lr"),
@@ -131,7 +156,7 @@ def train(
     r = api.train(arch, output, data=_data(data, data_dir, limit, input_shape=input_shape, normalize=normalize,
                                            metric=metric), epochs=epochs, lr=lr, batch_size=batch_size,
                   l1=l1, seed=seed, optimizer=optimizer, lr_schedule=lr_schedule, force=force,
-                  progress=not as_json)
+                  progress=not as_json, arch_kwargs=_arch_kwargs(arch_kwargs))
     if as_json:
         return _emit_json(r)
     out.print(f"trained [bold]{r.arch}[/] on {r.data} for {r.epochs:g} epochs in {r.seconds:.1f} s: "
@@ -140,9 +165,11 @@ def train(
 
 @app.command()
 def compress(
-    model: Path = typer.Argument(..., help="Model file (edgeprune checkpoint, TorchScript, .pt2)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Pruned checkpoint to write."),
-    method: str = typer.Option("magnitude", "--method", help="Pruning method (magnitude, random)."),
+    model: Path = typer.Argument(..., help="Model file (edgeprune checkpoint, TorchScript, .pt2, or a state_dict "
+                                 "with --arch and --input-shape)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Pruned checkpoint to write (default: "
+                                          "<stem>.<method>.pt beside the model; never overwritten without --force)."),
+    method: str = typer.Option("magnitude", "--method", help=_methods_help()),
     sparsity: str = typer.Option("0.5", "--sparsity", help="Fraction of prunable weights removed, in [0, 1), "
                                  "or auto (lomp: the predicted pruning limit, see `edgeprune limit`)."),
     granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured), channel (physical "
@@ -150,8 +177,9 @@ def compress(
     scope: Optional[str] = typer.Option(None, "--scope", help="global or layer (default: the method's; layer for "
                                         "spectral, global for the others); local (one layer per event) with "
                                         "--schedule gated."),
-    schedule: str = typer.Option("oneshot", "--schedule", help="oneshot, iterative (cubic), or gated (accuracy-gated "
-                                 "cycles with dead-neuron removal; --finetune-epochs is then its whole training budget)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="oneshot, iterative (cubic), or gated "
+                                           "(accuracy-gated cycles with dead-neuron removal; --finetune-epochs is then "
+                                           "its whole training budget). Default: the method's own (see --method)."),
     steps: int = typer.Option(5, "--steps", help="Prune steps for --schedule iterative; pruning cycles for gated."),
     budget: str = typer.Option("params", "--budget", help="Channel pruning: --sparsity counts params or macs."),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Channel pruning: keep widths multiples of "
@@ -159,7 +187,8 @@ def compress(
     target: Optional[str] = typer.Option(None, "--target", help="Target name or .toml path whose channel "
                                          "multiple (build.round_to) channel pruning keeps."),
     targets_dir: Optional[Path] = TargetsDirOpt,
-    finetune_epochs: float = typer.Option(2.0, "--finetune-epochs", help="Fine-tune budget (epochs, in all)."),
+    finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help="Fine-tune budget (epochs, in "
+                                                    "all). Default: the method's own (see --method)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tune learning rate (Adam, cosine decay); "
                                        "default 2e-3 for weight, 5e-4 for channel granularity, 8e-3 for "
                                        "--schedule gated."),
@@ -171,13 +200,13 @@ def compress(
     target_acc: float = typer.Option(0.98, "--target-acc", help="gated: training accuracy of the last gate and the "
                                      "retraining stop (the paper's 0.98)."),
     seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
-    arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
+    arch: Optional[str] = ArchOpt, arch_kwargs: Optional[str] = ArchKwargsOpt, input_shape: Optional[str] = ShapeOpt,
     normalize: Optional[str] = NormalizeOpt, metric: Optional[str] = MetricOpt,
     force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Prune a model, fine-tune it and say what it cost in accuracy.
 
-    Example: edgeprune compress model.pt --method magnitude --sparsity 0.9 -o pruned.pt
+    Example: edgeprune compress model.pt --method activation   (writes model.activation.pt)
     """
     from .pruning.base import PruneSpec
 
@@ -193,8 +222,8 @@ def compress(
                                                      normalize=normalize, metric=metric),
                      finetune_epochs=finetune_epochs,
                      lr=lr, consent=_consent(trust_pickle, trust_code, arch), input_shape=_shape(input_shape),
-                     force=force, progress=not as_json, auto_limit=_auto_limit() if auto else None, target=target,
-                     targets_dir=targets_dir)
+                     arch_kwargs=_arch_kwargs(arch_kwargs), force=force, progress=not as_json,
+                     auto_limit=_auto_limit() if auto else None, target=target, targets_dir=targets_dir)
     if as_json:
         return _emit_json(r)
     t = Table(title=f"{r.method} {r.granularity} pruning, {r.scope} scope, {r.schedule}")
@@ -219,7 +248,8 @@ def compress(
         out.print(_limit_line(r.details["predicted_limit"]))
     out.print(f"sparsity {r.sparsity:.2%} of prunable weights (target {r.target_sparsity:.2%}); "
               f"before fine-tuning val {r.pruned_val_accuracy:.2f} %; fine-tuned {r.finetune_epochs:g} epochs at lr {r.finetune_lr:g}; "
-              f"{r.total_seconds:.1f} s -> {r.path}")
+              f"{r.total_seconds:.1f} s")
+    out.print(f"wrote {r.path}", highlight=False, soft_wrap=True)
     if r.details.get("summary"):
         out.print(r.details["summary"])   # the method's own one-line report; --json has all of r.details
 

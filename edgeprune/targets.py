@@ -195,8 +195,18 @@ def load_target(name_or_path: str | Path, targets_dir: TargetsDir = None) -> Tar
         return _load_file(path)
     files = _target_files(targets_dir)
     if text not in files:
+        members = family_members(text, targets_dir)
+        if members:
+            raise UnknownNameError(f"target '{text}' is a family: {', '.join(members)} — name one")
         raise UnknownNameError(f"unknown target '{text}' (available: {', '.join(sorted(files)) or 'none'})")
     return _load_file(files[text])
+
+
+def family_members(name: str, targets_dir: TargetsDir = None) -> list[str]:
+    """The target names of family ``name``: those it prefixes (``jetson`` -> ``jetson-nano``, ...;
+    ``raspberry-pi`` -> ``raspberry-pi-4``, ``raspberry-pi-5``), so a user's own ``jetson-*.toml`` joins
+    the family without a list to edit. Empty for a name that is no family."""
+    return sorted(n for n in _target_files(targets_dir) if n.startswith(f"{name}-"))
 
 
 def list_targets(targets_dir: TargetsDir = None) -> list[Target]:

@@ -14,6 +14,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from edgeprune.errors import InputError
 from edgeprune.pruning.base import PruneSpec, get_method
 from edgeprune.pruning.masks import apply_masks, select
 from edgeprune.pruning.semistructured import select_2to4
@@ -53,6 +54,7 @@ def targets(spec: PruneSpec) -> list[float]:
     The cubic prunes fast while many weights are redundant and slowly near the end, where each
     removal costs more accuracy and fine-tuning needs time to recover.
     """
+    spec.validate()   # a schedule left None is the method's own
     if spec.schedule == "oneshot":
         return [float(spec.sparsity)]
     n = spec.steps
@@ -77,6 +79,9 @@ def prune(
     the target, which coarse round_to steps can cause, draws a warning; PruneStep.achieved has it.
     """
     spec.validate()
+    if spec.schedule == "gated":   # e.g. activation's default: it trains while it prunes
+        raise InputError("schedule 'gated' trains while it prunes: run it with edgeprune.api.compress "
+                         "(or edgeprune.pruning.gated.prune_gated), or pass schedule 'oneshot' or 'iterative'")
     method = get_method(spec.method, seed=spec.seed, **spec.options)
     steps = targets(spec)
     share = 1.0 / len(steps)
