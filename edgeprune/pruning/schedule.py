@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from edgeprune.pruning.base import PruneSpec, get_method
-from edgeprune.pruning.masks import apply_masks, select
+from edgeprune.pruning.masks import apply_masks, require_prunable, select
 from edgeprune.pruning.semistructured import select_2to4
-from edgeprune.pruning.structured import TOLERANCE, budget_count, prune_channels
+from edgeprune.pruning.structured import TOLERANCE, budget_count, kept_whole, prune_channels
 
 
 @dataclass
@@ -77,6 +77,7 @@ def prune(
     the target, which coarse round_to steps can cause, draws a warning; PruneStep.achieved has it.
     """
     spec.validate()
+    require_prunable(model)
     method = get_method(spec.method, seed=spec.seed, **spec.options)
     steps = targets(spec)
     share = 1.0 / len(steps)
@@ -119,6 +120,8 @@ def prune(
     result.details = method.details
     if spec.granularity == "2:4":   # the layers the pattern could not reach, with the reason
         result.details = {**method.details, "2:4 dense layers": dense_layers}
+    if spec.granularity == "channel" and kept_whole(model):
+        result.details = {**method.details, "channels kept whole": kept_whole(model)}
     final = result.steps[-1].achieved
     # 2:4 misses 0.5 only by the layers it must leave dense, which details["2:4 dense layers"] names
     if spec.granularity != "2:4" and abs(final - spec.sparsity) > TOLERANCE:
