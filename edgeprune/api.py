@@ -15,12 +15,12 @@ import torch
 from . import __version__
 from .data import ArrayDataset, train_val_split
 from .data.stream import Data
-from .errors import InputError
+from .errors import InputError, first_line
 from .export import DEFAULT_OPSET, ExportResult
 from .export import export as export_onnx
 from .model_io import (ArchRef, Checkpoint, Consent, LoadedModel, file_digest, load_model, new_checkpoint,
                        save_checkpoint)
-from .pruning.masks import sparsity_report
+from .pruning.masks import require_prunable, sparsity_report
 from .pruning.schedule import prune
 from .pruning.base import PruneSpec, method_class
 from .training import TrainConfig, check_recipe, evaluate, finetune_lr, train as train_loop
@@ -266,6 +266,9 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         raise InputError(f"channel pruning needs an nn.Module (zoo:, package.module:factory or a pickle); "
                          f"this {ckpt.kind} model supports --granularity weight")
     model, example = loaded.model, loaded.example_input
+    require_prunable(model, f"this {ckpt.kind} model")   # before the MAC counter hooks a ScriptModule
+    if data.metric is None:   # a task metric scores whatever the model outputs; top-1 needs one score per class
+        _check_classifier(model, example, tr)
     before = sparsity_report(model, example)
     dense_val = evaluate(model, val)
     lomp_details: dict = {}
@@ -298,6 +301,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
     else:
         result = prune(model, spec, example, finetune=finetune, batches=calib)
     result.details.update(lomp_details)
+    _check_runs(model, example, spec)
     after = sparsity_report(model, example)
     # One definition for both granularities: prunable weights gone, whether zeroed or physically removed.
     sparsity = 1.0 - after.nonzero / max(before.total, 1)
@@ -322,6 +326,27 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         params_before=before.params_nonzero, params_after=after.params_nonzero, macs_before=before.macs,
         macs_after=after.macs, prune_seconds=result.seconds, total_seconds=time.perf_counter() - t0,
         layers=_layer_rows(before, after), details=result.details)
+
+
+def _check_classifier(model: torch.nn.Module, example: torch.Tensor, ds) -> None:
+    """Without --metric, compress measures top-1 accuracy against one label per image: a model
+    predicting per position (a segmentation head: one score map per class) cannot be scored so."""
+    with torch.no_grad():
+        out = model(example)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"the model's output per sample is {shape}, not one score per class, and {ds.name} has one "
+                         "class label per image: accuracy on it cannot be measured (pass --metric pkg.mod:fn, the task's own metric)")
+
+
+def _check_runs(model: torch.nn.Module, example: torch.Tensor, spec: PruneSpec) -> None:
+    # Nothing is saved that cannot run: a shape left inconsistent by pruning surfaces here.
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except RuntimeError as e:
+        raise InputError(f"the model pruned by {spec.method} ({spec.granularity}) no longer runs, so it was not saved: "
+                         f"{first_line(e)}") from None
 
 
 def _layer_rows(before, after) -> list[dict]:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError
-from edgeprune.pruning.masks import prunable_layers
+from edgeprune.pruning.masks import prunable_layers, weight_of
 
 if TYPE_CHECKING:
     import onnx
@@ -40,7 +40,7 @@ def dense_reason(module: nn.Module) -> str | None:
     """Why a Conv/Linear layer cannot take the 2:4 pattern (None when it can)."""
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return "transposed convolution: no 2:4 kernels"
-    reduction = module.weight.shape[1]
+    reduction = weight_of(module).shape[1]
     if reduction % GROUP:
         return f"reduction dim {reduction} is not a multiple of {GROUP}"
     return None
@@ -159,5 +159,5 @@ def check_2to4(source: nn.Module | onnx.ModelProto | str | Path, consent=None) -
     for name, m in prunable_layers(source).items():
         if isinstance(m, nn.modules.conv._ConvTransposeNd):
             continue   # weight is [in, out, *k]: no 2:4 kernels for it
-        checks.append(check_weight(name, type(m).__name__, m.weight.detach().cpu().numpy()))
+        checks.append(check_weight(name, type(m).__name__, weight_of(m).detach().cpu().numpy()))
     return checks
