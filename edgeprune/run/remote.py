@@ -18,6 +18,7 @@ import json
 import shlex
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,8 @@ class RunStages:
     key: str
     done: list[str] = field(default_factory=list)
     resumed: bool = False
+    # The job's folder name on the board: new for every run, kept by a resumed one.
+    job: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
     @classmethod
     def resume(cls, run_dir: Path, key: str) -> RunStages | None:
@@ -71,7 +74,7 @@ class RunStages:
             return None
         if rec.get("key") != key or "reported" in rec.get("done", []):
             return None
-        return cls(Path(run_dir), key, list(rec["done"]), resumed=True)
+        return cls(Path(run_dir), key, list(rec["done"]), resumed=True, job=str(rec["job"]))
 
     def __contains__(self, stage: str) -> bool:
         return stage in self.done
@@ -80,7 +83,7 @@ class RunStages:
         if stage not in self.done:
             self.done.append(stage)
         atomic_write(self.run_dir / STAGES_FILE, json.dumps(
-            {"key": self.key, "done": self.done, "stages": list(STAGES),
+            {"key": self.key, "job": self.job, "done": self.done, "stages": list(STAGES),
              "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1).encode(), force=True)
 
 
@@ -148,7 +151,7 @@ def deploy_remote(onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.nd
     from edgeprune.report.write import write_report
 
     pkg_files = device_files()
-    pkg, job = _package_digest(pkg_files), stages.key
+    pkg, job = _package_digest(pkg_files), stages.job
     job_dir = f"{board.workdir.rstrip('/')}/jobs/{job}"
     with board.connect() as ssh:
         if "pulled" not in stages:
@@ -166,6 +169,8 @@ def deploy_remote(onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.nd
                 stages.mark("measured")
             ssh.pull(job_dir, [RESULT, BUILT, "engines"], run_dir)
             stages.mark("pulled")
+            # The job's inputs and outputs are here now; the board keeps only its engine cache.
+            ssh.run(f"rm -rf {remote_path(job_dir)}", check=False)
     d = json.loads((run_dir / RESULT).read_text())
     for e in d["engines"].values():
         e["path"] = str(run_dir / e["path"])
