@@ -219,9 +219,12 @@ def test_a_cut_connection_resumes_at_the_unfinished_stage(tmp_path, models, boar
     t.join(60)
     assert errors and str(errors[0]).startswith("connection to board lost"), errors
     assert stages(run_dir) == ["exported", "pushed", "built"]
-    pushed = next(workdir.glob("jobs/*/dense.onnx"))
-    marks = (pushed.stat().st_mtime_ns, (run_dir / "dense.onnx").stat().st_mtime_ns)
+    before = json.loads((run_dir / "stages.json").read_text())["times"]
+    exported = (run_dir / "dense.onnx").stat().st_mtime_ns
     report = deploy(models, target, run_dir, board, python)   # the same command again
     assert stages(run_dir)[-1] == "reported" and report.latency[1].dense.n >= 30
-    assert (pushed.stat().st_mtime_ns, (run_dir / "dense.onnx").stat().st_mtime_ns) == marks   # not redone
+    after = json.loads((run_dir / "stages.json").read_text())["times"]
+    assert {k: after[k] for k in before} == before and set(after) - set(before) == {"measured", "pulled", "reported"}
+    assert (run_dir / "dense.onnx").stat().st_mtime_ns == exported                   # not exported again
+    assert not list(workdir.glob("jobs/*"))                # the job folder is cleaned up, the cache stays
     assert report.engine_cache == {"dense": "miss", "pruned": "miss"}   # built once, by the first attempt

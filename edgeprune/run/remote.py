@@ -64,6 +64,7 @@ class RunStages:
     resumed: bool = False
     # The job's folder name on the board: new for every run, kept by a resumed one.
     job: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    times: dict[str, float] = field(default_factory=dict)   # when each stage finished (Unix time)
 
     @classmethod
     def resume(cls, run_dir: Path, key: str) -> RunStages | None:
@@ -74,7 +75,8 @@ class RunStages:
             return None
         if rec.get("key") != key or "reported" in rec.get("done", []):
             return None
-        return cls(Path(run_dir), key, list(rec["done"]), resumed=True, job=str(rec["job"]))
+        return cls(Path(run_dir), key, list(rec["done"]), resumed=True, job=str(rec["job"]),
+                   times=dict(rec.get("times", {})))
 
     def __contains__(self, stage: str) -> bool:
         return stage in self.done
@@ -82,9 +84,10 @@ class RunStages:
     def mark(self, stage: str) -> None:
         if stage not in self.done:
             self.done.append(stage)
+            self.times[stage] = time.time()
         atomic_write(self.run_dir / STAGES_FILE, json.dumps(
-            {"key": self.key, "job": self.job, "done": self.done, "stages": list(STAGES),
-             "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=1).encode(), force=True)
+            {"key": self.key, "job": self.job, "done": self.done, "times": self.times,
+             "stages": list(STAGES)}, indent=1).encode(), force=True)
 
 
 def run_key(*parts: Any) -> str:
