@@ -518,7 +518,8 @@ def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDatas
 def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path | None = None,
            data: DataOptions | None = None, opset: int | None = None, consent: Consent | None = None,
            force: bool = False, progress: bool = True, precision: str | None = None,
-           calibration: str | None = None, targets_dir: TargetsDir = None):
+           calibration: str | None = None, targets_dir: TargetsDir = None, host: str | None = None,
+           ssh_config: str | Path | None = None, device_python: str | None = None):
     """Export dense and pruned models, build engines for ``target``, profile both, write the run directory.
 
     ``opset`` defaults to the highest the target reads, at most DEFAULT_OPSET; above what it reads is an
@@ -529,7 +530,11 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     the calibration set's shape, the opset) runs before the first export. For a TensorRT
     target the result is a ``TrtDeployResult``: the engine plans, trtexec commands and calibration
     inputs for the device, and the engines built and timed here when TensorRT is installed.
+    ``host`` (or the target's ``[device] ssh``): build and measure on that board over SSH
+    (`edgeprune.run.remote`); a repeated call after a fault resumes at the first unfinished stage.
     """
+    from dataclasses import replace
+
     from .backends import get_backend
     from .quantize import calibration_path
     from .targets import load_target
@@ -537,6 +542,12 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     if calibration is not None:
         calibration = str(calibration_path(calibration))
     tgt = _override_build(load_target(target, targets_dir), precision, calibration)
+    host = host or tgt.ssh
+    if host:
+        from .run.remote import check_remote_target
+
+        check_remote_target(tgt)
+        tgt = replace(tgt, ssh=host)   # the board's stack is checked there, not this machine's
     backend = get_backend(tgt.backend)
     pruned = load_model(pruned_path, consent=consent)
     if baseline_path is None:
@@ -561,7 +572,17 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
             raise InputError(f"target {tgt.name}: {problems[0]}")
         opset = _target_opset(backend.max_opset(tgt), opset, tgt.name)
         batch = backend.export_batch(tgt)
-        out_dir = _prepare_dir(out_dir, force)
+        stages = None
+        if host:
+            from .run.remote import RunStages, run_key
+
+            key = run_key(file_digest(Path(pruned_path)), file_digest(Path(baseline_path)), tgt, host, opset,
+                          data.data, data.data_dir, data.test_limit)
+            stages = None if force else RunStages.resume(Path(out_dir), key)
+            stages = stages or RunStages(_prepare_dir(out_dir, force), key)
+        else:
+            out_dir = _prepare_dir(out_dir, force)
+        out_dir = Path(out_dir)
         if staging is not None:
             calibration = str(out_dir / "calibration.npz")
             shutil.move(tgt.build.calibration, calibration)
@@ -569,16 +590,29 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    recorded = data.recorded()
-    exports = {name: export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset, check_inputs=parity[name], force=True,
-                                 data=recorded["data"], preprocess=recorded["preprocess"], batch=batch)
-               for name, loaded in (("dense", dense), ("pruned", pruned))}
+    if stages is not None and "exported" in stages:
+        onnx = {name: out_dir / f"{name}.onnx" for name in ("dense", "pruned")}
+    else:
+        recorded = data.recorded()
+        exports = {name: export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset, check_inputs=parity[name],
+                                     force=True, data=recorded["data"], preprocess=recorded["preprocess"], batch=batch)
+                   for name, loaded in (("dense", dense), ("pruned", pruned))}
+        onnx = {k: e.path for k, e in exports.items()}
+    meta = pruned.checkpoint.meta
+    if stages is not None:
+        from .profiling import check_models
+        from .run.remote import Board, deploy_remote
+
+        check_models(onnx["dense"], onnx["pruned"], tgt)
+        stages.mark("exported")
+        board = Board(host, ssh_config, device_python or tgt.device.python, tgt.device.workdir)
+        return deploy_remote(onnx, tgt, te.x, te.y, out_dir, stages, board, method=str(meta.get("method", "dense")),
+                             sparsity=float(meta.get("sparsity", 0.0)))
     if tgt.backend == "tensorrt":
         from .backends.trt_deploy import prepare_tensorrt
 
-        return prepare_tensorrt({k: e.path for k, e in exports.items()}, tgt, out_dir, calibration=calibration, test=te)
-    meta = pruned.checkpoint.meta
-    return _profile(exports["dense"].path, exports["pruned"].path, tgt, te, out_dir,
+        return prepare_tensorrt(onnx, tgt, out_dir, calibration=calibration, test=te)
+    return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir,
                     method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
                     force=True, progress=progress)
 

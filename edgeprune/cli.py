@@ -423,6 +423,11 @@ def deploy(
     calibration: Optional[str] = typer.Option(None, "--calibration", help="INT8 calibration images (.npz with x, y; "
                                               "calibration/fmnist.npz is shipped; `edgeprune calibrate` writes "
                                               "one). Default: 512 class-balanced training images of the run's data."),
+    host: Optional[str] = typer.Option(None, "--host", help="Build and measure on this board over SSH (anything "
+                                       "ssh takes: an alias, user@host). Default: the target's [device] ssh, else here."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file (default: ~/.ssh/config)."),
+    device_python: Optional[str] = typer.Option(None, "--device-python", help="The board's python (default: the "
+                                                "target's [device] python, else python3)."),
 ) -> None:
     """Export, build and profile dense and pruned models on a target; write the run directory.
 
@@ -430,7 +435,8 @@ def deploy(
     """
     report = api.deploy(model, target, output, baseline_path=baseline, data=_data(data, data_dir, None, test_limit),
                         opset=opset, consent=_consent(trust_pickle, trust_code, arch), force=force,
-                        progress=not as_json, precision=precision, calibration=calibration, targets_dir=targets_dir)
+                        progress=not as_json, precision=precision, calibration=calibration, targets_dir=targets_dir,
+                        host=host, ssh_config=ssh_config, device_python=device_python)
     from .report import Report
 
     if not isinstance(report, Report):   # a TensorRT target: plans and commands for the device
@@ -448,6 +454,34 @@ def _show_trt_deploy(r, as_json: bool) -> None:
     for note in r.notes:
         out.print(f"- {note}", soft_wrap=True)
     out.print(f"files: {', '.join(r.files)}", soft_wrap=True)
+
+
+@app.command()
+def probe(
+    host: str = typer.Option(..., "--host", help="The board (anything ssh takes: an alias, user@host)."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file (default: ~/.ssh/config)."),
+    device_python: str = typer.Option("python3", "--device-python", help="The board's python."),
+    targets_dir: Optional[Path] = TargetsDirOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Print a board's software stack and the target files that match it.
+
+    Example: edgeprune probe --host orin
+    """
+    from .run.remote import Board, matching_targets, probe_board
+    from .targets import list_targets
+
+    found = probe_board(Board(host, ssh_config, device_python))
+    found["targets"] = matching_targets(found, list_targets(targets_dir))
+    if as_json:
+        return _emit_json(found)
+    ort = found.get("onnxruntime") or {}
+    for key, value in (("host", host), ("hostname", found["hostname"]), ("machine", found["machine"]),
+                       ("python", found["python"]), ("numpy", found["numpy"]),
+                       ("onnxruntime", ort.get("version")), ("providers", ", ".join(ort.get("providers", [])) or None),
+                       ("tensorrt", found["tensorrt"]), ("l4t", found["l4t"]), ("power mode", found["power_mode"]),
+                       ("jetson_clocks", found["jetson_clocks"]), ("cpu governor", found["cpu_governor"]),
+                       ("matching targets", ", ".join(found["targets"]) or "none")):
+        out.print(f"{key}: {'-' if value is None else value}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -11,21 +11,17 @@ high-water mark only ever goes up.
 
 from __future__ import annotations
 
-import gc
-import json
-import os
-import subprocess
-import sys
+import socket
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from edgeprune.backends import Engine, Session, get_backend
+from edgeprune.backends import Engine, get_backend
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
-from edgeprune.measure.accuracy import agreement, predict, top1_accuracy
-from edgeprune.measure.timing import static_batch, tile_rows, time_interleaved
+from edgeprune.measure.pair import PairMeasurement, build_engines, measure_pair, stack_fingerprint
+from edgeprune.measure.timing import time_interleaved  # noqa: F401  (tests import it from here)
 from edgeprune.measure.verdict import latency_notes, noise_band
 from edgeprune.onnx_stats import ModelStats, model_stats, read_metadata, xz_size
 from edgeprune.progress import progress_bar
@@ -33,7 +29,6 @@ from edgeprune.report.render import format_bytes
 from edgeprune.report.schema import Agreement, BatchLatency, LatencyStats, ModelSide, Report
 from edgeprune.targets import Target
 
-EVAL_BATCH = 256
 _BACKEND_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 
 
@@ -53,69 +48,58 @@ def profile_pair(
     the report (not yet written: see `edgeprune.report.write_report`)."""
     dense_onnx, pruned_onnx, work = Path(dense_onnx), Path(pruned_onnx), Path(work_dir)
     backend = get_backend(target.backend)
+    check_models(dense_onnx, pruned_onnx, target)
+    x, y = _check_data(x, y)
+    work.mkdir(parents=True, exist_ok=True)
+    n_models = 3 if target.build.precision == "int8" else 2
+    steps = n_models + len(target.run.batch_sizes) * target.run.iterations + 2 * n_models + 1
+    with progress_bar("building engines", total=steps, enabled=progress) as tick:
+        engines, cache = build_engines(backend, {"dense": dense_onnx, "pruned": pruned_onnx}, target, work)
+        tick(n_models)
+        m = measure_pair(backend, engines, target, x, y, work, tick)
+        m.engine_cache = cache
+        m.hostname = socket.gethostname()
+        tick(0, "sizes, parameters, MACs")
+        report = report_from_measurement(m, dense_onnx, pruned_onnx, target, method=method, sparsity=sparsity)
+        tick(1, "done")
+    why = backend.measured_elsewhere(target)
+    if why:
+        report.notes.insert(0, f"Measured on this host, not on the device: {why}. The engine files in this run "
+                               "are built for the device and were checked here; run `profile` on the device "
+                               "for its latency and memory.")
+    return report
+
+
+def check_models(dense_onnx: Path, pruned_onnx: Path, target: Target) -> None:
+    """Both ONNX files fit the target (the backend's validation), or one InputError naming the first problems."""
+    backend = get_backend(target.backend)
     for label, path in (("dense", dense_onnx), ("pruned", pruned_onnx)):
         problems = backend.validate(path, target)
         if problems:
             more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
             raise InputError(f"{label} model {path.name} does not fit target '{target.name}': {'; '.join(problems[:2])}{more}")
-    x, y = _check_data(x, y)
-    work.mkdir(parents=True, exist_ok=True)
+
+
+def report_from_measurement(m: PairMeasurement, dense_onnx: Path, pruned_onnx: Path, target: Target, *,
+                            method: str | None = None, sparsity: float | None = None,
+                            host: str | None = None) -> Report:
+    """The report of a measurement made here or on a board (``host`` as the user gave it, None: here)."""
     run = target.run
-    # An INT8 build is measured against fp32 in the same run: dense fp32 (A, A'), pruned INT8 (B)
-    # and pruned fp32 (C), so the report separates what pruning and what INT8 bought.
-    int8 = target.build.precision == "int8"
-    fp32_target = replace(target, build=replace(target.build, precision="fp32")) if int8 else target
-    n_models = 3 if int8 else 2
-
-    steps = n_models + len(run.batch_sizes) * run.iterations + 2 * n_models + 1
-    with progress_bar("building engines", total=steps, enabled=progress) as tick:
-        dense_engine = backend.build(dense_onnx, fp32_target, work / "engines" / "dense")
-        pruned_engine = backend.build(pruned_onnx, target, work / "engines" / "pruned")
-        fp32_engine = backend.build(pruned_onnx, fp32_target, work / "engines" / "pruned-fp32") if int8 else None
-        tick(n_models, "opening sessions")
-        a, a2, b = backend.open(dense_engine, target), backend.open(dense_engine, target), backend.open(pruned_engine, target)
-        sessions = [a, a2, b] + ([backend.open(fp32_engine, target)] if fp32_engine else [])
-        _check_input(a, x)
-        static = static_batch(a)
-        batch_sizes = [static] if static else list(run.batch_sizes)
-
-        latency: dict[int, BatchLatency] = {}
-        rounds: dict[str, int] = {}
-        for bs in batch_sizes:
-            tick(0, f"latency, batch {bs}")
-            times = time_interleaved(sessions, tile_rows(x, bs), run.warmup, run.iterations, run.min_seconds, tick)
-            stats = [LatencyStats.from_ns(t, run.percentiles) for t in times]
-            latency[bs] = BatchLatency(batch=bs, dense=stats[0], control=stats[1], pruned=stats[2],
-                                       pruned_fp32=stats[3] if int8 else None)
-            rounds[str(bs)] = len(times[0])
-
-        tick(0, "accuracy")
-        eval_batch = static or min(EVAL_BATCH, len(x))
-        logits_d = predict(a, x, eval_batch)
-        tick(1)
-        logits_p = predict(b, x, eval_batch)
-        tick(1)
-        logits_f = predict(sessions[3], x, eval_batch) if int8 else None
-        tick(1 if int8 else 0)
-        del a, a2, b, sessions
-        gc.collect()
-
-        tick(0, "peak memory (own process per model)")
-        sample = work / "memprobe_input.npy"
-        np.save(sample, x[: max(1, static or 1)])
-        mem_d = measure_memory(dense_engine, target, sample)
-        tick(1)
-        mem_p = measure_memory(pruned_engine, target, sample)
-        tick(1)
-        mem_f = measure_memory(fp32_engine, target, sample) if fp32_engine else None
-        tick(1 if int8 else 0)
-        sample.unlink(missing_ok=True)
-
-        tick(0, "sizes, parameters, MACs")
-        st_d, st_p = model_stats(dense_onnx), model_stats(pruned_onnx)
-        meta = read_metadata(pruned_onnx)
-        tick(1, "done")
-
+    int8 = "pruned_fp32" in m.engines
+    latency: dict[int, BatchLatency] = {}
+    rounds: dict[str, int] = {}
+    for bs, times in m.times_ns.items():
+        stats = [LatencyStats.from_ns(t, run.percentiles) for t in times]
+        latency[bs] = BatchLatency(batch=bs, dense=stats[0], control=stats[1], pruned=stats[2],
+                                   pruned_fp32=stats[3] if int8 else None)
+        rounds[str(bs)] = len(times[0])
+    st_d, st_p = model_stats(dense_onnx), model_stats(pruned_onnx)
+    meta = read_metadata(pruned_onnx)
+    dense_engine, pruned_engine, fp32_engine = m.engines["dense"], m.engines["pruned"], m.engines.get("pruned_fp32")
+    mem_d, mem_p, mem_f = m.memory["dense"], m.memory["pruned"], m.memory.get("pruned_fp32")
+    acc = m.accuracy
+    batch_sizes = m.batch_sizes
+    static = m.static_batch
     ref = 1 if 1 in latency else min(latency)
     method = method or meta.get("edgeprune.method")
     sparsity_given = sparsity if sparsity is not None else _float_or_none(meta.get("edgeprune.sparsity"))
@@ -133,14 +117,14 @@ def profile_pair(
         backend=target.backend,
         method=method,
         sparsity=sparsity_given if sparsity_given is not None else round(st_p.sparsity, 4),
-        dense=_side(dense_onnx, dense_engine, latency[ref].dense, mem_d, top1_accuracy(logits_d, y), st_d),
-        pruned=_side(pruned_src, pruned_engine, latency[ref].pruned, mem_p, top1_accuracy(logits_p, y), pruned_stats),
+        dense=_side(dense_onnx, dense_engine, latency[ref].dense, mem_d, acc["dense"], st_d),
+        pruned=_side(pruned_src, pruned_engine, latency[ref].pruned, mem_p, acc["pruned"], pruned_stats),
         latency=latency,
-        agreement=_agreement(logits_d, logits_p),
+        agreement=Agreement.from_dict(m.agreement),
         latency_batch=ref,
         granularity=meta.get("edgeprune.granularity"),
         target_description=target.description,
-        stack=backend.stack(target),
+        stack=m.stack,
         run={
             "warmup": run.warmup,
             "iterations": run.iterations,
@@ -149,21 +133,19 @@ def profile_pair(
             "batch_sizes": batch_sizes,
             "percentiles": list(run.percentiles),
             "order": "A A' B C, rotated each round" if int8 else "A A' B, rotated each round",
-            "accuracy_samples": int(len(x)),
+            "accuracy_samples": m.samples,
             "memory": {"arena": False, "batch": 1, "separate_process": True},
             "engines": engines,
         },
         precision=target.build.precision,
     )
+    report.device = {"host": host, "hostname": m.hostname, "stack": stack_fingerprint(m.stack),
+                     "power_mode": m.extra.get("power_mode")}
+    report.engine_cache = {k: m.engine_cache[k] for k in ("dense", "pruned")}
     if int8:
-        report.pruned_fp32 = _side(pruned_onnx, fp32_engine, latency[ref].pruned_fp32, mem_f, top1_accuracy(logits_f, y), st_p)
-        report.int8 = {**_quantization(pruned_engine), "agreement_with_fp32": _agreement(logits_f, logits_p).to_dict()}
+        report.pruned_fp32 = _side(pruned_onnx, fp32_engine, latency[ref].pruned_fp32, mem_f, acc["pruned_fp32"], st_p)
+        report.int8 = {**_quantization(pruned_engine), "agreement_with_fp32": m.agreement_fp32}
     report.notes = explain(report)
-    why = backend.measured_elsewhere(target)
-    if why:
-        report.notes.insert(0, f"Measured on this host, not on the device: {why}. The engine files in this run "
-                               "are built for the device and were checked here; run `profile` on the device "
-                               "for its latency and memory.")
     report.notes += uncounted_notes({"dense": (dense_onnx, st_d), "pruned": (pruned_onnx, st_p)})
     if sparsity_given is None:
         report.notes.append(
@@ -261,32 +243,6 @@ def _int8_notes(report: Report) -> list[str]:
     return notes
 
 
-def measure_memory(engine: Engine, target: Target, sample_npy: Path | None = None, timeout: float = 300) -> dict:
-    """Run `python -m edgeprune.memprobe` on the engine in a fresh process; return its JSON."""
-    if target.backend != "onnxruntime":
-        raise InputError(f"peak memory is only measured for onnxruntime targets so far, not '{target.backend}'")
-    cmd = [
-        sys.executable, "-m", "edgeprune.memprobe", str(engine.path),
-        "--threads", str(target.build.threads), "--batch", "1",
-        "--build-json", json.dumps(target.build.to_dict()),
-    ]
-    if sample_npy is not None:
-        cmd += ["--input", str(sample_npy)]
-    env = dict(os.environ)
-    # The probe must import this very package, installed or not.
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"memory probe failed (exit {proc.returncode}): {tail}")
-    result = json.loads(lines[-1])
-    if "error" in result:
-        raise InputError(f"memory probe: {result['error']}")
-    return result
-
-
 def _quantization(engine: Engine) -> dict:
     """How the INT8 engine was quantised, from what the backend recorded."""
     e = engine.extra
@@ -331,25 +287,8 @@ def _check_data(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(x), y.astype(np.int64)
 
 
-def _check_input(session: Session, x: np.ndarray) -> None:
-    shape = getattr(session, "input_shape", None)
-    if shape is None:
-        return
-    want = list(shape[1:])
-    got = list(x.shape[1:])
-    fits = len(want) == len(got) and all(not isinstance(w, int) or w == g for w, g in zip(want, got))
-    if not fits:
-        raise ShapeError(
-            f"data rows have shape {tuple(got)} but the model input '{session.input_name}' expects {list(shape)}"
-        )
-
-
 def _float_or_none(v: str | None) -> float | None:
     try:
         return None if v is None else float(v)
     except ValueError:
         return None
-
-
-def _agreement(ld: np.ndarray, lp: np.ndarray) -> Agreement:
-    return Agreement(**agreement(ld, lp))

@@ -36,7 +36,8 @@ ORT_TARGET_PLATFORMS = ("", "amd64", "arm")  # "" = this host
 ROUND_TO_HOST = "host"
 TARGETS_ENV = "EDGEPRUNE_TARGETS"
 
-_TOP_KEYS = {"description", "backend", "ssh", "stack", "hardware", "build", "run"}
+_TOP_KEYS = {"description", "backend", "ssh", "device", "stack", "hardware", "build", "run"}
+_DEVICE_KEYS = {"ssh", "python", "workdir"}
 
 # Generic key tables: Jetson / ARM targets fill different subsets of the same known keys.
 # Values are the accepted Python types after TOML parsing.
@@ -132,6 +133,15 @@ class RunPolicy:
 
 
 @dataclass(frozen=True)
+class DeviceAccess:
+    """How to reach the board over SSH (`[device]`): the host as `ssh` takes it, its python, and
+    the folder edgeprune keeps jobs and built engines in there."""
+
+    python: str = "python3"
+    workdir: str = "~/.cache/edgeprune"
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -140,8 +150,9 @@ class Target:
     hardware: dict[str, Any] = field(default_factory=dict)
     build: BuildPolicy = field(default_factory=BuildPolicy)
     run: RunPolicy = field(default_factory=RunPolicy)
-    ssh: str | None = None
+    ssh: str | None = None   # `[device] ssh`, or the older top-level `ssh` key
     path: Path | None = None
+    device: DeviceAccess = field(default_factory=DeviceAccess)
 
     @property
     def trt_version(self) -> tuple[int, ...] | None:
@@ -228,6 +239,11 @@ def build_policy_from_dict(data: dict[str, Any], source: str = "build policy") -
     return _parse_build(data, source)
 
 
+def run_policy_from_dict(data: dict[str, Any], source: str = "run policy") -> RunPolicy:
+    """Validate a `[run]` table (also used for the job a board receives)."""
+    return _parse_run(data, source)
+
+
 def _load_file(path: Path) -> Target:
     try:
         with path.open("rb") as f:
@@ -242,6 +258,11 @@ def _load_file(path: Path) -> Target:
     if backend not in BACKENDS:
         raise InputError(f"{src}: unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
     ssh = _get(data, "ssh", str, src, "")
+    dev = _table(data, "device", src)
+    _no_unknown(dev, _DEVICE_KEYS, src, "device")
+    ssh = _get(dev, "ssh", str, src, "device", default=ssh)
+    device = DeviceAccess(python=_get(dev, "python", str, src, "device", default=DeviceAccess.python),
+                          workdir=_get(dev, "workdir", str, src, "device", default=DeviceAccess.workdir))
     target = Target(
         name=path.stem,
         description=_get(data, "description", str, src, "", default=""),
@@ -252,6 +273,7 @@ def _load_file(path: Path) -> Target:
         run=_parse_run(_table(data, "run", src), src),
         ssh=ssh or None,
         path=path.resolve(),
+        device=device,
     )
     _check_consistency(target, src)
     return target

@@ -261,6 +261,10 @@ class Report:
     precision: str = "fp32"
     pruned_fp32: ModelSide | None = None
     int8: dict[str, Any] | None = None
+    # Where it ran: {host (as the user gave it, None = this machine), hostname (the machine's own),
+    # stack (fingerprint of `stack`), power_mode}; and whether each engine came from the cache.
+    device: dict[str, Any] | None = None
+    engine_cache: dict[str, str] | None = None
 
     @property
     def ratios(self) -> Ratios:
@@ -328,6 +332,8 @@ class Report:
             "precision": self.precision,
             "pruned_fp32": self.pruned_fp32.to_dict() if self.pruned_fp32 else None,
             "int8": self._int8_dict(),
+            "device": dict(self.device) if self.device else None,
+            "engine_cache": dict(self.engine_cache) if self.engine_cache else None,
         }
 
     def to_json(self) -> str:
@@ -359,6 +365,8 @@ class Report:
                 precision=str(d.get("precision", "fp32")),
                 pruned_fp32=ModelSide.from_dict(d["pruned_fp32"]) if d.get("pruned_fp32") else None,
                 int8={k: v for k, v in d["int8"].items() if k not in _DERIVED_INT8} if d.get("int8") else None,
+                device=dict(d["device"]) if d.get("device") else None,
+                engine_cache=dict(d["engine_cache"]) if d.get("engine_cache") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"report is missing or has a malformed field: {e}") from None

@@ -96,7 +96,7 @@ class SSHHost:
         if p.returncode == SSH_FAILED:
             raise self._ssh_fault(p.stderr)
         if check and p.returncode != 0:
-            raise self._command_fault(remote, p)
+            raise self.command_fault(remote, p)
         return p
 
     def _ssh_fault(self, stderr: bytes) -> RemoteError:
@@ -106,10 +106,13 @@ class SSHHost:
                 return RemoteError(f"{message.format(host=self.host)} (ssh: {_last_line(text)})")
         return RemoteError(f"connection to {self.host} lost (ssh: {_last_line(text) or 'exit 255'})")
 
-    def _command_fault(self, remote: str, p: subprocess.CompletedProcess) -> RemoteError:
+    def command_fault(self, remote: str, p: subprocess.CompletedProcess) -> RemoteError:
         err = _last_line(p.stderr) or _last_line(p.stdout)
-        if "No space left on device" in err or "Disk quota exceeded" in err:
-            return RemoteError(f"the disk on {self.host} is full ({err})")
+        # tar names the full disk on an earlier line and ends with a generic "Exiting with failure".
+        full = [ln.strip() for ln in p.stderr.decode(errors="replace").splitlines()
+                if "No space left on device" in ln or "Disk quota exceeded" in ln]
+        if full:
+            return RemoteError(f"the disk on {self.host} is full ({full[-1][:300]})")
         return RemoteError(f"on {self.host}, '{remote[:80]}' failed with exit {p.returncode}: {err or 'no output'}")
 
     # ------------------------------------------------------------------ files
