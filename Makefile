@@ -7,20 +7,22 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 DEMO    := runs/demo
 
-.PHONY: install data calibration demo test mutate bench bench-seeds bench-activation clean
-.PHONY: install data calibration demo test bench bench-seeds bench-int8 clean
+.PHONY: install data sshd calibration demo test mutate readme bench bench-seeds bench-activation bench-int8 clean
 
 install: $(STAMP)
 
-# torch goes in first, pinned to the local CPU build: any other torch spec pulls gigabytes of CUDA
-# wheels. The check after the install fails loudly if a dependency dragged CUDA in anyway.
+# torch goes in first, as TORCH names it. The default is the build this machine's wheel mirror
+# serves (CPU); a CUDA workstation passes its own, e.g.
+#   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+# and a CPU-only machine elsewhere the same with .../whl/cpu. Any build in pyproject.toml's torch
+# range is kept: the editable install below adds nothing to a torch that satisfies it.
+TORCH   ?= torch==2.13.0
+
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev]"
-	@if $(BIN)/pip list 2>/dev/null | grep -qiE '^nvidia-|^triton '; then \
-		echo "error: a CUDA package was installed; torch must stay the CPU build"; exit 1; fi
 	@touch $(STAMP)
 
 # Fashion-MNIST comes from Debian's package; installing it needs root.
@@ -29,8 +31,15 @@ $(FMNIST):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	else echo "error: Fashion-MNIST missing: run 'sudo apt-get install -y dataset-fashion-mnist'"; exit 1; fi
 
+# The remote path's tests start a real sshd on loopback (Debian's openssh-server; needs root to install).
+SSHD := /usr/sbin/sshd
+sshd: $(SSHD)
+$(SSHD):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openssh-server; \
+	else echo "error: sshd missing: run 'sudo apt-get install -y openssh-server'"; exit 1; fi
+
 calibration: install data
-	$(BIN)/python calibration/make_calibration.py --force
+	$(BIN)/python edgeprune/shipped/calibration/make_calibration.py --force
 
 demo: install data
 	$(BIN)/edgeprune train --arch zoo:lenet300 --data fashion-mnist --epochs 5 -o $(DEMO)/model.pt --force
@@ -40,14 +49,15 @@ demo: install data
 	$(BIN)/edgeprune explain $(DEMO)/run
 	@echo "run directory: $(DEMO)/run (report.md, report.json, latency.png)"
 
-test: install data
+test: install data sshd
 	$(BIN)/python -m pytest -q --timeout 900
 
 # Mutation testing of the measurement and ratio code: the functions that time, take memory and form
 # ratios, against the tests in pyproject.toml [tool.mutmut] (16-23 min on 2 shared cores). The memory
 # probe's mutants show as "no tests": it runs as `python -m edgeprune.memprobe`, where mutmut neither
 # sees which tests reach it nor switches mutants on (README, "Testing").
-MUTATE := $(addsuffix __mutmut_*,edgeprune.profiling.x_time_interleaved edgeprune.profiling.x_noise_band \
+MUTATE := $(addsuffix __mutmut_*,edgeprune.measure.timing.x_time_interleaved edgeprune.measure.timing.x__timer \
+	edgeprune.measure.verdict.x_noise_band edgeprune.measure.accuracy.x_agreement edgeprune.measure.accuracy.x_top1_accuracy \
 	edgeprune.profiling.x__side edgeprune.memprobe.x__status_kb edgeprune.memprobe.x__reset_peak \
 	edgeprune.memprobe.x__peak_kb edgeprune.memprobe.x_probe edgeprune.report.schema.xǁLatencyStatsǁfrom_ns \
 	edgeprune.report.schema.x_ratio edgeprune.report.schema.x__per_s edgeprune.report.schema.xǁBatchLatencyǁ_base_dict \
@@ -73,6 +83,11 @@ bench-activation: install data
 # INT8 against fp32 on bench's resnet8: plain vs tuned quantisation, compacted + INT8 (reuses bench's cache).
 bench-int8: install data
 	$(BIN)/python benchmarks/bench_int8.py --out benchmarks/results
+
+# README's benchmark tables, re-rendered from benchmarks/results/*.json (tests/test_readme_figures.py checks them).
+.PHONY: readme
+readme: install
+	$(BIN)/python benchmarks/render_readme.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -24,8 +24,6 @@ Writes OUT/activation.json and OUT/activation.md (activation-quick.* with --quic
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -35,11 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_e2e as B  # noqa: E402
+from provenance import provenance, write_results  # noqa: E402
 
 import torch  # noqa: E402
 
 from edgeprune import api  # noqa: E402
-from edgeprune.backends.onnxruntime import cpu_name  # noqa: E402
 from edgeprune.model_io import load_model  # noqa: E402
 from edgeprune.pruning import PruneSpec  # noqa: E402
 from edgeprune.training import evaluate  # noqa: E402
@@ -159,8 +157,9 @@ def markdown(rec: dict) -> str:
                      f"{b64['ratio_p50']:.3f} | {acc} |")
     L += ["", "| check | verdict | numbers |", "|---|---|---|"]
     L += [f"| {c['name']} | {'PASS' if c['passed'] else 'FAIL'} | {c['detail']} |" for c in rec["checks"]]
-    L += ["", f"Total wall time {rec['wall_seconds'] / 60:.1f} min on {rec['machine']['cpu']} "
-              f"({rec['machine']['cpu_count']} cores, shared){' — QUICK smoke run' if rec['settings']['quick'] else ''}."]
+    host = rec["provenance"]["machine"]
+    L += ["", f"Total wall time {rec['wall_seconds'] / 60:.1f} min on {host['cpu']} "
+              f"({host['cpu_count']} cores, shared){' — QUICK smoke run' if rec['settings']['quick'] else ''}."]
     return "\n".join(L) + "\n"
 
 
@@ -246,13 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         rec["latency"] = latency({"activation": rec["curve"]["activation"]["94"],
                                   "magnitude": rec["curve"]["magnitude"]["94"]}, dense, data, s)
     rec["wall_seconds"] = time.perf_counter() - B.T0
-    rec["machine"] = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "load_average_end": B.load_average()}
-    rec["git"] = B.git_state()
+    rec["provenance"] = provenance()
     rec["checks"] = checks(rec)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "activation-quick" if args.quick else "activation"
-    (args.out / f"{stem}.json").write_text(json.dumps(rec, indent=2, default=str) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(rec))
+    write_results(args.out, "activation-quick" if args.quick else "activation", rec, markdown(rec))
     print(markdown(rec))
     return 0
 

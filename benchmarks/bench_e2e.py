@@ -4,9 +4,11 @@
 Two architectures on Fashion-MNIST, each pruned by edgeprune and by a peer library at the same
 budget and fine-tuned with the same loop, optimizer, learning rate and seed:
 
-* resnet8 (channels 32/64/128): edgeprune channel pruning to ~50 % of MACs (round_to 8, scope
-  "layer" and "global") vs Torch-Pruning's own uniform pruner (MetaPruner, group L2 magnitude,
-  no round_to) bisected to the same MAC count.
+* resnet8 (channels 32/64/128): edgeprune channel pruning to ~50 % of MACs (round_to from target
+  host-cpu: this CPU's SIMD width, 16 on AVX-512; scope "layer" and "global") vs Torch-Pruning
+  (MetaPruner, group L2 magnitude) at the nearest MAC count it reaches: its uniform pruner with its
+  default (no round_to), and with round_to at edgeprune's multiple (uniform or global, whichever
+  lands nearer).
 * lenet300: edgeprune unstructured global magnitude 90 % vs torch.nn.utils.prune.global_unstructured
   (L1, 90 %), both exported through edgeprune.export.
 
@@ -28,7 +30,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -49,21 +50,24 @@ from rich.table import Table  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils import prune as torch_prune  # noqa: E402
 
-import edgeprune  # noqa: E402
 from edgeprune import api  # noqa: E402
 from edgeprune.backends import get_backend  # noqa: E402
-from edgeprune.backends.base import tile_rows  # noqa: E402
+from edgeprune.measure.timing import tile_rows  # noqa: E402
 from edgeprune.data import load_dataset, train_val_split  # noqa: E402
 from edgeprune.export import export as export_onnx  # noqa: E402
 from edgeprune.model_io import ArchRef, Checkpoint, LoadedModel, load_model  # noqa: E402
 from edgeprune.onnx_stats import model_stats  # noqa: E402
-from edgeprune.profiling import predict, time_interleaved  # noqa: E402
+from edgeprune.measure.accuracy import predict  # noqa: E402
+from edgeprune.measure.timing import time_interleaved  # noqa: E402
+from edgeprune.targets import load_target  # noqa: E402
 from edgeprune.pruning import PruneSpec  # noqa: E402
 from edgeprune.pruning.structured import budget_count  # noqa: E402
 from edgeprune.report.schema import LatencyStats  # noqa: E402
-from edgeprune.targets import load_target  # noqa: E402
 from edgeprune.training import TrainConfig, evaluate, finetune_lr  # noqa: E402
 from edgeprune.training import train as train_loop  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from provenance import load_average, write_results  # noqa: E402
 
 DATA = "fashion-mnist"
 TARGET = "host-cpu"
@@ -76,7 +80,7 @@ EVAL_BATCH = 256
 LAT_VS_MAC_FACTOR = 1.25     # pruned/dense latency ratio <= 1.25 x pruned/dense MAC ratio
 RESNET_MAX_DROP_PT = 1.0
 LENET_MAX_DROP_PT = 1.5
-NOISE_FLOOR = 0.02           # as in edgeprune.profiling: a ratio within max(|A/A - 1|, 2 %) of 1 is noise
+NOISE_FLOOR = 0.02           # as in edgeprune.measure.verdict: a ratio within max(|A/A - 1|, 2 %) of 1 is noise
 
 # Logs and redirected output (make bench > file, nohup) get a fixed width instead of 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 240)
@@ -102,7 +106,7 @@ class Settings:
     resnet_epochs: float = 3.0
     resnet_widths: tuple[int, ...] = (32, 64, 128)
     resnet_mac_sparsity: float = 0.5
-    round_to: int = 8
+    round_to: int = field(default_factory=lambda: load_target("host-cpu").build.round_to)  # this CPU's SIMD width
     scopes: tuple[str, ...] = ("layer", "global")
     lenet_epochs: float = 10.0
     lenet_sparsity: float = 0.9
@@ -120,7 +124,7 @@ class Settings:
             s.warmup, s.iterations, s.min_seconds = 5, 30, 0.0
         if args.scopes:
             s.scopes = tuple(x.strip() for x in args.scopes.split(",") if x.strip())
-        for name in ("resnet_epochs", "lenet_epochs", "finetune_epochs", "iterations", "min_seconds"):
+        for name in ("resnet_epochs", "lenet_epochs", "finetune_epochs", "iterations", "min_seconds", "round_to"):
             value = getattr(args, name, None)
             if value is not None:
                 setattr(s, name, type(getattr(s, name))(value))
@@ -132,7 +136,7 @@ class Variant:
     """One row of the results: an ONNX model plus what we know about how it was made."""
 
     arch: str
-    name: str                 # dense | edgeprune-layer | edgeprune-global | tp-uniform | torch-prune
+    name: str                 # dense | edgeprune-layer | edgeprune-global | tp-uniform | tp-round | torch-prune
     label: str                # what the table shows
     onnx: Path | None
     how: str = ""
@@ -262,26 +266,6 @@ def signed_zero_stats(onnx_path: Path) -> dict[str, int]:
             "size_xz_bytes_if_positive_zeros": len(lzma.compress(raw, format=lzma.FORMAT_XZ, preset=XZ_PRESET))}
 
 
-def git_state() -> dict[str, Any]:
-    import subprocess
-
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": git("rev-parse", "HEAD"),
-            "uncommitted_edgeprune_files": git("status", "--porcelain", "--", "edgeprune").splitlines()}
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
 # ------------------------------------------------------------------------------------ measuring
 def measure(arch: str, variants: list[Variant], data: Data, s: Settings) -> dict[str, Any]:
     """Build every variant's engine for host-cpu, time them all in one interleaved loop per batch
@@ -337,25 +321,38 @@ def measure(arch: str, variants: list[Variant], data: Data, s: Settings) -> dict
 
 
 # ---------------------------------------------------------------------------------------- resnet8
-def tp_uniform(dense_path: Path, example: torch.Tensor, target_macs: float) -> tuple[nn.Module, float, float]:
-    """Torch-Pruning's uniform (local) pruner, its pruning_ratio bisected to `target_macs`."""
+def tp_uniform(dense_path: Path, example: torch.Tensor, target_macs: float,
+               round_to: int | None = None) -> tuple[nn.Module, float, float, bool]:
+    """Torch-Pruning at `target_macs`: returns (model, pruning_ratio, MACs, global_pruning).
+
+    Without `round_to`, the uniform (local) pruner with its pruning_ratio bisected. With `round_to`,
+    Torch-Pruning keeps every width a multiple of it, and the MAC count is no longer monotone in the
+    ratio (it rounds each layer's kept channels down, so 32 -> 16 already at a ratio of 0.01 with
+    round_to 16): both the uniform and the global pruner are scanned over a grid of ratios and the
+    nearest MAC count wins."""
     base_model = load_model(dense_path).model
 
-    def pruned(ratio: float) -> nn.Module:
+    def pruned(ratio: float, global_pruning: bool = False) -> nn.Module:
         m = copy.deepcopy(base_model)
         m.eval()
         pruner = tp.pruner.MetaPruner(m, example, tp.importance.GroupMagnitudeImportance(p=2),
-                                      global_pruning=False, pruning_ratio=ratio, ignored_layers=[m.fc])
+                                      global_pruning=global_pruning, pruning_ratio=ratio, ignored_layers=[m.fc],
+                                      round_to=round_to)
         pruner.step()
         return m
 
-    cache: dict[float, float] = {}
+    cache: dict[tuple[float, bool], float] = {}
 
-    def macs(ratio: float) -> float:
-        if ratio not in cache:
-            cache[ratio] = budget_count(pruned(ratio), example, "macs")
-        return cache[ratio]
+    def macs(ratio: float, global_pruning: bool = False) -> float:
+        key = (ratio, global_pruning)
+        if key not in cache:
+            cache[key] = budget_count(pruned(ratio, global_pruning), example, "macs")
+        return cache[key]
 
+    if round_to:
+        grid = [(k / 200, g) for g in (False, True) for k in range(1, 181)]
+        ratio, glob = min(grid, key=lambda rg: (abs(macs(*rg) - target_macs), rg[1], rg[0]))
+        return pruned(ratio, glob), ratio, macs(ratio, glob), glob
     lo, hi = 0.0, 0.9
     for _ in range(30):
         mid = (lo + hi) / 2
@@ -366,7 +363,35 @@ def tp_uniform(dense_path: Path, example: torch.Tensor, target_macs: float) -> t
         if hi - lo < 1e-4:
             break
     ratio = min((lo, hi), key=lambda r: abs(macs(r) - target_macs))
-    return pruned(ratio), ratio, macs(ratio)
+    return pruned(ratio), ratio, macs(ratio), False
+
+
+def tp_peer(name: str, round_to: int | None, ref: Variant, dense_path: Path, example: torch.Tensor,
+            base_macs: float, arch: str, kwargs: dict, s: Settings, data: Data) -> Variant:
+    """A Torch-Pruning peer row at `ref`'s MAC count, with the same fine-tune as edgeprune's rows."""
+    log(f"{arch}: {name}: bisecting Torch-Pruning's pruning_ratio (round_to {round_to}) to "
+        f"{ref.torch_macs / base_macs:.3f} of MACs ...")
+    t = time.perf_counter()
+    model, ratio, macs, glob = tp_uniform(dense_path, example, ref.torch_macs, round_to)
+    bisect_s = time.perf_counter() - t
+    pre_val = evaluate(model, data.val)
+    ft_s = finetune(model, s, data, name, "channel")
+    val = evaluate(model, data.val)
+    loaded = wrap(model, arch, kwargs, data.input_shape,
+                  {"method": "torch-pruning-magnitude", "granularity": "channel", "sparsity": 1 - macs / base_macs})
+    t = time.perf_counter()
+    label = f"Torch-Pruning {'global' if glob else 'uniform'}" + (f", round_to {round_to}" if round_to else "")
+    v = Variant(arch, name, label, export_variant(loaded, WORK_DIR / arch / f"{name}.onnx", data),
+                how=f"tp.pruner.MetaPruner(GroupMagnitudeImportance(p=2), global_pruning={glob}, "
+                    f"pruning_ratio={ratio:.4f}, round_to={round_to}, fc ignored) + {s.finetune_epochs:g} ep fine-tune "
+                    f"lr {lr_for(s, 'channel'):g}",
+                widths=conv_widths(model), torch_macs=macs, val_accuracy=val)
+    v.seconds = {"bisect": bisect_s, "finetune": ft_s, "export": time.perf_counter() - t}
+    v.extra = {"pruning_ratio": ratio, "round_to": round_to, "global_pruning": glob, "matched_to": ref.name,
+               "val_accuracy_before_finetune": pre_val, "torch_mac_ratio": macs / base_macs}
+    log(f"{arch}: {name}: pruning_ratio {ratio:.4f}, MACs {macs / base_macs:.3f} of dense, widths {v.widths}, "
+        f"val {pre_val:.2f} % -> {val:.2f} %")
+    return v
 
 
 def run_resnet8(s: Settings, data: Data, record: dict) -> list[Variant]:
@@ -414,29 +439,11 @@ def run_resnet8(s: Settings, data: Data, record: dict) -> list[Variant]:
             f"val {res.pruned_val_accuracy:.2f} % -> {res.finetuned_val_accuracy:.2f} % after fine-tune")
         variants.append(v)
 
-    # the peer: Torch-Pruning's uniform pruner at the MAC count edgeprune's first scope reached
+    # the peers: Torch-Pruning's uniform pruner at the MAC count edgeprune's first scope reached, as
+    # the library does by default and with round_to at edgeprune's multiple (equal widths policy)
     ref = variants[2]
-    log(f"{arch}: tp-uniform: bisecting Torch-Pruning's pruning_ratio to {ref.torch_macs / base_macs:.3f} of MACs ...")
-    t = time.perf_counter()
-    model, ratio, macs = tp_uniform(dense_path, example, ref.torch_macs)
-    bisect_s = time.perf_counter() - t
-    pre_val = evaluate(model, data.val)
-    ft_s = finetune(model, s, data, "tp-uniform", "channel")
-    val = evaluate(model, data.val)
-    loaded = wrap(model, arch, kwargs, data.input_shape,
-                  {"method": "torch-pruning-magnitude", "granularity": "channel", "sparsity": 1 - macs / base_macs})
-    t = time.perf_counter()
-    v = Variant(arch, "tp-uniform", "Torch-Pruning uniform", export_variant(loaded, work / "tp-uniform.onnx", data),
-                how=f"tp.pruner.MetaPruner(GroupMagnitudeImportance(p=2), global_pruning=False, "
-                    f"pruning_ratio={ratio:.4f}, round_to=None, fc ignored) + {s.finetune_epochs:g} ep fine-tune "
-                    f"lr {lr_for(s, 'channel'):g}",
-                widths=conv_widths(model), torch_macs=macs, val_accuracy=val)
-    v.seconds = {"bisect": bisect_s, "finetune": ft_s, "export": time.perf_counter() - t}
-    v.extra = {"pruning_ratio": ratio, "matched_to": ref.name, "val_accuracy_before_finetune": pre_val,
-               "torch_mac_ratio": macs / base_macs}
-    log(f"{arch}: tp-uniform: pruning_ratio {ratio:.4f}, MACs {macs / base_macs:.3f} of dense, widths {v.widths}, "
-        f"val {pre_val:.2f} % -> {val:.2f} %")
-    variants.append(v)
+    variants.append(tp_peer("tp-uniform", None, ref, dense_path, example, base_macs, arch, kwargs, s, data))
+    variants.append(tp_peer("tp-round", s.round_to, ref, dense_path, example, base_macs, arch, kwargs, s, data))
 
     t = time.perf_counter()
     record["run"] = measure(arch, variants, data, s)
@@ -552,11 +559,12 @@ def mac_ratio(v: Variant, dense: Variant) -> float:
 
 
 def checks_resnet(vs: dict[str, Variant]) -> list[Check]:
-    dense, aa, peer = vs["dense"], vs["dense-aa"], vs.get("tp-uniform")
+    dense, aa = vs["dense"], vs["dense-aa"]
+    peers = [v for n, v in vs.items() if n.startswith("tp-")]
     out: list[Check] = []
     rows = [v for n, v in vs.items() if n.startswith("edgeprune")]
-    for v in rows + ([peer] if peer else []):
-        info = v is peer
+    for v in rows + peers:
+        info = v in peers
         mr = mac_ratio(v, dense)
         for bs in BATCHES:
             r = v.latency[bs]["ratio_p50"]
@@ -567,17 +575,17 @@ def checks_resnet(vs: dict[str, Variant]) -> list[Check]:
         drop = dense.accuracy - v.accuracy
         out.append(Check(f"resnet8 {v.name}: accuracy drop <= {RESNET_MAX_DROP_PT} pt", drop <= RESNET_MAX_DROP_PT,
                          f"{dense.accuracy:.2f} % -> {v.accuracy:.2f} % ({drop:+.2f} pt)", info))
-    if peer:
+    for peer in peers:
         for v in rows:
             only_v, only_p, pval = mcnemar(v, peer)
-            out.append(Check(f"resnet8 {v.name} vs tp-uniform: accuracy >=", v.accuracy >= peer.accuracy,
+            out.append(Check(f"resnet8 {v.name} vs {peer.name}: accuracy >=", v.accuracy >= peer.accuracy,
                              f"{v.accuracy:.2f} % vs {peer.accuracy:.2f} % ({v.accuracy - peer.accuracy:+.2f} pt; "
                              f"MAC ratio {mac_ratio(v, dense):.3f} vs {mac_ratio(peer, dense):.3f}; "
-                             f"only {v.name} right on {only_v} images, only tp-uniform on {only_p}, "
+                             f"only {v.name} right on {only_v} images, only {peer.name} on {only_p}, "
                              f"McNemar p = {pval:.2f})"))
             for bs in BATCHES:
                 a, b = v.latency[bs]["p50_ms"], peer.latency[bs]["p50_ms"]
-                out.append(Check(f"resnet8 {v.name} vs tp-uniform: latency b{bs} <=", a <= b,
+                out.append(Check(f"resnet8 {v.name} vs {peer.name}: latency b{bs} <=", a <= b,
                                  f"p50 {a:.3f} ms vs {b:.3f} ms (ratio to dense {v.latency[bs]['ratio_p50']:.3f} vs "
                                  f"{peer.latency[bs]['ratio_p50']:.3f}; A/A band ±{_aa_band(aa, bs):.1%})"))
     return out
@@ -708,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resnet-epochs", type=float)
     p.add_argument("--lenet-epochs", type=float)
     p.add_argument("--finetune-epochs", type=float)
+    p.add_argument("--round-to", type=int, help="channel multiple (default: host-cpu's build.round_to, this CPU's SIMD width)")
     p.add_argument("--iterations", type=int, help="minimum timed rounds per batch size (default 200)")
     p.add_argument("--min-seconds", type=float, help="minimum timing per batch size (default 20 s)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
@@ -752,18 +761,10 @@ def main(argv: list[str] | None = None) -> int:
         "checks": [asdict(c) | {"verdict": c.verdict} for c in checks],
         "all_checks_pass": not failed,
         "table": {"columns": COLUMNS, "rows": rows},
-        "versions": {"edgeprune": edgeprune.__version__, "torch": torch.__version__,
-                     "torch_pruning": getattr(tp, "__version__", "?"), "onnxruntime": ort.__version__,
-                     "numpy": np.__version__, "python": platform.python_version()},
-        "git": git_state(),
-        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_end": load_average()},
     })
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = "e2e-quick" if s.quick else "e2e"
-    (out / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    (out / f"{stem}.md").write_text(markdown(rows, checks, summary))
+    write_results(out, stem, record, markdown(rows, checks, summary))
     print_results(rows, checks, summary)
     log(f"wrote {out / (stem + '.json')} and {out / (stem + '.md')}")
     if failed:

@@ -42,20 +42,23 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 import bench_e2e as e2e  # noqa: E402
+from provenance import write_results  # noqa: E402
 from edgeprune import api  # noqa: E402
 from edgeprune.backends import get_backend  # noqa: E402
-from edgeprune.backends.base import tile_rows  # noqa: E402
-from edgeprune.fileio import atomic_write, file_digest  # noqa: E402
+from edgeprune.measure.timing import tile_rows  # noqa: E402
+from edgeprune.fileio import file_digest  # noqa: E402
 from edgeprune.model_io import load_model  # noqa: E402
 from edgeprune.onnx_stats import model_stats  # noqa: E402
-from edgeprune.profiling import predict, time_interleaved  # noqa: E402
+from edgeprune.measure.accuracy import predict  # noqa: E402
+from edgeprune.measure.timing import time_interleaved  # noqa: E402
 from edgeprune.pruning import PruneSpec  # noqa: E402
 from edgeprune.quantize import PLAIN, TUNED, load_calibration, quantize_qdq  # noqa: E402
 from edgeprune.report.schema import LatencyStats  # noqa: E402
+from edgeprune.shipped import shipped_path  # noqa: E402
 from edgeprune.targets import load_target  # noqa: E402
 
 WORK = ROOT / "runs" / "bench-int8"
-CALIBRATION = ROOT / "calibration" / "fmnist.npz"
+CALIBRATION = shipped_path("calibration", "fmnist.npz")
 BATCHES = (1, 64)
 # The figures (never tuned to make a run pass)
 INT8_RATIO_MAX = {64: 0.55, 1: 0.70}
@@ -295,7 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     run = measure(rows, data, s)
     results = checks(rows)
     import os
-    import platform
 
     from edgeprune.backends.onnxruntime import cpu_name
 
@@ -306,13 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"benchmark": "int8", "summary": summary, "run": run, "record": record, "tuned": TUNED, "plain": PLAIN,
            "rows": [{**asdict(r), "onnx": str(r.onnx.relative_to(ROOT)) if r.onnx else None,
                      "latency": {str(k): v for k, v in r.latency.items()}} for r in rows],
-           "checks": [asdict(c) | {"verdict": c.verdict} for c in results], "git": e2e.git_state(),
-           "python": platform.python_version()}
-    stem = "int8-quick" if s.quick else "int8"
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / f"{stem}.json", (json.dumps(doc, indent=2, default=str) + "\n").encode(), force=True)
+           "checks": [asdict(c) | {"verdict": c.verdict} for c in results]}
     md = markdown(rows, results, summary)
-    atomic_write(args.out / f"{stem}.md", md.encode(), force=True)
+    write_results(args.out, "int8-quick" if s.quick else "int8", doc, md)
     e2e.console.print(md, highlight=False, markup=False)
     return 0
 

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +24,7 @@ from edgeprune.analysis.limit import LimitConfig
 from edgeprune.model_io import load_model
 from edgeprune.pruning import PruneSpec
 from edgeprune.training import evaluate
+from provenance import provenance, write_results  # beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,13 +81,9 @@ def main() -> int:
                      "dense_test": dense_test, "pruned_test": lomp_test},
         })
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("estimate", "measured")}), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     result = {"settings": {**vars(args), "out": str(args.out), "work": str(args.work), "config": asdict(config)},
-              "rows": rows, "commit": commit, "torch": torch.__version__, "machine": platform.machine(),
-              "loadavg": list(os.getloadavg())}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "limit.json").write_text(json.dumps(result, indent=2, default=str))
-    (args.out / "limit.md").write_text(markdown(result))
+              "rows": rows, "provenance": provenance()}
+    write_results(args.out, "limit", result, markdown(result))
     print(markdown(result))
     return 0
 
@@ -116,7 +110,9 @@ def markdown(result: dict) -> str:
             f"{r['measured_s']:.0%} / {r['measured_s_delta0']:.0%} | {r['error_pt']:+.1f} pt | "
             f"{r['estimate_seconds']:.0f} s (+{r['sweep_seconds']:.0f} s); {r['limit_cpu_seconds']:.0f} s | {lo['pruned_val']:.2f} % ({lo['dense_val']:.2f} %) | "
             f"{lo['pruned_test']:.2f} % ({lo['dense_test']:.2f} %) |")
-    lines += ["", f"commit {result['commit']}, torch {result['torch']}, load average {result['loadavg']}", ""]
+    prov = result["provenance"]
+    lines += ["", f"commit {prov['git']['commit']}, torch {prov['versions']['torch']}, "
+                  f"load average {prov['machine']['load_average_end']}", ""]
     return "\n".join(lines)
 
 

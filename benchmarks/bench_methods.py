@@ -25,7 +25,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -41,14 +40,15 @@ for p in (str(ROOT), str(ROOT / "benchmarks")):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-import bench_e2e as E2E  # noqa: E402  (cache keys, git state, logging)
+import bench_e2e as E2E  # noqa: E402  (cache keys, logging)
+from provenance import provenance, write_results  # noqa: E402
 
-import edgeprune  # noqa: E402
 from edgeprune import api  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.fileio import atomic_write  # noqa: E402
 from edgeprune.model_io import load_model  # noqa: E402
 from edgeprune.pruning import PruneSpec, available_methods  # noqa: E402
+from edgeprune.targets import load_target  # noqa: E402
 from edgeprune.training import evaluate  # noqa: E402
 
 log = E2E.log
@@ -188,6 +188,7 @@ class Row:
     checkpoint: str = ""
     error: str | None = None                 # the method refused this setting (e.g. sparsity out of reach)
     resumed: bool = False                    # reused from an earlier run's saved row (--resume)
+    timed_in: str | None = None              # the run that timed prune_seconds: its start time and commit
 
 
 def _list(value: str) -> list[str]:
@@ -292,7 +293,7 @@ def deploy_compacted(m: ModelRun, rows: list[Row], dense: Path, s: Settings, wor
     onnx_dir = work / m.name / "onnx"
     target = TARGET
     if s.quick:   # the same target with 30 timed rounds instead of 200: a smoke run times nothing worth keeping
-        text = (ROOT / "targets" / f"{TARGET}.toml").read_text()
+        text = load_target(TARGET).path.read_text()
         target = str(atomic_write(work / f"{TARGET}-quick.toml", text.replace("iterations = 200", "iterations = 30")
                                   .replace("warmup = 20", "warmup = 5").encode(), force=True))
     dense_onnx = api.export(dense, onnx_dir / "dense.onnx", data=s.data, force=True).path
@@ -373,15 +374,22 @@ def markdown(record: dict) -> str:
             by_sp = {c["target_sparsity"]: c for c in cells if c["label"] == label}
             lines.append(f"| {label} | " + " | ".join(_acc_cell(by_sp.get(sp), seeds) for sp in sps) + " |")
         lines.append("")
+    # Rows reused with --resume or kept by --merge were timed by another run (another commit, another
+    # machine load): their times say nothing against this run's, so the table names the run of each.
+    runs: dict[str, set] = {}
+    for r in record["rows"]:
+        runs.setdefault(r["label"], set()).add(r.get("timed_in") or "not recorded")
     lines += ["Pruning step alone (`CompressResult.prune_seconds`: scoring and selection, no fine-tuning), mean "
-              "seconds per run:", "", "| method | " + " | ".join(record["models"]) + " |",
-              "|---|" + "---:|" * len(record["models"])]
+              "seconds per run; compare times only between methods timed in the same run:", "",
+              "| method | " + " | ".join(record["models"]) + " | timed in |",
+              "|---|" + "---:|" * len(record["models"]) + "---|"]
     for label in dict.fromkeys(c["label"] for c in summary):
         row = []
         for model in record["models"]:
             t = [c["prune_seconds_mean"] for c in summary
                  if c["model"] == model and c["label"] == label and c["prune_seconds_mean"] is not None]
             row.append(f"{np.mean(t):.3f}" if t else "")
+        row.append("; ".join(sorted(runs.get(label, {"not recorded"}))))
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     lines.append("")
     if record["compacted"]:
@@ -410,11 +418,11 @@ def markdown(record: dict) -> str:
     if notes:
         lines += notes + [""]
     resumed = sum(bool(r.get("resumed")) for r in record["rows"])
+    host = record["provenance"]["machine"]
     lines.append(f"Wall time {record['wall_seconds'] / 60:.1f} min"
                  + (f" ({resumed} of {len(record['rows'])} runs reused from an earlier run with --resume)"
-                    if resumed else "") + f" on {record['machine']['cpu']} "
-                 f"({record['machine']['cpu_count']} cores, load average at the end "
-                 f"{record['machine']['load_average_end']})"
+                    if resumed else "") + f" on {host['cpu']} "
+                 f"({host['cpu_count']} cores, load average at the end {host['load_average_end']})"
                  + (" — QUICK smoke run, numbers not meaningful" if s["quick"] else "") + ".")
     return "\n".join(lines) + "\n"
 
@@ -491,7 +499,7 @@ def merge_previous(record: dict, path: Path) -> None:
     record["rows"].sort(key=lambda r: (rank.get(r["model"], 99), rank.get(r["label"], 99), r["target_sparsity"], r["seed"]))
     record["compacted"].sort(key=lambda d: (rank.get(d["model"], 99), rank.get(d["label"], 99), d["target_sparsity"]))
     record["methods"].sort(key=lambda m: rank.get(m["label"], 99))
-    record["merged_from"] = {"created": old.get("created"), "git": old.get("git")}
+    record["merged_from"] = old.get("provenance")
 
 
 class _Done:
@@ -572,11 +580,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, info in model_info.items():
         compacted += deploy_compacted(by_name[name], rows, Path(info["dense"]["path"]), s, args.work)
     test_images = len(s.data.test())
-
-    from edgeprune.backends.onnxruntime import cpu_name
+    prov = provenance()
+    this_run = f"{prov['created']} at {(prov['git']['commit'] or 'an unknown commit')[:7]}"
+    for r in rows:
+        if r.timed_in is None:
+            r.timed_in = this_run
 
     record: dict[str, Any] = {
-        "schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "schema": SCHEMA,
         "settings": {**asdict(s), "seeds": list(s.seeds)},
         "test_images": test_images, "models": model_info,
         "methods": [asdict(mr) | {"options": dict(mr.options)} for mr in methods], "skipped": skipped,
@@ -588,12 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         merge_previous(record, out / f"{stem}.json")
     record["summary"] = summarize([Row(**r) for r in record["rows"]])
     record["wall_seconds"] = time.perf_counter() - t0
-    record["versions"] = {"edgeprune": edgeprune.__version__, "torch": torch.__version__,
-                          "numpy": np.__version__, "python": platform.python_version()}
-    record["git"] = E2E.git_state()
-    record["machine"] = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                         "load_average_end": E2E.load_average()}
-    atomic_write(out / f"{stem}.json", (json.dumps(record, indent=2, default=str) + "\n").encode(), force=True)
+    record["provenance"] = prov
+    write_results(out, stem, record)
     write_outputs(record, out, stem)
     log(f"wrote {out / (stem + '.json')}, {stem}.md, {stem}.png in {record['wall_seconds'] / 60:.1f} min")
     return 0

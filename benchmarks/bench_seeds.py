@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_e2e as B  # noqa: E402
+from provenance import write_results  # noqa: E402
 
 from edgeprune.pruning import PruneSpec  # noqa: E402
 from edgeprune.pruning.schedule import prune  # noqa: E402
@@ -46,7 +47,7 @@ def main() -> int:
     ours = copy.deepcopy(base.model)
     prune(ours, PruneSpec(method="magnitude", granularity="channel", budget="macs", sparsity=0.5,
                           round_to=8, scope="global"), x)
-    tp_model, ratio, _ = B.tp_uniform(dense_path, x, budget_count(ours, x, "macs"))
+    tp_model, ratio, _, _ = B.tp_uniform(dense_path, x, budget_count(ours, x, "macs"))
     variants = {"edgeprune-global": ours, "tp-uniform": tp_model}
     acc: dict[str, dict[int, float]] = {k: {} for k in variants}
     for v in e2e["models"]["resnet8"]["variants"]:
@@ -64,7 +65,7 @@ def main() -> int:
                       "mean": float(np.mean(list(a.values()))), "std": float(np.std(list(a.values()), ddof=1))
                       if len(a) > 1 else 0.0} for name, a in acc.items()}
     summary["tp_pruning_ratio"] = ratio
-    args.out.write_text(json.dumps(summary, indent=2))
+    write_results(args.out.parent, args.out.stem, summary)
     print("| variant | seeds | test accuracy % (each) | mean +- std |\n|---|---|---|---|")
     for name in variants:
         r = summary[name]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,10 +25,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-import edgeprune  # noqa: E402
 from edgeprune import api  # noqa: E402
-from edgeprune.fileio import atomic_write  # noqa: E402
 from edgeprune.pruning import PruneSpec  # noqa: E402
+from provenance import write_results  # noqa: E402  (beside this script)
 
 ARCHS = ("lenet300", "fc5")
 SPARSITIES = (0.5, 0.75, 0.9, 0.95, 0.98)
@@ -92,12 +90,8 @@ def main() -> int:
     at90 = next(r for r in rows if r["arch"] == "lenet300" and r["pruning"] == "magnitude 90%")
     check = {"ratio": at90["smallest_ratio"], "form": at90["smallest"], "target": TARGET_RATIO,
              "pass": at90["smallest_ratio"] <= TARGET_RATIO}
-    record = {"rows": rows, "check": check, "settings": vars(args) | {"out": str(args.out)},
-              "versions": {"edgeprune": edgeprune.__version__, "torch": torch.__version__,
-                           "python": platform.python_version()},
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write(args.out / "sizes.json", (json.dumps(record, indent=2) + "\n").encode(), force=True)
-    atomic_write(args.out / "sizes.md", markdown(rows, check).encode(), force=True)
+    record = {"rows": rows, "check": check, "settings": vars(args) | {"out": str(args.out)}}
+    write_results(args.out, "sizes", record, markdown(rows, check))
     print(markdown(rows, check))
     return 0
 

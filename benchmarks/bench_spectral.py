@@ -27,8 +27,6 @@ import argparse
 import copy
 import hashlib
 import json
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,6 +43,7 @@ from edgeprune.pruning import PruneSpec, prune  # noqa: E402
 from edgeprune.pruning.spectral import flatness_report, radial_spectra  # noqa: E402
 from edgeprune.training import TrainConfig, evaluate, finetune_lr, train  # noqa: E402
 from edgeprune.zoo import build_zoo  # noqa: E402
+from provenance import provenance, write_results  # noqa: E402  (beside this script)
 
 CACHE_DIR = ROOT / "runs" / "bench-cache"
 MARGIN_PT = 0.3
@@ -199,14 +198,9 @@ def main() -> int:
         "settings": asdict(s), "chosen": chosen, "tuning": tuning, "tuning_magnitude_val": mag_val,
         "dense": dense_rows, "runs": rows, "summary": summary,
         "meets_target": all(r["not_worse_by_more_than_0.3"] for r in summary),
-        "seconds": time.perf_counter() - T0, "torch": torch.__version__, "host": platform.node(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                 text=True).stdout.strip(),
-        "load_average": list(__import__("os").getloadavg()),
+        "seconds": time.perf_counter() - T0, "provenance": provenance(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{name}.md").write_text(markdown(result))
+    write_results(args.out, name, result, markdown(result))
     print(markdown(result))
     return 0
 
@@ -250,8 +244,9 @@ def markdown(r: dict) -> str:
                      f"| {t['mean_val']:.2f} |")
     lines.append(f"| magnitude | | {', '.join(f'{v:.2f}' for v in r['tuning_magnitude_val'])} "
                  f"| {np.mean(r['tuning_magnitude_val']):.2f} |")
-    lines += ["", f"Run time {r['seconds'] / 60:.1f} min (commit {r['commit']}, load average "
-              f"{', '.join(f'{v:.1f}' for v in r['load_average'])})."]
+    prov = r["provenance"]
+    lines += ["", f"Run time {r['seconds'] / 60:.1f} min (commit {prov['git']['commit']}, load average "
+              f"{', '.join(f'{v:.1f}' for v in prov['machine']['load_average_end'] or [])})."]
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ from edgeprune import api
 from edgeprune.analysis.limit import LimitConfig, MagnitudePath, Spectrum, estimate_limit, fixed_point, grid_spectrum
 from edgeprune.model_io import load_model
 from edgeprune.pruning.masks import prunable_layers
+from provenance import write_results  # beside this script
 
 
 def main() -> int:
@@ -39,8 +40,8 @@ def main() -> int:
                      "seconds": est.seconds["total"]})
         print(json.dumps(rows[-1]), flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"model": str(args.model), "subset": args.subset, "steps": args.steps,
-                                        "rows": rows}, indent=2))
+        write_results(args.out.parent, args.out.stem,
+                      {"model": str(args.model), "subset": args.subset, "steps": args.steps, "rows": rows})
     return 0
 
 

@@ -13,19 +13,21 @@ import numpy as np
 import torch
 
 from . import __version__
-from .data import ArrayDataset, load_dataset, train_val_split
-from .errors import InputError
+from .data import ArrayDataset, train_val_split
+from .data.stream import Data
+from .errors import InputError, first_line
 from .export import DEFAULT_OPSET, ExportResult
 from .export import export as export_onnx
-from .model_io import ArchRef, Checkpoint, LoadedModel, file_digest, load_model, new_checkpoint, save_checkpoint
-from .pruning.masks import sparsity_report
+from .model_io import (ArchRef, Checkpoint, Consent, LoadedModel, file_digest, load_model, new_checkpoint,
+                       save_checkpoint)
+from .pruning.masks import require_prunable, sparsity_report
 from .pruning.schedule import prune
-from .pruning.base import PruneSpec
+from .pruning.base import PruneSpec, method_class
 from .training import TrainConfig, check_recipe, evaluate, finetune_lr, train as train_loop
 
 if TYPE_CHECKING:
     from .analysis.limit import LimitConfig, LimitEstimate, MeasuredLimit
-    from .targets import Target
+    from .targets import Target, TargetsDir
 
 DEFAULT_DATA = "fashion-mnist"
 PARITY_SAMPLES = 256
@@ -33,18 +35,90 @@ PARITY_SAMPLES = 256
 
 @dataclass
 class DataOptions:
-    """Where data comes from: a name (fashion-mnist, mnist, digits) or an .npz path."""
+    """Where data comes from: a name (fashion-mnist, mnist, digits), an .npz path, an image folder
+    (train/ and val/ or test/, one folder per class) or a ``pkg.mod:fn`` returning train/val/test
+    Datasets; for `profile`, None means the data set the ONNX models record."""
 
-    data: str = DEFAULT_DATA
+    data: str | None = DEFAULT_DATA
     data_dir: str | None = None
     limit: int | None = None        # use a seeded subset of the training split (quick runs, tests)
     test_limit: int | None = None
+    input_shape: tuple[int, ...] | None = None   # image folder: C,H,W to resize/crop to (default: the first image's)
+    normalize: str | None = None                 # image folder: a preset (imagenet) or MEAN,../STD,..
+    metric: str | None = None                    # pkg.mod:fn scoring a split (default: top-1 accuracy)
+    preprocess: dict | None = None               # an image folder's preprocessing as a checkpoint recorded it
 
-    def train_val(self) -> tuple[ArrayDataset, ArrayDataset]:
-        return train_val_split(load_dataset(self.data, "train", self.data_dir, self.limit))
+    def _preprocess(self):
+        from .data.imagefolder import default_preprocess, is_image_folder
+        from .data.preprocess import Preprocess
 
-    def test(self) -> ArrayDataset:
-        return load_dataset(self.data, "test", self.data_dir, self.test_limit)
+        if not is_image_folder(str(self.data)):
+            return None
+        if self.preprocess is not None and self.input_shape is None and self.normalize is None:
+            return Preprocess.from_dict(self.preprocess)
+        return default_preprocess(str(self.data), self.input_shape, self.normalize)
+
+    def _open(self, split: str, limit: int | None):
+        from .data import open_split
+        from .data.factory import load_metric
+
+        ds = open_split(str(self.data), split, self.data_dir, limit, self._preprocess())
+        if ds is not None and self.metric:
+            ds.metric = load_metric(self.metric)
+        return ds
+
+    def train_val(self) -> tuple[Data, Data]:
+        """The training split and a validation split: the source's own, else carved from training data."""
+        tr, val = self._open("train", self.limit), self._open("val", self.limit)
+        return (tr, val) if val is not None else train_val_split(tr)
+
+    def train_split(self) -> Data:
+        return self._open("train", None)
+
+    def test(self) -> Data:
+        return self._open("test", self.test_limit)
+
+    def recorded(self) -> dict:
+        """What a checkpoint records so later commands (export, deploy, calibration) reuse this data as it was."""
+        from .data.imagefolder import is_image_folder
+
+        folder = is_image_folder(str(self.data))
+        pre = self._preprocess() if folder else None
+        return {"data": str(Path(str(self.data)).resolve()) if folder else self.data,
+                "preprocess": pre.to_dict() if pre else None, "metric": self.metric}
+
+
+# Test images read into memory for accuracy on a runtime (ONNX Runtime, TensorRT take numpy) when
+# the data set is streamed from disk; --test-limit sets another bound.
+STREAMED_TEST_SAMPLES = 2000
+
+
+def _data_for(meta: dict, given: DataOptions | None, consent: Consent | None, source: str) -> DataOptions:
+    """The data a command uses for a model: ``given`` (--data), completed by what the checkpoint
+    recorded (preprocessing, metric), else the recorded data. Recorded code (a data factory, a
+    metric) runs only with the user's consent, as recorded architectures do."""
+    from dataclasses import replace
+
+    from .data.factory import check_consent, is_ref
+
+    if given is None:
+        given = DataOptions(data=str(meta.get("data") or DEFAULT_DATA), preprocess=meta.get("preprocess"))
+        if is_ref(given.data):
+            check_consent(given.data, "--data", consent, source)
+    elif given.preprocess is None and given.input_shape is None and given.normalize is None and meta.get("preprocess"):
+        given = replace(given, preprocess=meta["preprocess"])
+    if given.metric is None and meta.get("metric"):
+        check_consent(str(meta["metric"]), "--metric", consent, source)
+        given = replace(given, metric=str(meta["metric"]))
+    return given
+
+
+def _test_arrays(data: DataOptions) -> ArrayDataset:
+    """The test split in memory; a streamed one bounded to STREAMED_TEST_SAMPLES unless --test-limit says."""
+    from .data.stream import as_arrays
+
+    te = data.test()
+    return as_arrays(te, None if isinstance(te, ArrayDataset) or data.test_limit else STREAMED_TEST_SAMPLES)
 
 
 def _check_output(out: Path, force: bool) -> Path:
@@ -54,7 +128,7 @@ def _check_output(out: Path, force: bool) -> Path:
     return out
 
 
-def _check_fits(loaded: LoadedModel, ds: ArrayDataset) -> None:
+def _check_fits(loaded: LoadedModel, ds: Data) -> None:
     want = tuple(loaded.checkpoint.input_shape)
     if tuple(ds.input_shape) != want:
         raise InputError(f"data set {ds.name} has inputs of shape {tuple(ds.input_shape)} but the model expects {want}")
@@ -88,17 +162,19 @@ def train(arch: str, out: Path, *, data: DataOptions | None = None, epochs: floa
     check_recipe(optimizer, lr_schedule)
     tr, val = data.train_val()
     te = data.test()
-    kwargs = {"in_channels": tr.input_shape[0], "image_size": tr.input_shape[1],
-              "num_classes": max(tr.num_classes, te.num_classes), **(arch_kwargs or {})}
-    ref = ArchRef(arch if ":" in arch else f"zoo:{arch}", kwargs)
+    consent = Consent(arch=arch)   # the user named it: that is the consent
+    # the factory gets those of these it accepts, then the user's arch_kwargs as they are
+    shape_kwargs = {"in_channels": tr.input_shape[0], "image_size": tr.input_shape[1],
+                    "num_classes": max(tr.num_classes or 0, te.num_classes or 0)}
+    ref = ArchRef.fitted(arch, consent, shape_kwargs, arch_kwargs)
     torch.manual_seed(seed)
-    model = ref.build()
+    model = ref.build(consent, "--arch")
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, l1=l1, seed=seed, optimizer=optimizer,
                       cosine=lr_schedule == "cosine")
     log = train_loop(model, tr, cfg,
                      val_set=val, progress=progress, description=f"train {ref.ref}")
     val_acc, test_acc = evaluate(model, val), evaluate(model, te)
-    meta = {"method": "dense", "sparsity": 0.0, "data": data.data, "epochs": epochs, "l1": l1, "seed": seed,
+    meta = {"method": "dense", "sparsity": 0.0, **data.recorded(), "epochs": epochs, "l1": l1, "seed": seed,
             "optimizer": optimizer, "lr": lr, "lr_schedule": lr_schedule,
             "val_accuracy": val_acc, "test_accuracy": test_acc, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     save_checkpoint(new_checkpoint(model, ref, tr.input_shape, meta), out, force=force)
@@ -132,36 +208,67 @@ class CompressResult:
     details: dict = field(default_factory=dict)   # the method's own report (Method.details)
 
 
-def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions | None = None,
-             finetune_epochs: float = 2.0, lr: float | None = None, batch_size: int = 128, trust_pickle: bool = False,
-             input_shape: tuple[int, ...] | None = None, force: bool = False, progress: bool = True,
-             auto_limit: LimitConfig | None = None) -> CompressResult:
+def default_output(model_path: Path, method: str) -> Path:
+    """Where ``compress`` writes when no output is named: ``<stem>.<method>.pt`` beside the input."""
+    model_path = Path(model_path)
+    return model_path.with_name(f"{model_path.stem}.{method}.pt")
+
+
+def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data: DataOptions | None = None,
+             finetune_epochs: float | None = None, lr: float | None = None, batch_size: int = 128,
+             consent: Consent | None = None, input_shape: tuple[int, ...] | None = None,
+             arch_kwargs: dict[str, Any] | None = None, force: bool = False,
+             progress: bool = True, auto_limit: LimitConfig | None = None, target: str | Path | None = None,
+             targets_dir: TargetsDir = None) -> CompressResult:
     """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint.
+
+    ``out`` defaults to ``default_output`` (``model.activation.pt`` beside ``model.pt``); an existing
+    file is kept unless ``force``. ``spec.schedule`` None and ``finetune_epochs`` None are the method's
+    own (``Method.default_schedule``, ``Method.default_finetune_epochs``). A bare state_dict is built
+    from ``consent.arch`` with ``arch_kwargs`` and ``input_shape`` (``model_io.load_model``).
+
+    ``target`` (a name or .toml path) sets ``spec.round_to`` to the target's ``build.round_to``
+    unless ``spec.round_to`` is None (the CLI passes None when ``--round-to`` is not given and a
+    target is); a round_to the caller set stays as it is.
 
     ``lr`` defaults to ``training.finetune_lr(spec.granularity, spec.schedule)``. ``auto_limit`` (method lomp only,
     the CLI's ``--sparsity auto``) replaces ``spec.sparsity`` by the predicted pruning limit s*,
     estimated on the training split before pruning; ``details["predicted_limit"]`` says what it was.
     """
     t0 = time.perf_counter()
+    target_name = None
+    if target is not None:
+        from dataclasses import replace
+
+        from .targets import load_target
+
+        tgt = load_target(target, targets_dir)
+        target_name = tgt.name
+        if spec.round_to is None:
+            spec = replace(spec, round_to=tgt.build.round_to)
     spec.validate()
     if spec.method == "lomp" or auto_limit is not None:
         from .pruning.lomp import check_spec
 
         check_spec(spec, auto_limit is not None)
     lr = finetune_lr(spec.granularity, spec.schedule) if lr is None else lr
-    out = _check_output(out, force)
+    out = _check_output(default_output(model_path, spec.method) if out is None else out, force)
+    if finetune_epochs is None:
+        finetune_epochs = method_class(spec.method).default_finetune_epochs
     if finetune_epochs < 0:
         raise InputError("--finetune-epochs must be >= 0")
-    loaded = load_model(model_path, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_model(model_path, consent=consent, input_shape=input_shape, arch_kwargs=arch_kwargs)
     ckpt = loaded.checkpoint
-    if data is None:
-        data = DataOptions(data=str(ckpt.meta.get("data", DEFAULT_DATA)))
+    data = _data_for(ckpt.meta, data, consent, str(model_path))
     tr, val = data.train_val()
     _check_fits(loaded, tr)
     if spec.granularity == "channel" and ckpt.kind != "module" and ckpt.kind != "pickle":
         raise InputError(f"channel pruning needs an nn.Module (zoo:, package.module:factory or a pickle); "
                          f"this {ckpt.kind} model supports --granularity weight")
     model, example = loaded.model, loaded.example_input
+    require_prunable(model, f"this {ckpt.kind} model")   # before the MAC counter hooks a ScriptModule
+    if data.metric is None:   # a task metric scores whatever the model outputs; top-1 needs one score per class
+        _check_classifier(model, example, tr)
     before = sparsity_report(model, example)
     dense_val = evaluate(model, val)
     lomp_details: dict = {}
@@ -178,7 +285,11 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
             train_loop(m, tr, TrainConfig(epochs=finetune_epochs * share, lr=lr, batch_size=batch_size,
                                           seed=spec.seed), masks=masks, progress=progress, description="fine-tune")
 
-    calib = [torch.from_numpy(tr.x[i:i + 256]) for i in range(0, min(len(tr), 2048), 256)]
+    if spec.method == "lomp" and not isinstance(tr, ArrayDataset):
+        raise InputError("method lomp estimates its limit on in-memory data (a built-in set or .npz), "
+                         f"not on {tr.name}")
+    first = tr.x[:2048] if isinstance(tr, ArrayDataset) else tr.take(np.arange(min(len(tr), 2048))).arrays().x
+    calib = [torch.from_numpy(first[i:i + 256]) for i in range(0, len(first), 256)]
     if spec.schedule == "gated":
         # the accuracy-gated schedule trains itself: finetune_epochs is its whole budget
         from .pruning.gated import prune_gated
@@ -190,16 +301,18 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
     else:
         result = prune(model, spec, example, finetune=finetune, batches=calib)
     result.details.update(lomp_details)
+    _check_runs(model, example, spec)
     after = sparsity_report(model, example)
     # One definition for both granularities: prunable weights gone, whether zeroed or physically removed.
     sparsity = 1.0 - after.nonzero / max(before.total, 1)
     ft_val = evaluate(model, val)
     meta = {**{k: v for k, v in ckpt.meta.items() if k not in ("report",)},
             "method": spec.method, "sparsity": sparsity, "target_sparsity": spec.sparsity,
-            "granularity": spec.granularity, "scope": spec.scope, "schedule": spec.schedule, "data": data.data,
+            "granularity": spec.granularity, "scope": spec.scope, "schedule": spec.schedule, **data.recorded(),
             "finetune_epochs": finetune_epochs, "finetune_lr": lr, "source_path": str(Path(model_path).resolve()),
             "source_sha256": file_digest(Path(model_path)), "dense_val_accuracy": dense_val,
             "val_accuracy": ft_val, "spec": asdict(spec), "report": after.to_dict(), "details": result.details,
+            "target": target_name,   # whose build.round_to set the channel multiple, if a target was given
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "edgeprune_version": __version__}
     new = Checkpoint(kind=ckpt.kind, input_shape=ckpt.input_shape, arch=ckpt.arch, program=ckpt.program,
                      plan=list(ckpt.plan) + list(result.plan), masks=result.masks,
@@ -215,6 +328,27 @@ def compress(model_path: Path, spec: PruneSpec, out: Path, *, data: DataOptions 
         layers=_layer_rows(before, after), details=result.details)
 
 
+def _check_classifier(model: torch.nn.Module, example: torch.Tensor, ds) -> None:
+    """Without --metric, compress measures top-1 accuracy against one label per image: a model
+    predicting per position (a segmentation head: one score map per class) cannot be scored so."""
+    with torch.no_grad():
+        out = model(example)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(f"the model's output per sample is {shape}, not one score per class, and {ds.name} has one "
+                         "class label per image: accuracy on it cannot be measured (pass --metric pkg.mod:fn, the task's own metric)")
+
+
+def _check_runs(model: torch.nn.Module, example: torch.Tensor, spec: PruneSpec) -> None:
+    # Nothing is saved that cannot run: a shape left inconsistent by pruning surfaces here.
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except RuntimeError as e:
+        raise InputError(f"the model pruned by {spec.method} ({spec.granularity}) no longer runs, so it was not saved: "
+                         f"{first_line(e)}") from None
+
+
 def _layer_rows(before, after) -> list[dict]:
     """Per prunable layer, against its original shape, so removed channels count as pruned weights."""
     orig = {L.name: L for L in before.layers}
@@ -228,28 +362,34 @@ def _layer_rows(before, after) -> list[dict]:
 
 # ---------------------------------------------------------------- export
 def export(model_path: Path, out: Path, *, opset: int = DEFAULT_OPSET, data: DataOptions | None = None,
-           check: bool = True, trust_pickle: bool = False, input_shape: tuple[int, ...] | None = None,
+           check: bool = True, consent: Consent | None = None, input_shape: tuple[int, ...] | None = None,
            force: bool = False, sparse_weights: bool = False) -> ExportResult:
     """Export a model file to ONNX; parity-checked on real test inputs unless ``check`` is False.
 
     ``sparse_weights`` stores zero-rich weights sparse and reports dense/sparse/compressed sizes."""
-    loaded = load_model(model_path, trust_pickle=trust_pickle, input_shape=input_shape)
+    loaded = load_model(model_path, consent=consent, input_shape=input_shape)
     x = None
+    given = data.recorded() if data else {}
     if check:
-        data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
-        x = _parity_inputs(loaded, DataOptions(data.data, data.data_dir, test_limit=PARITY_SAMPLES).test())
-    return export_onnx(loaded, Path(out), opset=opset, check_inputs=x, force=force, sparse_weights=sparse_weights)
+        from dataclasses import replace
+
+        data = _data_for(loaded.checkpoint.meta, data, consent, str(model_path))
+        x = _parity_inputs(loaded, replace(data, test_limit=PARITY_SAMPLES).test())
+    return export_onnx(loaded, Path(out), opset=opset, check_inputs=x, force=force, sparse_weights=sparse_weights,
+                       data=given.get("data"), preprocess=given.get("preprocess"))
 
 
-def _parity_inputs(loaded: LoadedModel, test: ArrayDataset) -> np.ndarray:
+def _parity_inputs(loaded: LoadedModel, test: Data) -> np.ndarray:
     """PARITY_SAMPLES real test images the model accepts."""
+    from .data.stream import as_arrays
+
     _check_fits(loaded, test)
-    return test.head(PARITY_SAMPLES).x
+    return as_arrays(test, PARITY_SAMPLES).x
 
 
 # ---------------------------------------------------------------- analyze (low-rank view)
 def analyze(pruned_path: Path, baseline_path: Path, *, data: DataOptions | None = None, out_dir: Path | None = None,
-            trust_pickle: bool = False, force: bool = False):
+            consent: Consent | None = None, force: bool = False):
     """Per hidden layer rank and singular values of a pruned model against its dense baseline, and the
     PCA rank-reduction baseline at equal ranks (METHODS.md §2.5); returns a LowRankAnalysis.
 
@@ -261,17 +401,17 @@ def analyze(pruned_path: Path, baseline_path: Path, *, data: DataOptions | None 
     if out_dir is not None:   # refuse before the work, not after it
         for name in (JSON_NAME, PLOT_NAME):
             _check_output(Path(out_dir) / name, force)
-    pruned = load_model(pruned_path, trust_pickle=trust_pickle)
+    pruned = load_model(pruned_path, consent=consent)
     pc = pruned.checkpoint
-    dense = load_model(baseline_path, trust_pickle=trust_pickle, input_shape=pc.input_shape)
+    dense = load_model(baseline_path, consent=consent, input_shape=pc.input_shape)
     dc = dense.checkpoint
     if pc.arch and dc.arch and (pc.arch.ref, pc.arch.kwargs) != (dc.arch.ref, dc.arch.kwargs):
         raise InputError(f"baseline {baseline_path} is {dc.arch.ref} {dc.arch.kwargs or ''} but {pruned_path} was "
                          f"pruned from {pc.arch.ref} {pc.arch.kwargs or ''}: pass the dense model it came from")
     if tuple(pc.input_shape) != tuple(dc.input_shape):
         raise InputError(f"baseline takes inputs of shape {tuple(dc.input_shape)}, the pruned model {tuple(pc.input_shape)}")
-    data = data or DataOptions(data=str(pc.meta.get("data", DEFAULT_DATA)))
-    te = data.test()
+    data = _data_for(pc.meta, data, consent, str(pruned_path))
+    te = _test_arrays(data)
     _check_fits(pruned, te)
     src = pc.meta.get("source_sha256")
     result = lowrank_view(pruned.model, dense.model, te, pruned_path=str(pruned_path), baseline_path=str(baseline_path),
@@ -295,22 +435,71 @@ def _prepare_dir(out_dir: Path, force: bool) -> Path:
 
 def profile(baseline_onnx: Path, pruned_onnx: Path, target: str, *, data: DataOptions | None = None,
             out_dir: Path | None = None, method: str | None = None, sparsity: float | None = None,
-            force: bool = False, progress: bool = True):
-    """Measure dense and pruned ONNX models side by side on ``target``; returns a Report."""
+            force: bool = False, progress: bool = True, targets_dir: TargetsDir = None):
+    """Measure dense and pruned ONNX models side by side on ``target``; returns a Report.
+
+    Without a data set (``data`` None, or its ``data`` None) the one the models' metadata records is used.
+    ``targets_dir``: folders searched for a target name before the shipped targets."""
     from .targets import load_target
 
-    tgt = load_target(target)
+    tgt = load_target(target, targets_dir)
+    _check_measurable(tgt)
     for p in (baseline_onnx, pruned_onnx):
         if not Path(p).is_file():
             raise InputError(f"ONNX file not found: {p}")
-    return _profile(Path(baseline_onnx), Path(pruned_onnx), tgt, (data or DataOptions()).test(), out_dir,
+    if data is None or data.data is None:
+        from dataclasses import replace
+
+        name, pre = recorded_data(Path(baseline_onnx), Path(pruned_onnx))
+        data = replace(data or DataOptions(), data=name, preprocess=pre)
+    return _profile(Path(baseline_onnx), Path(pruned_onnx), tgt, _test_arrays(data), out_dir,
                     method=method, sparsity=sparsity, force=force, progress=progress)
+
+
+def _check_measurable(tgt: Target) -> None:
+    """Refuse, before any work, a target this machine cannot build and time (e.g. TensorRT without it)."""
+    from .backends import get_backend
+
+    problems = get_backend(tgt.backend).host_problems(tgt)
+    if problems:
+        raise InputError(f"target {tgt.name} cannot be measured on this machine: {problems[0]}")
+
+
+def recorded_data(*onnx_paths: Path) -> tuple[str, dict | None]:
+    """The data set the ONNX models' metadata says they expect (`export` records it) and an image
+    folder's preprocessing, checked against the preprocessing edgeprune's loader of it applies; a
+    one-line error where they record none or disagree. A recorded data factory is code: it is not
+    run from a file's say-so (pass --data)."""
+    import json
+
+    from .data import preprocessing
+    from .data.factory import check_consent, is_ref
+    from .onnx_stats import read_metadata
+
+    metas = {p: read_metadata(p) for p in onnx_paths}
+    names = {m["edgeprune.data"] for m in metas.values() if m.get("edgeprune.data")}
+    if not names:
+        raise InputError(f"{' and '.join(p.name for p in onnx_paths)} record no data set (exported by an older "
+                         "edgeprune or another tool): pass --data")
+    if len(names) > 1:
+        raise InputError(f"the models record different data sets ({', '.join(sorted(names))}): pass --data")
+    name = names.pop()
+    if is_ref(name):
+        check_consent(name, "--data", None, " and ".join(p.name for p in onnx_paths))
+    pres = {m["edgeprune.preprocess"].partition("; json ")[2] for m in metas.values() if m.get("edgeprune.preprocess")}
+    pre = json.loads(pres.pop()) if len(pres) == 1 and "" not in pres else None
+    for p, m in metas.items():
+        want = m.get("edgeprune.preprocess")
+        if want and want != preprocessing(name, pre):
+            raise InputError(f"{p.name} expects inputs preprocessed as '{want}', which edgeprune's loader of {name} "
+                             f"does not do ('{preprocessing(name, pre)}'): pass --data with inputs prepared that way (.npz)")
+    return name, pre
 
 
 def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDataset, out_dir: Path | None, *,
              method: str | None, sparsity: float | None, force: bool, progress: bool):
     from .profiling import profile_pair
-    from .report.schema import write_report
+    from .report.write import write_report
 
     if out_dir:
         work = _prepare_dir(out_dir, force)
@@ -327,46 +516,146 @@ def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDatas
 
 
 def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path | None = None,
-           data: DataOptions | None = None, opset: int = DEFAULT_OPSET, trust_pickle: bool = False,
+           data: DataOptions | None = None, opset: int | None = None, consent: Consent | None = None,
            force: bool = False, progress: bool = True, precision: str | None = None,
-           calibration: str | None = None):
+           calibration: str | None = None, targets_dir: TargetsDir = None, host: str | None = None,
+           ssh_config: str | Path | None = None, device_python: str | None = None):
     """Export dense and pruned models, build engines for ``target``, profile both, write the run directory.
 
-    ``precision`` and ``calibration`` (an .npz) override the target's build policy. For a TensorRT
+    ``opset`` defaults to the highest the target reads, at most DEFAULT_OPSET; above what it reads is an
+    error. ``precision`` and ``calibration`` (an .npz, or the name of a shipped one such as
+    ``calibration/fmnist.npz``) override the target's build policy; without ``calibration``, INT8
+    calibrates on a class-balanced sample of the run's training split (`calibration.npz` in
+    ``out_dir``), whatever set the target names. Every check that can fail (the target's build policy,
+    the calibration set's shape, the opset) runs before the first export. For a TensorRT
     target the result is a ``TrtDeployResult``: the engine plans, trtexec commands and calibration
     inputs for the device, and the engines built and timed here when TensorRT is installed.
+    ``host`` (or the target's ``[device] ssh``): build and measure on that board over SSH
+    (`edgeprune.run.remote`); a repeated call after a fault resumes at the first unfinished stage.
     """
+    from dataclasses import replace
+
+    from .backends import get_backend
+    from .quantize import calibration_path
     from .targets import load_target
 
-    tgt = _override_build(load_target(target), precision, calibration)
-    if tgt.backend not in ("onnxruntime", "tensorrt"):
-        raise InputError(f"target {tgt.name} uses backend '{tgt.backend}', which this version cannot build yet")
-    if tgt.backend == "tensorrt":
-        from .backends.trt_deploy import check_target
+    if calibration is not None:
+        calibration = str(calibration_path(calibration))
+    tgt = _override_build(load_target(target, targets_dir), precision, calibration)
+    host = host or tgt.ssh
+    if host:
+        from .run.remote import check_remote_target
 
-        check_target(tgt, calibration)   # before the exports: a build policy that cannot work fails fast
-    pruned = load_model(pruned_path, trust_pickle=trust_pickle)
+        check_remote_target(tgt)
+        tgt = replace(tgt, ssh=host)   # the board's stack is checked there, not this machine's
+    backend = get_backend(tgt.backend)
+    pruned = load_model(pruned_path, consent=consent)
     if baseline_path is None:
         src = pruned.checkpoint.meta.get("source_path")
         if not src or not Path(src).exists():
             raise InputError("no dense baseline: pass --baseline model.pt")
         baseline_path = Path(src)
-    dense = load_model(baseline_path, trust_pickle=trust_pickle, input_shape=pruned.checkpoint.input_shape)
-    data = data or DataOptions(data=str(pruned.checkpoint.meta.get("data", DEFAULT_DATA)))
-    te = data.test()   # read once: parity inputs for both exports, then the accuracy measurement
-    out_dir = _prepare_dir(out_dir, force)
-    exports = {}
-    for name, loaded in (("dense", dense), ("pruned", pruned)):
-        exports[name] = export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset,
-                                    check_inputs=_parity_inputs(loaded, te), force=True)
+    dense = load_model(baseline_path, consent=consent, input_shape=pruned.checkpoint.input_shape)
+    data = _data_for(pruned.checkpoint.meta, data, consent, str(pruned_path))
+    te = _test_arrays(data)   # read once: parity inputs for both exports, then the accuracy measurement
+    parity = {name: _parity_inputs(loaded, te) for name, loaded in (("dense", dense), ("pruned", pruned))}
+    staging = None
+    if tgt.build.precision == "int8" and calibration is None:
+        # INT8 calibrates on the user's data unless --calibration says otherwise: a target's shipped set
+        # is one data set's images (Fashion-MNIST), of one input shape. It is written aside first, so the
+        # target's checks see it before anything lands in the run directory.
+        staging = Path(tempfile.mkdtemp(prefix="edgeprune-cal-"))
+        tgt = _override_build(tgt, None, str(_calibration_set(data, staging)))
+    try:
+        problems = backend.target_problems(tgt, tuple(pruned.checkpoint.input_shape))
+        if problems:
+            raise InputError(f"target {tgt.name}: {problems[0]}")
+        opset = _target_opset(backend.max_opset(tgt), opset, tgt.name)
+        batch = backend.export_batch(tgt)
+        stages = None
+        if host:
+            from .run.remote import RunStages, run_key
+
+            key = run_key(file_digest(Path(pruned_path)), file_digest(Path(baseline_path)), tgt, host, opset,
+                          data.data, data.data_dir, data.test_limit)
+            stages = None if force else RunStages.resume(Path(out_dir), key)
+            stages = stages or RunStages(_prepare_dir(out_dir, force), key)
+        else:
+            out_dir = _prepare_dir(out_dir, force)
+        out_dir = Path(out_dir)
+        if staging is not None:
+            calibration = str(out_dir / "calibration.npz")
+            shutil.move(tgt.build.calibration, calibration)
+            tgt = _override_build(tgt, None, calibration)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    if stages is not None and "exported" in stages:
+        onnx = {name: out_dir / f"{name}.onnx" for name in ("dense", "pruned")}
+    else:
+        recorded = data.recorded()
+        exports = {name: export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset, check_inputs=parity[name],
+                                     force=True, data=recorded["data"], preprocess=recorded["preprocess"], batch=batch)
+                   for name, loaded in (("dense", dense), ("pruned", pruned))}
+        onnx = {k: e.path for k, e in exports.items()}
+    meta = pruned.checkpoint.meta
+    if stages is not None:
+        from .profiling import check_models
+        from .run.remote import Board, deploy_remote
+
+        check_models(onnx["dense"], onnx["pruned"], tgt)
+        stages.mark("exported")
+        board = Board(host, ssh_config, device_python or tgt.device.python, tgt.device.workdir)
+        return deploy_remote(onnx, tgt, te.x, te.y, out_dir, stages, board, method=str(meta.get("method", "dense")),
+                             sparsity=float(meta.get("sparsity", 0.0)))
     if tgt.backend == "tensorrt":
         from .backends.trt_deploy import prepare_tensorrt
 
-        return prepare_tensorrt({k: e.path for k, e in exports.items()}, tgt, out_dir, calibration=calibration, test=te)
-    meta = pruned.checkpoint.meta
-    return _profile(exports["dense"].path, exports["pruned"].path, tgt, te, out_dir,
+        return prepare_tensorrt(onnx, tgt, out_dir, calibration=calibration, test=te)
+    return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir,
                     method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
                     force=True, progress=progress)
+
+
+def _target_opset(ceiling: int | None, opset: int | None, target: str) -> int:
+    """The opset to export at: the one asked for, or the highest the target reads up to DEFAULT_OPSET."""
+    if opset is None:
+        return min(DEFAULT_OPSET, ceiling) if ceiling else DEFAULT_OPSET
+    if ceiling and opset > ceiling:
+        raise InputError(f"--opset {opset} is above {ceiling}, the highest opset target {target} reads")
+    return opset
+
+
+def _calibration_set(data: DataOptions, out_dir: Path) -> Path:
+    """A class-balanced sample of the run's training split, saved in the run directory."""
+    return calibrate(data, out_dir / "calibration.npz", force=True).path
+
+
+@dataclass
+class CalibrationResult:
+    path: Path
+    data: str
+    samples: int
+    input_shape: tuple[int, ...]
+    dtype: str
+    classes: int | None           # classes sampled (None: the labels were unknown, a random sample)
+
+
+def calibrate(data: DataOptions, out: Path, *, n: int = 512, force: bool = False) -> CalibrationResult:
+    """Write an INT8 calibration set: ``n`` class-balanced images of the training split of ``data``
+    (x uint8, or float16 for normalised inputs; y the labels), to keep and pass as --calibration."""
+    from .data import calibration_sample
+    from .fileio import atomic_write
+
+    if n <= 0:
+        raise InputError("-n must be positive")
+    out = _check_output(out, force)
+    tr = data.train_split()
+    x, y = calibration_sample(tr, n)
+    atomic_write(out, lambda f: np.savez_compressed(f, x=x, y=y), force=force)
+    labels = y if isinstance(tr, ArrayDataset) else tr.labels
+    return CalibrationResult(out, str(data.data), len(x), tuple(x.shape[1:]), str(x.dtype),
+                             None if labels is None else int(len(np.unique(y))))
 
 
 def _override_build(tgt: Target, precision: str | None, calibration: str | None) -> Target:
@@ -419,7 +708,7 @@ def limit_notes(meta: dict) -> list[str]:
 
 
 def limit(model_path: Path, *, data: DataOptions | None = None, config: LimitConfig | None = None,
-          measure: bool = False, points: int = 101, trust_pickle: bool = False,
+          measure: bool = False, points: int = 101, consent: Consent | None = None,
           input_shape: tuple[int, ...] | None = None, progress: bool = True) -> LimitResult:
     """Predict how much of ``model_path`` one-shot global magnitude pruning can remove (Zhang et al.,
     METHODS.md §1), from a fixed subset of the training split; ``measure`` also sweeps ``points``
@@ -428,9 +717,11 @@ def limit(model_path: Path, *, data: DataOptions | None = None, config: LimitCon
 
     config = config or LimitConfig()
     config.validate()
-    loaded = load_model(model_path, trust_pickle=trust_pickle, input_shape=input_shape)
-    data = data or DataOptions(data=str(loaded.checkpoint.meta.get("data", DEFAULT_DATA)))
+    loaded = load_model(model_path, consent=consent, input_shape=input_shape)
+    data = _data_for(loaded.checkpoint.meta, data, consent, str(model_path))
     tr, val = data.train_val()
+    if not isinstance(tr, ArrayDataset):
+        raise InputError(f"the limit estimate runs on in-memory data (a built-in set or .npz), not on {tr.name}")
     _check_fits(loaded, tr)
     est = estimate_limit(loaded.model, tr, config, l1=float(loaded.checkpoint.meta.get("l1", 0.0)), progress=progress)
     measured = measure_limit(loaded.model, val, points, progress=progress) if measure else None

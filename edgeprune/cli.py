@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-# Typer 0.29 vendors Click; its exception types live here.
-from typer._click import exceptions as click_exc
 from rich.console import Console
 from rich.table import Table
 
-from . import api
+from . import __version__, api
 from .errors import EdgepruneError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -22,14 +20,43 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                        "and measure it side by side with the dense model.")
 out = Console()
 
-DataOpt = typer.Option(None, "--data", help="Data set name (fashion-mnist, mnist, digits) or an .npz path.")
+DataOpt = typer.Option(None, "--data", help="Data set name (fashion-mnist, mnist, digits), an .npz path, an image "
+                       "folder (train/ and val/ or test/, one folder per class) or package.module:function returning "
+                       "train, val, test Datasets (naming it here allows running it).")
+NormalizeOpt = typer.Option(None, "--normalize", help="Image folder: per-channel normalisation after scaling to "
+                            "[0, 1]: a preset (imagenet) or MEAN,../STD,.. (default: none).")
+MetricOpt = typer.Option(None, "--metric", help="package.module:function(outputs, targets) -> float scoring a split, "
+                         "higher is better (default: top-1 accuracy); naming it here allows running it.")
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder with the IDX files (default /usr/share/datasets/NAME).")
 LimitOpt = typer.Option(None, "--limit", help="Use a seeded subset of this many training samples.")
 TestLimitOpt = typer.Option(None, "--test-limit", help="Use a seeded subset of this many test samples.")
 ForceOpt = typer.Option(False, "--force", help="Overwrite an existing output.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 PickleOpt = typer.Option(False, "--trust-pickle", help="Allow loading a full pickle (runs code from the file).")
-ShapeOpt = typer.Option(None, "--input-shape", help="C,H,W for TorchScript or pickled models, e.g. 1,28,28.")
+TrustCodeOpt = typer.Option(False, "--trust-code", help="Allow a checkpoint to import and call the architecture "
+                            "factory it names, whatever it is (only for files from a source you trust).")
+ArchOpt = typer.Option(None, "--arch", help="The package.module:factory you expect the checkpoint to be built from: "
+                       "allows importing and calling that one (zoo: names need no consent).")
+ShapeOpt = typer.Option(None, "--input-shape", help="C,H,W for TorchScript or pickled models and bare state_dicts, "
+                        "e.g. 1,28,28 (and the size an image folder's images are resized and cropped to).")
+ArchKwargsOpt = typer.Option(None, "--arch-kwargs", help="JSON object of keyword arguments for the --arch factory, "
+                             "e.g. '{\"num_classes\": 10}' (in_channels, image_size, num_classes are passed "
+                             "from the data where the factory takes them).")
+TargetOpt = typer.Option("host-cpu", "--target", help="Target name (see `edgeprune targets`) or a .toml path.")
+TargetsDirOpt = typer.Option(None, "--targets-dir", help="Folder of your own target .toml files, searched before "
+                             "EDGEPRUNE_TARGETS and the shipped targets (a file there wins over a shipped one).")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"edgeprune {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="Print the version and exit.")) -> None:
+    pass
 
 
 def _shape(value: Optional[str]) -> Optional[tuple[int, ...]]:
@@ -44,11 +71,39 @@ def _shape(value: Optional[str]) -> Optional[tuple[int, ...]]:
     return dims
 
 
-def _data(data: Optional[str], data_dir: Optional[str], limit: Optional[int] = None,
-          test_limit: Optional[int] = None) -> Optional[api.DataOptions]:
-    if data is None and data_dir is None and limit is None and test_limit is None:
+def _arch_kwargs(value: Optional[str]) -> Optional[dict]:
+    if value is None:
         return None
-    return api.DataOptions(data or api.DEFAULT_DATA, data_dir, limit, test_limit)
+    try:
+        kwargs = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--arch-kwargs must be a JSON object like '{{\"num_classes\": 10}}': {e}") from None
+    if not isinstance(kwargs, dict):
+        raise InputError(f"--arch-kwargs must be a JSON object (keyword arguments), got {type(kwargs).__name__}")
+    return kwargs
+
+
+def _methods_help() -> str:
+    """Every registered method with the schedule and budget it runs with by default (from the registry)."""
+    from .pruning.base import available_methods, method_class
+
+    rows = [f"{n} ({method_class(n).default_schedule}, {method_class(n).default_finetune_epochs:g} epochs)"
+            for n in available_methods()]
+    return "Pruning method, with its default schedule and budget: " + ", ".join(rows) + "."
+
+
+def _consent(trust_pickle: bool, trust_code: bool = False, arch: Optional[str] = None) -> api.Consent:
+    return api.Consent(pickle=trust_pickle, code=trust_code, arch=arch)
+
+
+def _data(data: Optional[str], data_dir: Optional[str], limit: Optional[int] = None,
+          test_limit: Optional[int] = None, default: Optional[str] = api.DEFAULT_DATA,
+          input_shape: Optional[str] = None, normalize: Optional[str] = None,
+          metric: Optional[str] = None) -> Optional[api.DataOptions]:
+    """``default``: the data set when none is named (None: the command finds it, e.g. in the models' metadata)."""
+    if all(v is None for v in (data, data_dir, limit, test_limit, input_shape, normalize, metric)):
+        return None
+    return api.DataOptions(data or default, data_dir, limit, test_limit, _shape(input_shape), normalize, metric)
 
 
 def _emit_json(obj) -> None:
@@ -80,6 +135,7 @@ def _method_options(**given) -> dict:
 @app.command()
 def train(
     arch: str = typer.Option("zoo:lenet300", "--arch", help="zoo:NAME or package.module:factory."),
+    arch_kwargs: Optional[str] = ArchKwargsOpt,
     output: Path = typer.Option(..., "-o", "--output", help="Checkpoint to write."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, limit: Optional[int] = LimitOpt,
     epochs: float = typer.Option(5.0, "--epochs"), lr: float = typer.Option(1e-3, "--lr"),
@@ -88,15 +144,19 @@ def train(
     optimizer: str = typer.Option("adam", "--optimizer", help="adam, or sgd (momentum 0.9; Zhang et al.'s "
                                   "LOMP recipe with --lr 0.01 --lr-schedule constant)."),
     lr_schedule: str = typer.Option("cosine", "--lr-schedule", help="cosine (decay to zero) or constant."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Image folder: C,H,W the images are "
+                                              "resized and centre-cropped to (default: the first image's own)."),
+    normalize: Optional[str] = NormalizeOpt, metric: Optional[str] = MetricOpt,
     seed: int = typer.Option(0, "--seed"), force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Train a reference model from scratch.
 
     Example: edgeprune train --arch zoo:lenet300 --data fashion-mnist --epochs 5 -o model.pt
     """
-    r = api.train(arch, output, data=_data(data, data_dir, limit), epochs=epochs, lr=lr, batch_size=batch_size,
+    r = api.train(arch, output, data=_data(data, data_dir, limit, input_shape=input_shape, normalize=normalize,
+                                           metric=metric), epochs=epochs, lr=lr, batch_size=batch_size,
                   l1=l1, seed=seed, optimizer=optimizer, lr_schedule=lr_schedule, force=force,
-                  progress=not as_json)
+                  progress=not as_json, arch_kwargs=_arch_kwargs(arch_kwargs))
     if as_json:
         return _emit_json(r)
     out.print(f"trained [bold]{r.arch}[/] on {r.data} for {r.epochs:g} epochs in {r.seconds:.1f} s: "
@@ -105,9 +165,11 @@ def train(
 
 @app.command()
 def compress(
-    model: Path = typer.Argument(..., help="Model file (edgeprune checkpoint, TorchScript, .pt2)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Pruned checkpoint to write."),
-    method: str = typer.Option("magnitude", "--method", help="Pruning method (magnitude, random)."),
+    model: Path = typer.Argument(..., help="Model file (edgeprune checkpoint, TorchScript, .pt2, or a state_dict "
+                                 "with --arch and --input-shape)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Pruned checkpoint to write (default: "
+                                          "<stem>.<method>.pt beside the model; never overwritten without --force)."),
+    method: str = typer.Option("magnitude", "--method", help=_methods_help()),
     sparsity: str = typer.Option("0.5", "--sparsity", help="Fraction of prunable weights removed, in [0, 1), "
                                  "or auto (lomp: the predicted pruning limit, see `edgeprune limit`)."),
     granularity: str = typer.Option("weight", "--granularity", help="weight (unstructured), channel (physical "
@@ -115,12 +177,18 @@ def compress(
     scope: Optional[str] = typer.Option(None, "--scope", help="global or layer (default: the method's; layer for "
                                         "spectral, global for the others); local (one layer per event) with "
                                         "--schedule gated."),
-    schedule: str = typer.Option("oneshot", "--schedule", help="oneshot, iterative (cubic), or gated (accuracy-gated "
-                                 "cycles with dead-neuron removal; --finetune-epochs is then its whole training budget)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="oneshot, iterative (cubic), or gated "
+                                           "(accuracy-gated cycles with dead-neuron removal; --finetune-epochs is then "
+                                           "its whole training budget). Default: the method's own (see --method)."),
     steps: int = typer.Option(5, "--steps", help="Prune steps for --schedule iterative; pruning cycles for gated."),
     budget: str = typer.Option("params", "--budget", help="Channel pruning: --sparsity counts params or macs."),
-    round_to: int = typer.Option(8, "--round-to", help="Channel pruning: keep widths multiples of this."),
-    finetune_epochs: float = typer.Option(2.0, "--finetune-epochs", help="Fine-tune budget (epochs, in all)."),
+    round_to: Optional[int] = typer.Option(None, "--round-to", help="Channel pruning: keep widths multiples of "
+                                           "this (default: the --target's build.round_to, else 8)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target name or .toml path whose channel "
+                                         "multiple (build.round_to) channel pruning keeps."),
+    targets_dir: Optional[Path] = TargetsDirOpt,
+    finetune_epochs: Optional[float] = typer.Option(None, "--finetune-epochs", help="Fine-tune budget (epochs, in "
+                                                    "all). Default: the method's own (see --method)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tune learning rate (Adam, cosine decay); "
                                        "default 2e-3 for weight, 5e-4 for channel granularity, 8e-3 for "
                                        "--schedule gated."),
@@ -131,23 +199,31 @@ def compress(
     width: Optional[float] = typer.Option(None, "--width", help="spectral: Gaussian width around the spectral peak."),
     target_acc: float = typer.Option(0.98, "--target-acc", help="gated: training accuracy of the last gate and the "
                                      "retraining stop (the paper's 0.98)."),
-    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt,
+    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
+    arch: Optional[str] = ArchOpt, arch_kwargs: Optional[str] = ArchKwargsOpt, input_shape: Optional[str] = ShapeOpt,
+    normalize: Optional[str] = NormalizeOpt, metric: Optional[str] = MetricOpt,
     force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Prune a model, fine-tune it and say what it cost in accuracy.
 
-    Example: edgeprune compress model.pt --method magnitude --sparsity 0.9 -o pruned.pt
+    Example: edgeprune compress model.pt --method activation   (writes model.activation.pt)
     """
     from .pruning.base import PruneSpec
 
     auto = _is_auto(sparsity)
+    if round_to is None and target is None:
+        round_to = PruneSpec.round_to
     spec = PruneSpec(method=method, sparsity=0.0 if auto else _sparsity(sparsity), granularity=granularity, scope=scope,
                      schedule=schedule, steps=steps, budget=budget, round_to=round_to, seed=seed,
                      options=_method_options(score=score, count=count, attenuation=attenuation, width=width),
                      target_accuracy=target_acc)
-    r = api.compress(model, spec, output, data=_data(data, data_dir, limit), finetune_epochs=finetune_epochs,
-                     lr=lr, trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force,
-                     progress=not as_json, auto_limit=_auto_limit() if auto else None)
+    folder = data is not None and Path(data).is_dir()   # an image folder is cropped to the model's input shape
+    r = api.compress(model, spec, output, data=_data(data, data_dir, limit, input_shape=input_shape if folder else None,
+                                                     normalize=normalize, metric=metric),
+                     finetune_epochs=finetune_epochs,
+                     lr=lr, consent=_consent(trust_pickle, trust_code, arch), input_shape=_shape(input_shape),
+                     arch_kwargs=_arch_kwargs(arch_kwargs), force=force, progress=not as_json,
+                     auto_limit=_auto_limit() if auto else None, target=target, targets_dir=targets_dir)
     if as_json:
         return _emit_json(r)
     t = Table(title=f"{r.method} {r.granularity} pruning, {r.scope} scope, {r.schedule}")
@@ -172,7 +248,8 @@ def compress(
         out.print(_limit_line(r.details["predicted_limit"]))
     out.print(f"sparsity {r.sparsity:.2%} of prunable weights (target {r.target_sparsity:.2%}); "
               f"before fine-tuning val {r.pruned_val_accuracy:.2f} %; fine-tuned {r.finetune_epochs:g} epochs at lr {r.finetune_lr:g}; "
-              f"{r.total_seconds:.1f} s -> {r.path}")
+              f"{r.total_seconds:.1f} s")
+    out.print(f"wrote {r.path}", highlight=False, soft_wrap=True)
     if r.details.get("summary"):
         out.print(r.details["summary"])   # the method's own one-line report; --json has all of r.details
 
@@ -206,7 +283,8 @@ def limit(
                                    "(the authors' 1e5-bin smoothed density)."),
     measure: bool = typer.Option(False, "--measure", help="Also sweep 101 sparsities (one-shot, no fine-tuning) "
                                  "and report the measured limit on the validation split."),
-    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt,
+    seed: int = typer.Option(0, "--seed"), trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
+    arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Predict how much one-shot global magnitude pruning can remove, before pruning (Zhang et al., NeurIPS 2024).
@@ -218,7 +296,7 @@ def limit(
     config = LimitConfig(subset=subset, steps=steps, probes=probes, epsilon=epsilon, eta=eta, zero_mass=zero_mass,
                          quadrature=quadrature, seed=seed)
     r = api.limit(model, data=_data(data, data_dir, limit), config=config, measure=measure,
-                  trust_pickle=trust_pickle, input_shape=_shape(input_shape), progress=not as_json)
+                  consent=_consent(trust_pickle, trust_code, arch), input_shape=_shape(input_shape), progress=not as_json)
     if as_json:
         return _emit_json(r)
     e = r.estimate
@@ -244,7 +322,8 @@ def export(
     opset: int = typer.Option(17, "--opset"),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt,
     check: bool = typer.Option(True, "--check/--no-check", help="Parity check against PyTorch on real inputs."),
-    trust_pickle: bool = PickleOpt, input_shape: Optional[str] = ShapeOpt, force: bool = ForceOpt,
+    trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
+    arch: Optional[str] = ArchOpt, input_shape: Optional[str] = ShapeOpt, force: bool = ForceOpt,
     sparse_weights: bool = typer.Option(False, "--sparse-weights", help="Store zero-rich weights as sparse "
                                         "tensors where smaller (ONNX Runtime; not TensorRT); report sizes."),
     as_json: bool = JsonOpt,
@@ -254,7 +333,7 @@ def export(
     Example: edgeprune export pruned.pt -o pruned.onnx
     """
     r = api.export(model, output, opset=opset, data=_data(data, data_dir), check=check,
-                   trust_pickle=trust_pickle, input_shape=_shape(input_shape), force=force,
+                   consent=_consent(trust_pickle, trust_code, arch), input_shape=_shape(input_shape), force=force,
                    sparse_weights=sparse_weights)
     if as_json:
         return _emit_json(r)
@@ -278,7 +357,8 @@ def analyze(
     baseline: Path = typer.Option(..., "--baseline", help="The dense model it was pruned from."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write analysis.json and singular_values.png here."),
-    trust_pickle: bool = PickleOpt, force: bool = ForceOpt, as_json: bool = JsonOpt,
+    trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
+    arch: Optional[str] = ArchOpt, force: bool = ForceOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Low-rank view: per hidden layer rank and singular values before and after pruning, and the PCA
     rank-reduction baseline at equal ranks.
@@ -286,7 +366,7 @@ def analyze(
     Example: edgeprune analyze pruned.pt --baseline model.pt -o runs/analysis
     """
     r = api.analyze(model, baseline, data=_data(data, data_dir, None, test_limit), out_dir=output,
-                    trust_pickle=trust_pickle, force=force)
+                    consent=_consent(trust_pickle, trust_code, arch), force=force)
     if as_json:
         return _emit_json(r)
     t = Table(title=f"{r.method} ({r.arch}): rank per hidden layer, dense -> pruned")
@@ -330,23 +410,36 @@ def _show_report(report, out_dir: Optional[Path], as_json: bool) -> None:
 @app.command()
 def deploy(
     model: Path = typer.Argument(..., help="Pruned checkpoint."),
-    target: str = typer.Option("host-cpu", "--target", help="Target name (see `edgeprune targets`) or a .toml path."),
+    target: str = TargetOpt, targets_dir: Optional[Path] = TargetsDirOpt,
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="Dense model (default: the pruned model's source)."),
     output: Path = typer.Option(Path("runs/latest"), "-o", "--output", help="Run directory."),
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
-    opset: int = typer.Option(17, "--opset"), trust_pickle: bool = PickleOpt, force: bool = ForceOpt,
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the highest the target reads, "
+                                        "at most 17)."),
+    trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
+    arch: Optional[str] = ArchOpt, force: bool = ForceOpt,
     as_json: bool = JsonOpt,
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the target's)."),
-    calibration: Optional[str] = typer.Option(None, "--calibration", help="INT8 calibration images (.npz with x, y)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="INT8 calibration images (.npz with x, y; "
+                                              "calibration/fmnist.npz is shipped; `edgeprune calibrate` writes "
+                                              "one). Default: 512 class-balanced training images of the run's data."),
+    host: Optional[str] = typer.Option(None, "--host", help="Build and measure on this board over SSH (anything "
+                                       "ssh takes: an alias, user@host). Default: the target's [device] ssh, else here."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file (default: ~/.ssh/config)."),
+    device_python: Optional[str] = typer.Option(None, "--device-python", help="The board's python (default: the "
+                                                "target's [device] python, else python3)."),
 ) -> None:
     """Export, build and profile dense and pruned models on a target; write the run directory.
 
     Example: edgeprune deploy pruned.pt --target host-cpu --baseline model.pt -o runs/demo
     """
     report = api.deploy(model, target, output, baseline_path=baseline, data=_data(data, data_dir, None, test_limit),
-                        opset=opset, trust_pickle=trust_pickle, force=force, progress=not as_json,
-                        precision=precision, calibration=calibration)
-    if hasattr(report, "built_here"):   # a TensorRT target: plans and commands for the device
+                        opset=opset, consent=_consent(trust_pickle, trust_code, arch), force=force,
+                        progress=not as_json, precision=precision, calibration=calibration, targets_dir=targets_dir,
+                        host=host, ssh_config=ssh_config, device_python=device_python)
+    from .report import Report
+
+    if not isinstance(report, Report):   # a TensorRT target: plans and commands for the device
         return _show_trt_deploy(report, as_json)
     _show_report(report, output, as_json)
 
@@ -364,10 +457,38 @@ def _show_trt_deploy(r, as_json: bool) -> None:
 
 
 @app.command()
+def probe(
+    host: str = typer.Option(..., "--host", help="The board (anything ssh takes: an alias, user@host)."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file (default: ~/.ssh/config)."),
+    device_python: str = typer.Option("python3", "--device-python", help="The board's python."),
+    targets_dir: Optional[Path] = TargetsDirOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Print a board's software stack and the target files that match it.
+
+    Example: edgeprune probe --host orin
+    """
+    from .run.remote import Board, matching_targets, probe_board
+    from .targets import list_targets
+
+    found = probe_board(Board(host, ssh_config, device_python))
+    found["targets"] = matching_targets(found, list_targets(targets_dir))
+    if as_json:
+        return _emit_json(found)
+    ort = found.get("onnxruntime") or {}
+    for key, value in (("host", host), ("hostname", found["hostname"]), ("machine", found["machine"]),
+                       ("python", found["python"]), ("numpy", found["numpy"]),
+                       ("onnxruntime", ort.get("version")), ("providers", ", ".join(ort.get("providers", [])) or None),
+                       ("tensorrt", found["tensorrt"]), ("l4t", found["l4t"]), ("power mode", found["power_mode"]),
+                       ("jetson_clocks", found["jetson_clocks"]), ("cpu governor", found["cpu_governor"]),
+                       ("matching targets", ", ".join(found["targets"]) or "none")):
+        out.print(f"{key}: {'-' if value is None else value}", markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
 def profile(
     model: Path = typer.Argument(..., help="Pruned ONNX model."),
     baseline: Path = typer.Option(..., "--baseline", help="Dense ONNX model."),
-    target: str = typer.Option("host-cpu", "--target"),
+    target: str = TargetOpt, targets_dir: Optional[Path] = TargetsDirOpt,
     data: Optional[str] = DataOpt, data_dir: Optional[str] = DataDirOpt, test_limit: Optional[int] = TestLimitOpt,
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the JSON report to this file."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write report.json/.md/.png here."),
@@ -381,8 +502,8 @@ def profile(
 
     if json_out is not None and json_out.exists() and not force:
         raise InputError(f"output {json_out} exists (use --force to overwrite)")
-    report = api.profile(baseline, model, target, data=_data(data, data_dir, None, test_limit), out_dir=output,
-                         force=force)
+    report = api.profile(baseline, model, target, data=_data(data, data_dir, None, test_limit, None), out_dir=output,
+                         force=force, targets_dir=targets_dir)
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=2).encode()
         atomic_write(json_out, text, force=True)
@@ -392,35 +513,61 @@ def profile(
 
 
 @app.command()
-def targets(as_json: bool = JsonOpt) -> None:
-    """List the targets in targets/*.toml with their backend, software stack, build policy and status.
+def calibrate(
+    data: str = typer.Option(..., "--data", help="The data to sample (as --data anywhere: name, .npz, image folder, "
+                             "package.module:function)."),
+    n: int = typer.Option(512, "-n", help="Images to sample, balanced over the classes."),
+    output: Path = typer.Option(..., "-o", "--output", help=".npz to write (x, y)."),
+    data_dir: Optional[str] = DataDirOpt,
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="Image folder: C,H,W (as for train)."),
+    normalize: Optional[str] = NormalizeOpt, force: bool = ForceOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Write an INT8 calibration set from the training split of --data, to keep and pass as --calibration.
+
+    Example: edgeprune calibrate --data ~/data/parts -n 512 -o cal.npz
+    """
+    r = api.calibrate(_data(data, data_dir, input_shape=input_shape, normalize=normalize), output, n=n, force=force)
+    if as_json:
+        return _emit_json(r)
+    balance = f"balanced over {r.classes} classes" if r.classes else "a seeded random sample (labels unknown)"
+    out.print(f"wrote {r.path}: {r.samples} images of {r.data} ({'x'.join(map(str, r.input_shape))}, {r.dtype}), "
+              f"{balance}")
+
+
+@app.command()
+def targets(targets_dir: Optional[Path] = TargetsDirOpt, as_json: bool = JsonOpt) -> None:
+    """List the targets (shipped, EDGEPRUNE_TARGETS, --targets-dir) with their backend, software stack,
+    build policy and status.
 
     Example: edgeprune targets
     """
-    from .targets import list_targets, stack_summary, target_status
+    from .backends.base import target_status
+    from .targets import list_targets, stack_summary
 
-    rows = [(t, target_status(t)) for t in list_targets()]
+    rows = [(t, target_status(t)) for t in list_targets(targets_dir)]
     if as_json:
-        return _emit_json([{"name": t.name, "backend": t.backend, "description": t.description, "status": s,
+        return _emit_json([{"name": t.name, "path": str(t.path), "backend": t.backend, "description": t.description,
+                            "status": s,
                             "stack_summary": stack_summary(t), "precision": t.build.precision,
                             "sparsity": t.build.sparsity, "dla_core": t.build.dla_core,
                             "trt_generation": t.trt_generation, "ssh": t.ssh, "stack": t.stack,
                             "hardware": t.hardware, "build": t.build.to_dict(), "run": t.run.to_dict()}
                            for t, s in rows])
     table = Table(title="targets")
-    for col in ("name", "backend", "stack", "precision", "sparsity", "DLA", "status"):
+    for col in ("name", "backend", "stack", "precision", "sparsity", "DLA", "round_to", "status"):
         table.add_column(col)
     for t, s in rows:
         dla = t.hardware.get("dla_cores", 0)
         dla_text = "-" if not dla else (f"{dla} (GPU used)" if t.build.dla_core < 0 else f"core {t.build.dla_core}")
-        table.add_row(t.name, t.backend, stack_summary(t), t.build.precision, t.build.sparsity, dla_text, s)
+        table.add_row(t.name, t.backend, stack_summary(t), t.build.precision, t.build.sparsity, dla_text,
+                      str(t.build.round_to), s)
     out.print(table)
 
 
 @app.command()
 def validate(
     model: Path = typer.Argument(..., help="ONNX model to check."),
-    target: str = typer.Option("host-cpu", "--target", help="Target name (see `edgeprune targets`) or a .toml path."),
+    target: str = TargetOpt, targets_dir: Optional[Path] = TargetsDirOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Check an ONNX model against a target without the device: ONNX checker and shape inference,
@@ -429,11 +576,13 @@ def validate(
 
     Example: edgeprune validate pruned.onnx --target jetson-orin-nano
     """
+    from .backends import get_backend
     from .targets import load_target
-    from .validation import errors, validate_onnx
+    from .validation import Problem, errors, validate_onnx
 
-    tgt = load_target(target)
-    problems = validate_onnx(model, tgt)
+    tgt = load_target(target, targets_dir)
+    # the model's problems, then the target's build policy: the same checks deploy runs before exporting
+    problems = validate_onnx(model, tgt) + [Problem("target", p) for p in get_backend(tgt.backend).target_problems(tgt)]
     failed = bool(errors(problems))
     if as_json:
         _emit_json({"model": str(model), "target": tgt.name, "ok": not failed, "errors": len(errors(problems)),
@@ -453,7 +602,7 @@ def validate(
 @app.command("check-sparsity")
 def check_sparsity(
     model: Path = typer.Argument(..., help="ONNX file or model file (edgeprune checkpoint, TorchScript, .pt2)."),
-    as_json: bool = JsonOpt,
+    trust_code: bool = TrustCodeOpt, arch: Optional[str] = ArchOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Check every Conv/Linear (Gemm/MatMul) layer for the 2:4 pattern and the widths sparse kernels need.
 
@@ -461,7 +610,7 @@ def check_sparsity(
     """
     from .pruning.semistructured import MIN_WIDTH, check_2to4
 
-    checks = check_2to4(model)
+    checks = check_2to4(model, _consent(False, trust_code, arch))
     if as_json:
         return _emit_json([c.to_dict() for c in checks])
     t = Table(title=f"2:4 check of {model.name}")
@@ -480,7 +629,7 @@ def check_sparsity(
 def explain_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory written by deploy (report.json, dense.onnx, pruned.onnx)."),
     target: Optional[str] = typer.Option(None, "--target", help="Target name or .toml (default: the report's)."),
-    as_json: bool = JsonOpt,
+    targets_dir: Optional[Path] = TargetsDirOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Say what the pruned model got and why it is (not) faster on the target.
 
@@ -488,7 +637,7 @@ def explain_cmd(
     """
     from .explain import explain_run
 
-    ex = explain_run(run_dir, target)
+    ex = explain_run(run_dir, target, targets_dir)
     if as_json:
         return _emit_json(ex.to_dict())
     out.print(f"[bold]{ex.run_dir}[/]: pruned vs dense on {ex.target} ({ex.backend})")
@@ -496,17 +645,23 @@ def explain_cmd(
         out.print(f"- {f.line()}", highlight=False)
 
 
+# Click's base class of usage errors, bad values and unreadable files. Recent Typer (0.29 here) runs on a copy
+# of Click in a private module (typer._click) and older Typer on the click package; both export
+# Click's BadParameter as the public `typer.BadParameter`, so the base class is taken from it. An
+# `import click` could name a second, unrelated Click whose classes Typer never raises.
+CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become `error: <one line>` and exit code 2."""
     command = typer.main.get_command(app)
+    args = list(argv if argv is not None else sys.argv[1:]) or ["--help"]   # no arguments: the help, exit 0
     try:
-        rv = command.main(args=argv if argv is not None else sys.argv[1:], prog_name="edgeprune", standalone_mode=False)
+        rv = command.main(args=args, prog_name="edgeprune", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
     except EdgepruneError as e:
         print(f"error: {e}", file=sys.stderr)
-    except click_exc.NoArgsIsHelpError:  # Typer has already printed the help
-        return 0
-    except click_exc.ClickException as e:  # usage errors, bad parameter values, unreadable files
+    except CLICK_EXCEPTION as e:
         print(f"error: {e.format_message()}", file=sys.stderr)
     except typer.Abort:
         print("error: aborted", file=sys.stderr)

@@ -33,3 +33,7 @@ class ShapeError(EdgepruneError):
 
 class ParityError(EdgepruneError):
     """An exported or built model disagrees with the PyTorch model past the tolerance."""
+
+
+class RemoteError(EdgepruneError):
+    """The board cannot be reached, refuses us, or failed a step: host, key, disk or link trouble."""

@@ -56,7 +56,8 @@ def _peak_kb() -> int:
 def probe(model: Path, *, threads: int, batch: int, input_npy: Path | None, build_json: str | None, runs: int) -> dict:
     import numpy as np
 
-    from edgeprune.backends.base import Engine, tile_rows
+    from edgeprune.backends.base import Engine
+    from edgeprune.measure.timing import tile_rows
     from edgeprune.backends.onnxruntime import OnnxRuntimeBackend
     from edgeprune.targets import BuildPolicy, Target, build_policy_from_dict
 

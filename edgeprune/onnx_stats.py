@@ -8,7 +8,7 @@ neurons/channels lower them.
 from __future__ import annotations
 
 import lzma
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,8 @@ FLOAT_TYPES = {
     onnx.TensorProto.DOUBLE,
     onnx.TensorProto.BFLOAT16,
 }
+COMPUTE_OPS = ("Conv", "FusedConv", "ConvInteger", "QLinearConv", "ConvTranspose", "Gemm", "FusedGemm",
+               "MatMul", "FusedMatMul", "MatMulInteger", "QLinearMatMul")
 # Same preset as the `xz` command line (-6), so users can reproduce the figure with `xz -k`.
 XZ_PRESET = 6
 
@@ -31,14 +33,16 @@ XZ_PRESET = 6
 class ModelStats:
     """`params`: elements of float initializers (zeros included); `nonzero_params`: the nonzero
     ones; `macs`: multiply-accumulates of Conv/ConvTranspose/Gemm/MatMul at batch 1 (symbolic
-    dims taken as 1); `size_bytes`: the file; `size_xz_bytes`: the file compressed with xz -6."""
+    dims taken as 1), None when some of them could not be counted (`uncounted` names those
+    nodes); `size_bytes`: the file; `size_xz_bytes`: the file compressed with xz -6."""
 
     params: int
     nonzero_params: int
-    macs: int
+    macs: int | None
     size_bytes: int
     size_xz_bytes: int
     opset: int
+    uncounted: list[str] = field(default_factory=list)
 
     @property
     def sparsity(self) -> float:
@@ -54,13 +58,15 @@ def model_stats(onnx_path: str | Path) -> ModelStats:
     model = _load(path)
     params, nonzero = count_params(model)
     raw = path.read_bytes()
+    per_node = node_macs(model)
     return ModelStats(
         params=params,
         nonzero_params=nonzero,
-        macs=count_macs(model),
+        macs=_total(per_node),
         size_bytes=len(raw),
         size_xz_bytes=xz_size(raw),
         opset=opset_of(model),
+        uncounted=[_names(model).get(k) or k for k, v in per_node.items() if v is None],
     )
 
 
@@ -102,28 +108,38 @@ def count_params(model: onnx.ModelProto) -> tuple[int, int]:
     return total, nonzero
 
 
-def count_macs(model: onnx.ModelProto) -> int:
+def count_macs(model: onnx.ModelProto) -> int | None:
     """MACs at batch 1 of the compute-bound ops, from ONNX shape inference.
 
     Conv: output elements x Cin/groups x kernel; ConvTranspose: input elements x Cout/groups x
     kernel; Gemm/MatMul: output elements x K. Fused ONNX Runtime variants count like their base
-    op. Nodes whose shapes cannot be inferred count as 0.
+    op. None when the shapes of any of them cannot be inferred: a partial count would bend every
+    ratio taken with it.
     """
-    return int(sum(node_macs(model).values()))
+    return _total(node_macs(model))
 
 
-def node_macs(model: onnx.ModelProto) -> dict[str, int]:
-    """`count_macs` per compute node, keyed by the node's first output name."""
+def _total(per_node: dict[str, int | None]) -> int | None:
+    if any(v is None for v in per_node.values()):
+        return None
+    return int(sum(per_node.values()))
+
+
+def node_macs(model: onnx.ModelProto) -> dict[str, int | None]:
+    """`count_macs` per compute node, keyed by the node's first output name; None for a node whose
+    shapes could not be inferred."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001 - an uninferable graph still has countable nodes
+    except Exception:  # noqa: BLE001 - inference raises many types; the nodes it could not reach are None below
         inferred = model
     shapes = _shape_table(inferred)
 
-    macs: dict[str, int] = {}
+    macs: dict[str, int | None] = {}
     for node in inferred.graph.node:
         op = node.op_type
         key = node.output[0]
+        if op in COMPUTE_OPS:
+            macs[key] = None     # until its shapes are known
         if op in ("Conv", "FusedConv", "ConvInteger", "QLinearConv"):
             w_idx = 3 if op == "QLinearConv" else 1
             out = shapes.get(node.output[0])
@@ -150,6 +166,11 @@ def node_macs(model: onnx.ModelProto) -> dict[str, int]:
                 k = a[-2] if (trans_a and len(a) >= 2) else a[-1]
                 macs[key] = _prod(out) * k
     return macs
+
+
+def _names(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name by first output (the key of `node_macs`)."""
+    return {n.output[0]: n.name for n in model.graph.node if n.output}
 
 
 def _shape_table(model: onnx.ModelProto) -> dict[str, list[int]]:

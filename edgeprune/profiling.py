@@ -11,37 +11,24 @@ high-water mark only ever goes up.
 
 from __future__ import annotations
 
-import gc
-import json
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Callable
+import socket
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from edgeprune.backends import Engine, Session, get_backend
-from edgeprune.backends.base import tile_rows
+from edgeprune.backends import Engine, get_backend
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
+from edgeprune.measure.pair import PairMeasurement, build_engines, measure_pair, stack_fingerprint
+from edgeprune.measure.timing import time_interleaved  # noqa: F401  (tests import it from here)
+from edgeprune.measure.verdict import latency_notes, noise_band
 from edgeprune.onnx_stats import ModelStats, model_stats, read_metadata, xz_size
 from edgeprune.progress import progress_bar
 from edgeprune.report.render import format_bytes
 from edgeprune.report.schema import Agreement, BatchLatency, LatencyStats, ModelSide, Report
 from edgeprune.targets import Target
 
-# The noise band around 1 is NOISE_SCALE x |A'/A - 1|, at least NOISE_FLOOR. Twice, because the
-# A/A ratio is one draw of the noise and B/A is another, independent one; the floor because p50s of
-# a few hundred runs do not resolve differences finer than a couple of percent even when the A/A
-# control happens to land on 1.00.
-NOISE_SCALE = 2.0
-NOISE_FLOOR = 0.02
-# An A/A ratio further than this from 1 means the machine itself was too noisy to trust.
-NOISY_AA = 0.10
-EVAL_BATCH = 256
 _BACKEND_NAMES = {"onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 
 
@@ -61,69 +48,58 @@ def profile_pair(
     the report (not yet written: see `edgeprune.report.write_report`)."""
     dense_onnx, pruned_onnx, work = Path(dense_onnx), Path(pruned_onnx), Path(work_dir)
     backend = get_backend(target.backend)
+    check_models(dense_onnx, pruned_onnx, target)
+    x, y = _check_data(x, y)
+    work.mkdir(parents=True, exist_ok=True)
+    n_models = 3 if target.build.precision == "int8" else 2
+    steps = n_models + len(target.run.batch_sizes) * target.run.iterations + 2 * n_models + 1
+    with progress_bar("building engines", total=steps, enabled=progress) as tick:
+        engines, cache = build_engines(backend, {"dense": dense_onnx, "pruned": pruned_onnx}, target, work)
+        tick(n_models)
+        m = measure_pair(backend, engines, target, x, y, work, tick)
+        m.engine_cache = cache
+        m.hostname = socket.gethostname()
+        tick(0, "sizes, parameters, MACs")
+        report = report_from_measurement(m, dense_onnx, pruned_onnx, target, method=method, sparsity=sparsity)
+        tick(1, "done")
+    why = backend.measured_elsewhere(target)
+    if why:
+        report.notes.insert(0, f"Measured on this host, not on the device: {why}. The engine files in this run "
+                               "are built for the device and were checked here; run `profile` on the device "
+                               "for its latency and memory.")
+    return report
+
+
+def check_models(dense_onnx: Path, pruned_onnx: Path, target: Target) -> None:
+    """Both ONNX files fit the target (the backend's validation), or one InputError naming the first problems."""
+    backend = get_backend(target.backend)
     for label, path in (("dense", dense_onnx), ("pruned", pruned_onnx)):
         problems = backend.validate(path, target)
         if problems:
             more = f" (+{len(problems) - 2} more)" if len(problems) > 2 else ""
             raise InputError(f"{label} model {path.name} does not fit target '{target.name}': {'; '.join(problems[:2])}{more}")
-    x, y = _check_data(x, y)
-    work.mkdir(parents=True, exist_ok=True)
+
+
+def report_from_measurement(m: PairMeasurement, dense_onnx: Path, pruned_onnx: Path, target: Target, *,
+                            method: str | None = None, sparsity: float | None = None,
+                            host: str | None = None) -> Report:
+    """The report of a measurement made here or on a board (``host`` as the user gave it, None: here)."""
     run = target.run
-    # An INT8 build is measured against fp32 in the same run: dense fp32 (A, A'), pruned INT8 (B)
-    # and pruned fp32 (C), so the report separates what pruning and what INT8 bought.
-    int8 = target.build.precision == "int8"
-    fp32_target = replace(target, build=replace(target.build, precision="fp32")) if int8 else target
-    n_models = 3 if int8 else 2
-
-    steps = n_models + len(run.batch_sizes) * run.iterations + 2 * n_models + 1
-    with progress_bar("building engines", total=steps, enabled=progress) as tick:
-        dense_engine = backend.build(dense_onnx, fp32_target, work / "engines" / "dense")
-        pruned_engine = backend.build(pruned_onnx, target, work / "engines" / "pruned")
-        fp32_engine = backend.build(pruned_onnx, fp32_target, work / "engines" / "pruned-fp32") if int8 else None
-        tick(n_models, "opening sessions")
-        a, a2, b = backend.open(dense_engine, target), backend.open(dense_engine, target), backend.open(pruned_engine, target)
-        sessions = [a, a2, b] + ([backend.open(fp32_engine, target)] if fp32_engine else [])
-        _check_input(a, x)
-        static = _static_batch(a)
-        batch_sizes = [static] if static else list(run.batch_sizes)
-
-        latency: dict[int, BatchLatency] = {}
-        rounds: dict[str, int] = {}
-        for bs in batch_sizes:
-            tick(0, f"latency, batch {bs}")
-            times = time_interleaved(sessions, tile_rows(x, bs), run.warmup, run.iterations, run.min_seconds, tick)
-            stats = [LatencyStats.from_ns(t, run.percentiles) for t in times]
-            latency[bs] = BatchLatency(batch=bs, dense=stats[0], control=stats[1], pruned=stats[2],
-                                       pruned_fp32=stats[3] if int8 else None)
-            rounds[str(bs)] = len(times[0])
-
-        tick(0, "accuracy")
-        eval_batch = static or min(EVAL_BATCH, len(x))
-        logits_d = predict(a, x, eval_batch)
-        tick(1)
-        logits_p = predict(b, x, eval_batch)
-        tick(1)
-        logits_f = predict(sessions[3], x, eval_batch) if int8 else None
-        tick(1 if int8 else 0)
-        del a, a2, b, sessions
-        gc.collect()
-
-        tick(0, "peak memory (own process per model)")
-        sample = work / "memprobe_input.npy"
-        np.save(sample, x[: max(1, static or 1)])
-        mem_d = measure_memory(dense_engine, target, sample)
-        tick(1)
-        mem_p = measure_memory(pruned_engine, target, sample)
-        tick(1)
-        mem_f = measure_memory(fp32_engine, target, sample) if fp32_engine else None
-        tick(1 if int8 else 0)
-        sample.unlink(missing_ok=True)
-
-        tick(0, "sizes, parameters, MACs")
-        st_d, st_p = model_stats(dense_onnx), model_stats(pruned_onnx)
-        meta = read_metadata(pruned_onnx)
-        tick(1, "done")
-
+    int8 = "pruned_fp32" in m.engines
+    latency: dict[int, BatchLatency] = {}
+    rounds: dict[str, int] = {}
+    for bs, times in m.times_ns.items():
+        stats = [LatencyStats.from_ns(t, run.percentiles) for t in times]
+        latency[bs] = BatchLatency(batch=bs, dense=stats[0], control=stats[1], pruned=stats[2],
+                                   pruned_fp32=stats[3] if int8 else None)
+        rounds[str(bs)] = len(times[0])
+    st_d, st_p = model_stats(dense_onnx), model_stats(pruned_onnx)
+    meta = read_metadata(pruned_onnx)
+    dense_engine, pruned_engine, fp32_engine = m.engines["dense"], m.engines["pruned"], m.engines.get("pruned_fp32")
+    mem_d, mem_p, mem_f = m.memory["dense"], m.memory["pruned"], m.memory.get("pruned_fp32")
+    acc = m.accuracy
+    batch_sizes = m.batch_sizes
+    static = m.static_batch
     ref = 1 if 1 in latency else min(latency)
     method = method or meta.get("edgeprune.method")
     sparsity_given = sparsity if sparsity is not None else _float_or_none(meta.get("edgeprune.sparsity"))
@@ -141,14 +117,14 @@ def profile_pair(
         backend=target.backend,
         method=method,
         sparsity=sparsity_given if sparsity_given is not None else round(st_p.sparsity, 4),
-        dense=_side(dense_onnx, dense_engine, latency[ref].dense, mem_d, _accuracy(logits_d, y), st_d),
-        pruned=_side(pruned_src, pruned_engine, latency[ref].pruned, mem_p, _accuracy(logits_p, y), pruned_stats),
+        dense=_side(dense_onnx, dense_engine, latency[ref].dense, mem_d, acc["dense"], st_d),
+        pruned=_side(pruned_src, pruned_engine, latency[ref].pruned, mem_p, acc["pruned"], pruned_stats),
         latency=latency,
-        agreement=_agreement(logits_d, logits_p),
+        agreement=Agreement.from_dict(m.agreement),
         latency_batch=ref,
         granularity=meta.get("edgeprune.granularity"),
         target_description=target.description,
-        stack=backend.stack(target),
+        stack=m.stack,
         run={
             "warmup": run.warmup,
             "iterations": run.iterations,
@@ -157,24 +133,20 @@ def profile_pair(
             "batch_sizes": batch_sizes,
             "percentiles": list(run.percentiles),
             "order": "A A' B C, rotated each round" if int8 else "A A' B, rotated each round",
-            "accuracy_samples": int(len(x)),
+            "accuracy_samples": m.samples,
             "memory": {"arena": False, "batch": 1, "separate_process": True},
             "engines": engines,
         },
         precision=target.build.precision,
     )
+    report.device = {"host": host, "hostname": m.hostname, "stack": stack_fingerprint(m.stack),
+                     "power_mode": m.extra.get("power_mode")}
+    report.engine_cache = {k: m.engine_cache[k] for k in ("dense", "pruned")}
     if int8:
-        report.pruned_fp32 = _side(pruned_onnx, fp32_engine, latency[ref].pruned_fp32, mem_f, _accuracy(logits_f, y), st_p)
-        report.int8 = {**_quantization(pruned_engine), "agreement_with_fp32": _agreement(logits_f, logits_p).to_dict()}
+        report.pruned_fp32 = _side(pruned_onnx, fp32_engine, latency[ref].pruned_fp32, mem_f, acc["pruned_fp32"], st_p)
+        report.int8 = {**_quantization(pruned_engine), "agreement_with_fp32": m.agreement_fp32}
     report.notes = explain(report)
-    if target.backend == "onnxruntime":
-        from .backends.onnxruntime import foreign_arch
-
-        why = foreign_arch(target)
-        if why:
-            report.notes.insert(0, f"Measured on this host, not on the device: {why}. The engine files in this run "
-                                   "are built for the device and were checked here; run `profile` on the device "
-                                   "for its latency and memory.")
+    report.notes += uncounted_notes({"dense": (dense_onnx, st_d), "pruned": (pruned_onnx, st_p)})
     if sparsity_given is None:
         report.notes.append(
             "The pruned model records no target sparsity, so the sparsity shown is the measured fraction of zero weights."
@@ -185,6 +157,17 @@ def profile_pair(
             f"(the target asks for {', '.join(map(str, run.batch_sizes))})."
         )
     return report
+
+
+def uncounted_notes(sides: dict[str, tuple[Path, ModelStats]]) -> list[str]:
+    """Name each model whose MACs could not be counted: its MACs and the MAC ratio are unknown, not 0."""
+    notes = []
+    for label, (path, st) in sides.items():
+        if st.macs is None:
+            more = f" (+{len(st.uncounted) - 3} more)" if len(st.uncounted) > 3 else ""
+            notes.append(f"The MACs of the {label} model {path.name} could not be counted: ONNX shape inference gave "
+                         f"no shapes for {', '.join(st.uncounted[:3])}{more}; its MACs and the MAC ratio are unknown.")
+    return notes
 
 
 def explain(report: Report) -> list[str]:
@@ -212,26 +195,7 @@ def explain(report: Report) -> list[str]:
         r, aa = bl.ratio_p50, bl.aa_ratio_p50
         if r is None or aa is None:
             continue
-        band = noise_band(aa)
-        if abs(r - 1.0) <= band:
-            notes.append(
-                f"Batch {bs}: the pruned/dense p50 ratio {r:.2f} lies within the A/A noise band (dense vs itself "
-                f"{aa:.2f}, band ±{band:.0%}): no measurable latency difference."
-            )
-        elif r < 1.0:
-            notes.append(
-                f"Batch {bs}: the {what} is {1 / r:.2f}× as fast as the dense one at p50 "
-                f"(ratio {r:.2f}; A/A control {aa:.2f})."
-            )
-        else:
-            notes.append(
-                f"Batch {bs}: the {what} is slower than the dense one at p50 (ratio {r:.2f}; A/A control {aa:.2f})."
-            )
-        if abs(aa - 1.0) > NOISY_AA:
-            notes.append(
-                f"Batch {bs}: the dense model timed against itself differs by {abs(aa - 1.0):.0%}: the machine was "
-                f"noisy; repeat the run or raise run.iterations before trusting small ratios."
-            )
+        notes += latency_notes(bs, r, aa, what)
     drop = report.accuracy_drop_pt
     if drop is not None:
         text = f"Top-1 accuracy {d.accuracy:.2f} % → {p.accuracy:.2f} % ({-drop:+.2f} points)"
@@ -279,87 +243,6 @@ def _int8_notes(report: Report) -> list[str]:
     return notes
 
 
-def noise_band(aa_ratio: float) -> float:
-    """Half-width of the band around 1 inside which a pruned/dense ratio is noise."""
-    return max(NOISE_SCALE * abs(aa_ratio - 1.0), NOISE_FLOOR)
-
-
-def time_interleaved(
-    sessions: list[Session],
-    xb: np.ndarray,
-    warmup: int,
-    iterations: int,
-    min_seconds: float = 0.0,
-    tick: Callable[[int], None] | None = None,
-) -> list[np.ndarray]:
-    """Per-run wall times (ns) of each session, timed in rotating order within one loop."""
-    n = len(sessions)
-    orders = [tuple((r + i) % n for i in range(n)) for r in range(n)]
-    for r in range(warmup):
-        for i in orders[r % n]:
-            sessions[i].run(xb)
-    times: list[list[int]] = [[] for _ in sessions]
-    clock = time.perf_counter_ns
-    # A collection pause inside a timed run would land on whichever model happened to be running.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        deadline = time.perf_counter() + min_seconds
-        r = 0
-        while r < iterations or time.perf_counter() < deadline:
-            for i in orders[r % n]:
-                t0 = clock()
-                sessions[i].run(xb)
-                times[i].append(clock() - t0)
-            r += 1
-            if tick is not None and r % 10 == 0 and r <= iterations:
-                tick(10)
-        if tick is not None and iterations % 10:
-            tick(iterations % 10)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return [np.asarray(t, dtype=np.int64) for t in times]
-
-
-def predict(session: Session, x: np.ndarray, batch: int) -> np.ndarray:
-    """First output for every row of x, in batches of `batch` (the last one padded if needed)."""
-    outs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start : start + batch]
-        n = len(chunk)
-        if n < batch and _static_batch(session):
-            chunk = tile_rows(chunk, batch)
-        outs.append(np.asarray(session.run(np.ascontiguousarray(chunk)))[:n])
-    return np.concatenate(outs)
-
-
-def measure_memory(engine: Engine, target: Target, sample_npy: Path | None = None, timeout: float = 300) -> dict:
-    """Run `python -m edgeprune.memprobe` on the engine in a fresh process; return its JSON."""
-    if target.backend != "onnxruntime":
-        raise InputError(f"peak memory is only measured for onnxruntime targets so far, not '{target.backend}'")
-    cmd = [
-        sys.executable, "-m", "edgeprune.memprobe", str(engine.path),
-        "--threads", str(target.build.threads), "--batch", "1",
-        "--build-json", json.dumps(target.build.to_dict()),
-    ]
-    if sample_npy is not None:
-        cmd += ["--input", str(sample_npy)]
-    env = dict(os.environ)
-    # The probe must import this very package, installed or not.
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"memory probe failed (exit {proc.returncode}): {tail}")
-    result = json.loads(lines[-1])
-    if "error" in result:
-        raise InputError(f"memory probe: {result['error']}")
-    return result
-
-
 def _quantization(engine: Engine) -> dict:
     """How the INT8 engine was quantised, from what the backend recorded."""
     e = engine.extra
@@ -402,40 +285,6 @@ def _check_data(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if np.issubdtype(x.dtype, np.floating) and x.dtype != np.float32:
         x = x.astype(np.float32)
     return np.ascontiguousarray(x), y.astype(np.int64)
-
-
-def _check_input(session: Session, x: np.ndarray) -> None:
-    shape = getattr(session, "input_shape", None)
-    if shape is None:
-        return
-    want = list(shape[1:])
-    got = list(x.shape[1:])
-    fits = len(want) == len(got) and all(not isinstance(w, int) or w == g for w, g in zip(want, got))
-    if not fits:
-        raise ShapeError(
-            f"data rows have shape {tuple(got)} but the model input '{session.input_name}' expects {list(shape)}"
-        )
-
-
-def _static_batch(session: Session) -> int | None:
-    shape = getattr(session, "input_shape", None)
-    if shape and isinstance(shape[0], int) and shape[0] > 0:
-        return int(shape[0])
-    return None
-
-
-def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
-    pred = logits.reshape(len(logits), -1).argmax(axis=1)
-    return float(100.0 * np.mean(pred == y))
-
-
-def _agreement(ld: np.ndarray, lp: np.ndarray) -> Agreement:
-    d, p = ld.reshape(len(ld), -1), lp.reshape(len(lp), -1)
-    return Agreement(
-        top1=float(np.mean(d.argmax(axis=1) == p.argmax(axis=1))),
-        max_abs_logit_diff=float(np.max(np.abs(d.astype(np.float64) - p.astype(np.float64)))),
-        samples=int(len(d)),
-    )
 
 
 def _float_or_none(v: str | None) -> float | None:

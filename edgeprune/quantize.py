@@ -151,7 +151,15 @@ def quantize_qdq(
                         "QuantizeBias": bool(settings["quantize_bias"]),
                     },
                 )
-            quantized, fp32 = _node_precision(onnx.load(str(out)))
+            result = onnx.load(str(out))
+            if not any(n.op_type == "QuantizeLinear" for n in result.graph.node):
+                # quantize_static writes an unchanged fp32 model when it finds nothing to quantise;
+                # an "INT8" build of it would measure fp32 under an INT8 label.
+                ops = sorted({n.op_type for n in pre.graph.node})
+                left = f", and {len(excluded)} node(s) were excluded" if excluded else ""
+                raise InputError(f"quantising {src.name} quantised nothing: onnxruntime found no operator to quantise "
+                                 f"among {', '.join(ops) or 'no nodes'}{left}")
+            quantized, fp32 = _node_precision(result)
             os.replace(out, dst)
         finally:
             out.unlink(missing_ok=True)
@@ -175,11 +183,13 @@ def calibration_method(name: str):
 
 def calibration_path(spec: str | Path) -> Path:
     """Where a target's `build.calibration` points: an absolute path, a path relative to the
-    working directory, or else one relative to the edgeprune checkout (`calibration/fmnist.npz`)."""
+    working directory, or else a file edgeprune ships (`calibration/fmnist.npz`)."""
+    from edgeprune.shipped import shipped_path
+
     path = Path(spec)
     if path.is_absolute() or path.exists():
         return path
-    return Path(__file__).resolve().parent.parent / path
+    return shipped_path(*path.parts)
 
 
 def load_calibration(path: Path) -> np.ndarray:
@@ -191,6 +201,23 @@ def load_calibration(path: Path) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"calibration file not found: {path}")
     return load_npz(path).x
+
+
+def calibration_problems(source: str, input_shape: tuple[int, ...] | None = None) -> list[str]:
+    """Why the calibration set ``source`` (a path or a shipped name) cannot calibrate a model whose
+    samples have ``input_shape`` (None: not checked), one line each; empty when it can. Reads the
+    file, so a wrong set is found before any export, not after both."""
+    if not source:
+        return ["precision 'int8' needs a calibration set: set build.calibration in the target or pass --calibration"]
+    path = calibration_path(source)
+    if not path.is_file():
+        return [f"calibration file not found: {path}"]
+    if input_shape is None:
+        return []
+    x = load_calibration(path)
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        return [f"calibration images in {path} have shape {tuple(x.shape[1:])}; the model takes {tuple(input_shape)}"]
+    return []
 
 
 def check_calibration(x: np.ndarray, model) -> np.ndarray:
@@ -218,7 +245,7 @@ class _Reader:
 
     @staticmethod
     def _split(x: np.ndarray, batch: int) -> Iterator[np.ndarray]:
-        from edgeprune.backends.base import tile_rows
+        from edgeprune.measure.timing import tile_rows
 
         for start in range(0, len(x), batch):
             chunk = x[start:start + batch]

@@ -5,8 +5,10 @@ stack the device is expected to have, the hardware it is, how engines are built 
 how they are measured (`[run]`). Every table accepts only the keys declared below, so a typo in a
 target file is an error naming the key and the file instead of a silently ignored setting.
 
-Adding a device is adding a file to `targets/`; adding a setting is adding a field here and one
-line to the matching `_*_KEYS` table.
+The shipped targets live in `edgeprune/shipped/targets/`; a user adds a device without touching the
+package, in a folder named by `--targets-dir` or `EDGEPRUNE_TARGETS` (a file there wins over a
+shipped one of the same name), or by passing the file's path. Adding a setting is adding a field
+here and one line to the matching `_*_KEYS` table.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from edgeprune.backends.trt_versions import TRT_GENERATIONS, trt_generation, trt_parser_max_opset  # noqa: F401
 from edgeprune.errors import InputError, UnknownNameError
+from edgeprune.versions import version_in_range, version_tuple  # noqa: F401
 
 # Backends a target may name. A name here need not be importable on this machine (TensorRT
 # targets load on the GPU-less build host); `edgeprune.backends.get_backend` says whether it runs.
@@ -28,8 +32,12 @@ MODEL_FORMATS = ("onnx", "ort")
 SPARSITY_MODES = ("none", "2:4")           # TensorRT SPARSE_WEIGHTS needs 2:4 weights (Ampere+)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
 ORT_TARGET_PLATFORMS = ("", "amd64", "arm")  # "" = this host
+# build.round_to = "host": the fp32 vector width of the CPU edgeprune runs on (edgeprune/host_simd.py).
+ROUND_TO_HOST = "host"
+TARGETS_ENV = "EDGEPRUNE_TARGETS"
 
-_TOP_KEYS = {"description", "backend", "ssh", "stack", "hardware", "build", "run"}
+_TOP_KEYS = {"description", "backend", "ssh", "device", "stack", "hardware", "build", "run"}
+_DEVICE_KEYS = {"ssh", "python", "workdir"}
 
 # Generic key tables: Jetson / ARM targets fill different subsets of the same known keys.
 # Values are the accepted Python types after TOML parsing.
@@ -61,17 +69,6 @@ _HARDWARE_KEYS: dict[str, tuple[type, ...]] = {
     "power_modes": (list,),  # nominal nvpmodel mode names; `nvpmodel -p --verbose` lists the real ones
 }
 
-# TensorRT API generations (DEPLOY.md §1.1, §1.7): 8.2-8.4 bind by index (`execute_async_v2`,
-# `max_workspace_size` on 8.2); 8.5 brought name-based I/O, which 10.0 made the only API; 11.0
-# removed weak typing (FP16/INT8 builder flags, calibrators). Code that branches on the API asks
-# `trt_generation`, never compares versions itself.
-TRT_GENERATIONS = ("8.2", "8.5-10", "11")
-# Highest ONNX opset each TensorRT release's ONNX parser reads (onnx-tensorrt docs/operators.md of
-# that release: 8.2/8.4 -> 13, 8.5/8.6 -> 17, 9.2 -> 19, 10.0 -> 20, 10.15 -> 24; 11.x -> 25 per
-# DEPLOY.md §1.1). A target's stack.max_opset may be lower, never higher.
-_TRT_PARSER_MAX_OPSET = ((8, 2), 13), ((8, 5), 17), ((9, 2), 19), ((10, 0), 20), ((10, 15), 24), ((11, 0), 25)
-
-
 @dataclass(frozen=True)
 class BuildPolicy:
     """How an engine is built and how its session is opened.
@@ -92,9 +89,14 @@ class BuildPolicy:
     # ONNX Runtime: which CPU the optimised/.ort model is for; "arm" keeps x86-only layouts out.
     ort_target_platform: str = ""
     # INT8: calibration method (ORT names; TensorRT <= 10 uses its entropy calibrator for
-    # "entropy") and the default calibration set (repo-relative .npz) when none is given.
+    # "entropy") and the default calibration set when none is given (an .npz path; a relative one
+    # not found from the working directory is one edgeprune ships, e.g. "calibration/fmnist.npz").
     calibration_method: str = "minmax"
     calibration: str = ""
+    # Channel pruning for this device (`compress --target`) keeps widths multiples of this: the
+    # SIMD width of its CPU or the tensor-core tile of its GPU. "host" in a file = this CPU's width.
+    # 8 when a file does not say: a multiple of NEON's and SSE's 4 and of FP16 tensor-core tiles.
+    round_to: int = 8
     # TensorRT
     sparsity: str = "none"          # "2:4": set SPARSE_WEIGHTS so TensorRT may pick sparse kernels
     dla_core: int = -1              # -1 = GPU only; >= 0 = that DLA core
@@ -131,6 +133,15 @@ class RunPolicy:
 
 
 @dataclass(frozen=True)
+class DeviceAccess:
+    """How to reach the board over SSH (`[device]`): the host as `ssh` takes it, its python, and
+    the folder edgeprune keeps jobs and built engines in there."""
+
+    python: str = "python3"
+    workdir: str = "~/.cache/edgeprune"
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -139,14 +150,15 @@ class Target:
     hardware: dict[str, Any] = field(default_factory=dict)
     build: BuildPolicy = field(default_factory=BuildPolicy)
     run: RunPolicy = field(default_factory=RunPolicy)
-    ssh: str | None = None
+    ssh: str | None = None   # `[device] ssh`, or the older top-level `ssh` key
     path: Path | None = None
+    device: DeviceAccess = field(default_factory=DeviceAccess)
 
     @property
     def trt_version(self) -> tuple[int, ...] | None:
         """`stack.tensorrt` as a tuple (`"10.3.0"` -> `(10, 3, 0)`), None when the stack names none."""
         text = self.stack.get("tensorrt")
-        return _vtuple(text) if text else None
+        return version_tuple(text) if text else None
 
     @property
     def trt_generation(self) -> str | None:
@@ -155,43 +167,36 @@ class Target:
         return trt_generation(version) if version else None
 
 
-def trt_generation(version: str | tuple[int, ...]) -> str:
-    """`"8.2"` for TensorRT 8.2-8.4, `"8.5-10"` for 8.5-10.x, `"11"` for 11.x and later.
-
-    Raises InputError for anything older than 8.2, which edgeprune does not support.
-    """
-    v = version_tuple(version)
-    if not v:
-        raise InputError(f"'{_vtext(version)}' is not a TensorRT version (e.g. 10.3.0)")
-    if v < (8, 2):
-        raise InputError(f"TensorRT {_vtext(version)} is older than 8.2, the oldest version edgeprune supports")
-    if v < (8, 5):
-        return "8.2"
-    if v < (11,):
-        return "8.5-10"
-    return "11"
+TargetsDir = str | Path | Sequence[str | Path] | None
 
 
-def trt_parser_max_opset(version: str | tuple[int, ...]) -> int:
-    """The highest opset the ONNX parser of TensorRT `version` reads (>= 8.2)."""
-    v = version_tuple(version)
-    trt_generation(v)  # rejects versions before 8.2
-    return max(opset for since, opset in _TRT_PARSER_MAX_OPSET if v >= since)
+def target_dirs(targets_dir: TargetsDir = None) -> list[Path]:
+    """The folders target names are looked up in, first match first: `targets_dir` (the CLI's
+    `--targets-dir`), each folder of `EDGEPRUNE_TARGETS` (separated by os.pathsep), then the
+    targets edgeprune ships. A user's folder that does not exist is an InputError."""
+    from edgeprune.shipped import shipped_path
+
+    given = [targets_dir] if isinstance(targets_dir, (str, Path)) else list(targets_dir or [])
+    env = [p for p in os.environ.get(TARGETS_ENV, "").split(os.pathsep) if p]
+    for where, paths in (("--targets-dir", given), (TARGETS_ENV, env)):
+        for p in paths:
+            if not Path(p).is_dir():
+                raise InputError(f"{where}: targets folder not found: {p}")
+    return [Path(p) for p in given + env] + [shipped_path("targets")]
 
 
-def _vtext(version: str | tuple[int, ...]) -> str:
-    return version if isinstance(version, str) else ".".join(map(str, version))
+def _target_files(targets_dir: TargetsDir) -> dict[str, Path]:
+    """Every target name in the search path and the file that wins for it."""
+    found: dict[str, Path] = {}
+    for d in target_dirs(targets_dir):
+        for p in sorted(d.glob("*.toml")):
+            found.setdefault(p.stem, p)
+    return found
 
 
-def default_targets_dir() -> Path:
-    env = os.environ.get("EDGEPRUNE_TARGETS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "targets"
-
-
-def load_target(name_or_path: str | Path, targets_dir: Path | None = None) -> Target:
-    """Load a target by name (`host-cpu` -> `<targets_dir>/host-cpu.toml`) or by file path."""
+def load_target(name_or_path: str | Path, targets_dir: TargetsDir = None) -> Target:
+    """Load a target by name (`host-cpu`: the first `host-cpu.toml` in `target_dirs(targets_dir)`)
+    or by file path."""
     text = str(name_or_path)
     looks_like_path = isinstance(name_or_path, Path) or text.endswith(".toml") or os.sep in text or "/" in text
     if looks_like_path:
@@ -199,38 +204,25 @@ def load_target(name_or_path: str | Path, targets_dir: Path | None = None) -> Ta
         if not path.is_file():
             raise InputError(f"target file not found: {path}")
         return _load_file(path)
-    tdir = Path(targets_dir) if targets_dir is not None else default_targets_dir()
-    path = tdir / f"{text}.toml"
-    if not path.is_file():
-        available = ", ".join(p.stem for p in sorted(tdir.glob("*.toml"))) or "none"
-        raise UnknownNameError(f"unknown target '{text}' (available: {available})")
-    return _load_file(path)
+    files = _target_files(targets_dir)
+    if text not in files:
+        members = family_members(text, targets_dir)
+        if members:
+            raise UnknownNameError(f"target '{text}' is a family: {', '.join(members)} — name one")
+        raise UnknownNameError(f"unknown target '{text}' (available: {', '.join(sorted(files)) or 'none'})")
+    return _load_file(files[text])
 
 
-def list_targets(targets_dir: Path | None = None) -> list[Target]:
-    tdir = Path(targets_dir) if targets_dir is not None else default_targets_dir()
-    return [_load_file(p) for p in sorted(tdir.glob("*.toml"))]
+def family_members(name: str, targets_dir: TargetsDir = None) -> list[str]:
+    """The target names of family ``name``: those it prefixes (``jetson`` -> ``jetson-nano``, ...;
+    ``raspberry-pi`` -> ``raspberry-pi-4``, ``raspberry-pi-5``), so a user's own ``jetson-*.toml`` joins
+    the family without a list to edit. Empty for a name that is no family."""
+    return sorted(n for n in _target_files(targets_dir) if n.startswith(f"{name}-"))
 
 
-def target_status(target: Target) -> str:
-    """A short status for listings: `ready`, `remote (user@host)`, or `unavailable: <why>`."""
-    from edgeprune.backends import get_backend
-
-    try:
-        backend = get_backend(target.backend)
-    except UnknownNameError:
-        return f"unavailable: no '{target.backend}' backend in this installation"
-    if target.ssh:
-        return f"remote ({target.ssh})"
-    problems = backend.host_problems(target)
-    if problems:
-        return f"unavailable: {problems[0]}"
-    if target.backend == "onnxruntime":
-        from edgeprune.backends.onnxruntime import foreign_arch
-
-        if foreign_arch(target):
-            return f"builds here; latency is this host's, not the {target.hardware['arch']} device's"
-    return "ready"
+def list_targets(targets_dir: TargetsDir = None) -> list[Target]:
+    """Every target by name, a user's file in place of a shipped one of the same name."""
+    return [_load_file(p) for _, p in sorted(_target_files(targets_dir).items())]
 
 
 def stack_summary(target: Target) -> str:
@@ -247,6 +239,11 @@ def build_policy_from_dict(data: dict[str, Any], source: str = "build policy") -
     return _parse_build(data, source)
 
 
+def run_policy_from_dict(data: dict[str, Any], source: str = "run policy") -> RunPolicy:
+    """Validate a `[run]` table (also used for the job a board receives)."""
+    return _parse_run(data, source)
+
+
 def _load_file(path: Path) -> Target:
     try:
         with path.open("rb") as f:
@@ -261,6 +258,11 @@ def _load_file(path: Path) -> Target:
     if backend not in BACKENDS:
         raise InputError(f"{src}: unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
     ssh = _get(data, "ssh", str, src, "")
+    dev = _table(data, "device", src)
+    _no_unknown(dev, _DEVICE_KEYS, src, "device")
+    ssh = _get(dev, "ssh", str, src, "device", default=ssh)
+    device = DeviceAccess(python=_get(dev, "python", str, src, "device", default=DeviceAccess.python),
+                          workdir=_get(dev, "workdir", str, src, "device", default=DeviceAccess.workdir))
     target = Target(
         name=path.stem,
         description=_get(data, "description", str, src, "", default=""),
@@ -271,6 +273,7 @@ def _load_file(path: Path) -> Target:
         run=_parse_run(_table(data, "run", src), src),
         ssh=ssh or None,
         path=path.resolve(),
+        device=device,
     )
     _check_consistency(target, src)
     return target
@@ -346,12 +349,25 @@ def _parse_build(table: dict, src: str) -> BuildPolicy:
         ort_target_platform=_choice_key(table, "ort_target_platform", ORT_TARGET_PLATFORMS, src, d),
         calibration_method=_choice_key(table, "calibration_method", CALIBRATION_METHODS, src, d),
         calibration=_get(table, "calibration", str, src, "build", default=d.calibration),
+        round_to=_round_to(table, src, d),
         sparsity=_choice_key(table, "sparsity", SPARSITY_MODES, src, d),
         dla_core=_min_int(table, "dla_core", -1, src, d),
         gpu_fallback=_get(table, "gpu_fallback", bool, src, "build", default=d.gpu_fallback),
         workspace_mb=_min_int(table, "workspace_mb", 1, src, d),
         timing_cache=_get(table, "timing_cache", bool, src, "build", default=d.timing_cache),
     )
+
+
+def _round_to(table: dict, src: str, d: BuildPolicy) -> int:
+    value = _get(table, "round_to", (int, str), src, "build", default=d.round_to)
+    if value == ROUND_TO_HOST:
+        from edgeprune.host_simd import host_simd
+
+        return host_simd().lanes
+    if isinstance(value, str) or value < 1:
+        raise InputError(f"{src}: build.round_to must be an integer >= 1 (1 = off) or \"{ROUND_TO_HOST}\" "
+                         f"(this CPU's fp32 vector width), got {value!r}")
+    return value
 
 
 def _choice_key(table: dict, key: str, choices: tuple[str, ...], src: str, d: BuildPolicy) -> str:
@@ -441,48 +457,3 @@ def _is_int(v: Any) -> bool:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def version_in_range(version: str, spec: str) -> bool:
-    """`"1.31.1"` in `">=1.18,<2"`: comma-separated clauses of >=, <=, >, <, ==, != (== allows
-    a trailing `.*`). Pre-release and local suffixes are ignored."""
-    v = _vtuple(version)
-    for clause in (c.strip() for c in spec.split(",") if c.strip()):
-        for op in (">=", "<=", "==", "!=", ">", "<"):
-            if clause.startswith(op):
-                ref = clause[len(op):].strip()
-                break
-        else:
-            op, ref = "==", clause
-        if ref.endswith(".*"):
-            r = _vtuple(ref[:-2])
-            match = v[: len(r)] == r
-            if (op == "==" and not match) or (op == "!=" and match):
-                return False
-            continue
-        r = _vtuple(ref)
-        n = max(len(v), len(r))
-        a, b = v + (0,) * (n - len(v)), r + (0,) * (n - len(r))
-        ok = {">=": a >= b, "<=": a <= b, "==": a == b, "!=": a != b, ">": a > b, "<": a < b}[op]
-        if not ok:
-            return False
-    return True
-
-
-def version_tuple(version: str | tuple[int, ...]) -> tuple[int, ...]:
-    """`"10.3.0.26"` -> `(10, 3, 0, 26)`; a tuple is returned as it is."""
-    return tuple(version) if isinstance(version, tuple) else _vtuple(version)
-
-
-def _vtuple(s: str) -> tuple[int, ...]:
-    out = []
-    for part in s.split("+")[0].split("."):
-        digits = ""
-        for ch in part:
-            if not ch.isdigit():
-                break
-            digits += ch
-        if not digits:
-            break
-        out.append(int(digits))
-    return tuple(out)

@@ -1,4 +1,5 @@
-"""Train, fine-tune and evaluate on in-memory arrays. Seeded and deterministic on CPU.
+"""Train, fine-tune and evaluate on in-memory arrays (indexed directly: the fast path) or on a
+streamed data set (DataLoader workers). Seeded and deterministic on CPU.
 
 Masks stay enforced during fine-tuning: pruned weights are re-zeroed after every optimizer step, so
 Adam's momentum cannot regrow them.
@@ -9,13 +10,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from .data import ArrayDataset
+from .data.stream import Data
 from .errors import InputError
 from .pruning.masks import apply_masks
 from .model_io import set_mode
@@ -98,11 +100,22 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def _tensors(ds: ArrayDataset) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(ds.x), torch.from_numpy(ds.y)
+def _epochs(ds: Data, batch_size: int, seed: int) -> tuple[int, Callable[[], Iterable]]:
+    """(batches per epoch, a function returning one epoch's shuffled (x, y) batches)."""
+    if isinstance(ds, ArrayDataset):
+        x, y = torch.from_numpy(ds.x), torch.from_numpy(ds.y)
+        gen = torch.Generator().manual_seed(seed)
+
+        def epoch() -> Iterable:
+            order = torch.randperm(len(y), generator=gen)
+            return ((x[idx], y[idx]) for idx in order.split(batch_size))
+
+        return math.ceil(len(y) / batch_size), epoch
+    loader = ds.loader(batch_size, shuffle=True, seed=seed)
+    return len(loader), lambda: iter(loader)
 
 
-def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_set: ArrayDataset | None = None,
+def train(model: nn.Module, train_set: Data, cfg: TrainConfig, *, val_set: Data | None = None,
           masks: dict[str, torch.Tensor] | None = None, progress: bool = True, description: str = "train",
           on_epoch_end: Callable[[int, float], bool] | None = None) -> TrainLog:
     """Train ``model`` in place for ``cfg.epochs`` epochs (fractional epochs run that share of the batches).
@@ -112,13 +125,10 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
     apply from the next step on) and returns True to stop training early.
     """
     seed_everything(cfg.seed)
-    x, y = _tensors(train_set)
-    n = len(y)
-    per_epoch = math.ceil(n / cfg.batch_size)
+    per_epoch, batches = _epochs(train_set, cfg.batch_size, cfg.seed)
     total = max(1, int(round(cfg.epochs * per_epoch)))
     opt = make_optimizer(model.parameters(), cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.cosine else None
-    gen = torch.Generator().manual_seed(cfg.seed)
     loss_fn = nn.CrossEntropyLoss()
     log = TrainLog()
     t0 = time.perf_counter()
@@ -126,14 +136,12 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
     step, running, count, hits, seen, epoch = 0, 0.0, 0, 0, 0, 0
     with progress_bar(description, total=total, enabled=progress) as advance:
         while step < total:
-            order = torch.randperm(n, generator=gen)
-            for b in range(per_epoch):
+            for xb, yb in batches():
                 if step >= total:
                     break
-                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
                 opt.zero_grad(set_to_none=True)
-                logits = model(x[idx])
-                loss = loss_fn(logits, y[idx])
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
                 if cfg.l1 > 0:
                     loss = loss + cfg.l1 * l1_penalty(model)
                 loss.backward()
@@ -145,8 +153,8 @@ def train(model: nn.Module, train_set: ArrayDataset, cfg: TrainConfig, *, val_se
                 running += loss.item()
                 count += 1
                 if on_epoch_end is not None:
-                    hits += int((logits.detach().argmax(1) == y[idx]).sum())
-                    seen += len(idx)
+                    hits += int((logits.detach().argmax(1) == yb).sum())
+                    seen += len(yb)
                 step += 1
                 advance(1)
             log.losses.append(running / max(count, 1))
@@ -175,9 +183,30 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarr
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def evaluate(model: nn.Module, ds: ArrayDataset, batch_size: int = 1024) -> float:
-    """Top-1 accuracy in percent."""
+def evaluate(model: nn.Module, ds: Data, batch_size: int = 1024) -> float:
+    """Top-1 accuracy in percent, or the data set's own ``metric(outputs, targets)`` (``--metric``)."""
     if len(ds) == 0:
         return float("nan")
-    logits = predict(model, ds.x, batch_size)
-    return float((logits.argmax(1) == ds.y).mean() * 100.0)
+    if isinstance(ds, ArrayDataset):
+        logits = predict(model, ds.x, batch_size)
+        if ds.metric is None:
+            return float((logits.argmax(1) == ds.y).mean() * 100.0)
+        return _metric(ds.metric, torch.from_numpy(logits), torch.from_numpy(ds.y))
+    set_mode(model, False)
+    outs, targets = [], []
+    with torch.no_grad():
+        for xb, yb in ds.loader(min(batch_size, 256)):
+            outs.append(model(xb))
+            targets.append(yb)
+    out, target = torch.cat(outs), torch.cat(targets)
+    if ds.metric is None:
+        return float((out.argmax(1) == target).float().mean() * 100.0)
+    return _metric(ds.metric, out, target)
+
+
+def _metric(fn: Callable, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    try:
+        return float(fn(outputs, targets))
+    except Exception as e:   # the user's metric failed: its message, not a traceback into edgeprune
+        raise InputError(f"the metric {getattr(fn, '__module__', '?')}:{getattr(fn, '__name__', '?')} failed: "
+                         f"{type(e).__name__}: {e}") from None

@@ -28,7 +28,8 @@ import onnx
 from onnx import numpy_helper
 
 from edgeprune.errors import InputError, first_line
-from edgeprune.targets import trt_generation, version_tuple
+from edgeprune.backends.trt_versions import trt_generation
+from edgeprune.versions import version_tuple
 
 if TYPE_CHECKING:
     from edgeprune.targets import Target

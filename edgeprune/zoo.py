@@ -143,8 +143,13 @@ def zoo_names() -> list[str]:
     return sorted(ZOO)
 
 
-def build_zoo(name: str, **kwargs) -> nn.Module:
-    """Build ``zoo:NAME`` with the given kwargs; UnknownNameError for a name not in the zoo."""
+def zoo_factory(name: str) -> Callable[..., nn.Module]:
+    """The factory of ``zoo:NAME``; UnknownNameError for a name not in the zoo."""
     if name not in ZOO:
         raise UnknownNameError(f"unknown architecture 'zoo:{name}' (available: {', '.join('zoo:' + n for n in zoo_names())})")
-    return ZOO[name](**kwargs)
+    return ZOO[name]
+
+
+def build_zoo(name: str, **kwargs) -> nn.Module:
+    """Build ``zoo:NAME`` with the given kwargs; UnknownNameError for a name not in the zoo."""
+    return zoo_factory(name)(**kwargs)

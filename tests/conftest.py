@@ -7,9 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import edgeprune
 from edgeprune import api
 
 REPO = Path(__file__).resolve().parents[1]
+# The data files edgeprune ships (targets, calibration), where the installed package has them.
+SHIPPED = Path(edgeprune.__file__).resolve().parent / "shipped"
+CALIBRATION = SHIPPED / "calibration" / "fmnist.npz"
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 # Small models run faster on one thread, and the suite stays steady when the 2 cores are shared.
@@ -46,7 +50,7 @@ def resnet_ckpt(tmp_path_factory, fmnist_small) -> Path:
 @pytest.fixture(scope="session")
 def fast_target(tmp_path_factory) -> Path:
     """host-cpu with fewer timed iterations: a user adds a device by adding a file."""
-    text = (REPO / "targets" / "host-cpu.toml").read_text().replace("iterations = 200", "iterations = 30")
+    text = (SHIPPED / "targets" / "host-cpu.toml").read_text().replace("iterations = 200", "iterations = 30")
     path = tmp_path_factory.mktemp("targets") / "host-cpu-fast.toml"
     path.write_text(text.replace("warmup = 20", "warmup = 5"))
     return path

@@ -160,7 +160,7 @@ def test_stack_describes_the_runtime(backend, target):
 
 
 # ---------------------------------------------------------------- ARM platform, INT8, providers
-CALIBRATION = Path(__file__).resolve().parents[1] / "calibration" / "fmnist.npz"
+from .conftest import CALIBRATION  # noqa: E402
 
 
 def convnet(path: Path, seed: int = 0) -> Path:
@@ -283,3 +283,28 @@ def test_an_available_provider_that_cannot_run_the_model_is_an_error_not_a_cpu_f
     both = with_build(target, execution_providers=("AzureExecutionProvider", "CPUExecutionProvider"))
     session = backend.open(backend.build(model, both, tmp_path / "both"), both)
     assert session.providers == ["AzureExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_an_input_type_edgeprune_cannot_feed_is_an_error_naming_it(backend, target, tmp_path):
+    # A bfloat16 input has no numpy type: it used to be fed float32 as if nothing were wrong.
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)], "bf16",
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 10
+    onnx.save(m, str(tmp_path / "bf16.onnx"))
+    engine = backend.build(tmp_path / "bf16.onnx", target, tmp_path / "e")
+    with pytest.raises(InputError, match=r"input 'x' has type tensor\(bfloat16\), which edgeprune cannot feed"):
+        backend.open(engine, target)
+
+
+def test_a_bug_while_loading_is_not_turned_into_a_user_error(backend, model, target, tmp_path, monkeypatch):
+    engine = backend.build(model, target, tmp_path / "e")
+
+    def broken(*args, **kwargs):
+        raise KeyError("edgeprune bug")
+
+    monkeypatch.setattr(ort, "InferenceSession", broken)
+    with pytest.raises(KeyError, match="edgeprune bug"):
+        backend.open(engine, target)

@@ -27,7 +27,7 @@ from edgeprune.data import load_npz
 from edgeprune.errors import InputError
 from edgeprune.targets import BuildPolicy, RunPolicy, Target
 
-from .conftest import REPO
+from .conftest import CALIBRATION
 from .cost_models import BIG, SMALL, macs, mlp_onnx
 from .fake_tensorrt import FakeCuda, make_fake_tensorrt
 
@@ -406,7 +406,7 @@ def test_cli_deploy_to_tensorrt_target_prepares_the_device_run(capsys, tmp_path,
     target.write_text(JETSON_TOML.format(trt="10.3.0"))
     run = tmp_path / "run"
     code = main(["deploy", str(pruned_ckpt), "--baseline", str(lenet300_ckpt), "--target", str(target), "--precision",
-                 "int8", "--calibration", str(REPO / "calibration" / "fmnist.npz"), "--test-limit", "50", "-o", str(run)])
+                 "int8", "--calibration", str(CALIBRATION), "--test-limit", "50", "-o", str(run)])
     out = capsys.readouterr().out
     assert code == 0
     assert "TensorRT is not installed on this machine: the engines must be built on the device" in " ".join(out.split())
@@ -422,7 +422,7 @@ def test_cli_deploy_to_tensorrt_target_prepares_the_device_run(capsys, tmp_path,
     assert "python3 -m edgeprune.backends.tensorrt build engine_plan.json --model pruned" in build_sh
     # the calibration inputs are the calibration set as the network sees it
     x = np.load(run / "calibration_inputs.npy")
-    assert np.array_equal(x, load_npz(REPO / "calibration" / "fmnist.npz").x) and x.dtype == np.float32
+    assert np.array_equal(x, load_npz(CALIBRATION).x) and x.dtype == np.float32
     assert onnx_facts(run / "pruned.onnx").input_dims == (None, 1, 28, 28)
 
 
@@ -443,7 +443,7 @@ def test_cli_deploy_int8_to_tensorrt_11_validates_the_qdq_model_it_builds(capsys
     target.write_text(JETSON_TOML.format(trt="11.1.0"))
     run = tmp_path / "run"
     code = main(["deploy", str(pruned_ckpt), "--baseline", str(lenet300_ckpt), "--target", str(target), "--precision",
-                 "int8", "--calibration", str(REPO / "calibration" / "fmnist.npz"), "--test-limit", "50", "-o", str(run)])
+                 "int8", "--calibration", str(CALIBRATION), "--test-limit", "50", "-o", str(run)])
     err = capsys.readouterr().err
     assert code == 0, err
     plans = {k: EnginePlan.from_dict(v) for k, v in json.loads((run / "engine_plan.json").read_text())["models"].items()}
@@ -480,6 +480,22 @@ def test_device_entry_builds_one_model_of_the_plan_fake_tensorrt(tmp_path, monke
     assert result["engine"] == "pruned.plan" and (tmp_path / "pruned.plan").exists() and not (tmp_path / "dense.plan").exists()
     assert result["sparsity"]["picked"] == ["/fc1/Gemm + /act1/Relu"] and result["device_memory_bytes"] == 1 << 20
     assert backend_module.main(["build", str(tmp_path / "engine_plan.json"), "--model", "other"]) == 2
+
+
+def test_device_entry_keeps_user_errors_one_line_and_bugs_tracebacks_fake_tensorrt(tmp_path, monkeypatch, capsys):
+    from edgeprune.backends import tensorrt as backend_module
+
+    assert backend_module.main(["build", str(tmp_path / "missing.json"), "--model", "pruned"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    _prepared_run(tmp_path, replace(ORIN, build=replace(ORIN.build, precision="fp16")))
+    monkeypatch.setitem(__import__("sys").modules, "tensorrt", make_fake_tensorrt("10.3.0"))
+
+    def broken(*args, **kwargs):   # an OSError inside the build is not the user's plan file
+        raise OSError("edgeprune bug")
+
+    monkeypatch.setattr(backend_module, "device_memory_bytes", broken)
+    with pytest.raises(OSError, match="edgeprune bug"):
+        backend_module.main(["build", str(tmp_path / "engine_plan.json"), "--model", "pruned"])
 
 
 def test_build_and_time_interleaves_dense_control_and_pruned_fake_tensorrt(tmp_path, fmnist_small):

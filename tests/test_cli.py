@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -136,18 +137,38 @@ def test_deploy_writes_the_run_directory(capsys, tmp_path, pruned, lenet300_ckpt
     assert (run_dir / "report.md").read_text().count("|") > 20
     assert (run_dir / "latency.png").read_bytes()[:4] == b"\x89PNG"
     assert {"dense.onnx", "pruned.onnx"} <= {p.name for p in run_dir.iterdir()}
+    for name in ("dense.onnx", "pruned.onnx"):   # deploy's exports record the data set like `export`'s
+        meta = {p.key: p.value for p in onnx.load(str(run_dir / name)).metadata_props}
+        assert meta["edgeprune.data"] == "fashion-mnist" and meta["edgeprune.input_shape"] == "1,28,28"
+
+
+def test_int8_deploy_on_a_target_without_calibration_data_calibrates_on_the_runs_data(capsys, tmp_path, fast_target):
+    # host-cpu names no calibration set (the shipped one is Fashion-MNIST, 28x28): deploy samples the
+    # training split of --data, here sklearn's 8x8 digits, and says so in the report
+    m, p, run_dir = tmp_path / "m.pt", tmp_path / "p.pt", tmp_path / "run"
+    assert main(["train", "--arch", "zoo:lenet300", "--data", "digits", "--epochs", "1", "-o", str(m), "--json"]) == 0
+    assert main(["compress", str(m), "--sparsity", "0.5", "--granularity", "channel", "--finetune-epochs", "0",
+                 "--data", "digits", "-o", str(p), "--json"]) == 0
+    capsys.readouterr()
+    code, out, err = run(capsys, "deploy", p, "--precision", "int8", "--target", fast_target, "--baseline", m,
+                         "--data", "digits", "-o", run_dir, "--json")
+    assert code == 0, err
+    int8 = json.loads(out)["int8"]
+    assert int8["calibration"] == str(run_dir / "calibration.npz") and int8["calibration_samples"] == 512
+    with np.load(run_dir / "calibration.npz") as z:
+        assert z["x"].shape[1:] == (1, 8, 8) and np.bincount(z["y"]).min() >= 51   # class-balanced, 10 classes
 
 
 def test_profile_two_onnx_files(capsys, tmp_path, pruned, lenet300_ckpt, fast_target):
     for src, name in ((lenet300_ckpt, "d.onnx"), (pruned, "p.onnx")):
         assert main(["export", str(src), "-o", str(tmp_path / name)]) == 0
+    # no --data: the data set comes from what export recorded in the ONNX metadata
     code, out, err = run(capsys, "profile", "--target", fast_target, "--baseline", tmp_path / "d.onnx",
-                         tmp_path / "p.onnx", "--data", "fashion-mnist", "--test-limit", "300",
-                         "--json", tmp_path / "out.json")
+                         tmp_path / "p.onnx", "--test-limit", "300", "--json", tmp_path / "out.json")
     assert code == 0, err
     report = json.loads((tmp_path / "out.json").read_text())
     assert REPORT_KEYS <= set(report) and report["method"] == "magnitude"
-    assert report["dense"]["accuracy"] > 60 and "latency p50" in out
+    assert report["dense"]["accuracy"] > 60 and "latency p50" in out and report["run"]["accuracy_samples"] == 300
 
 
 def test_targets_lists_host_cpu(capsys):
@@ -171,6 +192,54 @@ def test_targets_show_stack_and_build_policy(capsys, monkeypatch):
     header = out.splitlines()[2]
     assert "JetPack 6.2, TensorRT 10.3.0, CUDA 12.6" in next(ln for ln in out.splitlines() if "jetson-agx-orin" in ln)
     assert code == 0 and all(col in header for col in ("name", "backend", "stack", "precision", "sparsity", "DLA", "status"))
+
+
+def test_a_users_targets_dir_adds_and_overrides_targets(capsys, tmp_path, fast_target):
+    (tmp_path / "my-board.toml").write_text(fast_target.read_text())
+    (tmp_path / "host-cpu.toml").write_text(fast_target.read_text().replace('round_to = "host"', "round_to = 24"))
+    code, out, _ = run(capsys, "targets", "--targets-dir", tmp_path, "--json")
+    rows = {t["name"]: t for t in json.loads(out)}
+    assert code == 0 and {"my-board", "jetson-agx-orin"} <= set(rows) and len(rows) == 11
+    assert rows["host-cpu"]["build"]["round_to"] == 24 and rows["host-cpu"]["path"] == str(tmp_path / "host-cpu.toml")
+    bad(capsys, "targets", "--targets-dir", tmp_path / "nope", match="targets folder not found")
+
+
+def test_compress_with_a_target_keeps_its_channel_multiple(capsys, tmp_path, lenet300_ckpt, fast_target):
+    board = tmp_path / "boards"
+    board.mkdir()
+    (board / "wide.toml").write_text(fast_target.read_text().replace('round_to = "host"', "round_to = 32"))
+
+    def widths(*extra):
+        out = tmp_path / f"p{len(extra)}.pt"
+        code, _, err = run(capsys, "compress", lenet300_ckpt, "--granularity", "channel", "--sparsity", "0.5",
+                           "--finetune-epochs", "0", *DATA, "-o", out, "--json", *extra)
+        assert code == 0, err
+        meta = load_model(out).checkpoint.meta
+        shapes = [p.shape[0] for n, p in load_model(out).model.named_parameters() if n.endswith("weight")][:-1]
+        return meta["spec"]["round_to"], meta["target"], shapes
+
+    round_to, target, hidden = widths("--target", "wide", "--targets-dir", board)
+    assert (round_to, target) == (32, "wide") and all(w % 32 == 0 for w in hidden) and hidden != [300, 100]
+    round_to, target, hidden = widths("--target", "wide", "--targets-dir", board, "--round-to", "4", "--force")
+    assert (round_to, target) == (4, "wide") and any(w % 32 for w in hidden)   # an explicit --round-to wins
+
+
+def test_version_no_arguments_and_a_bad_option(capsys):
+    from edgeprune import __version__
+
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"edgeprune {__version__}"
+    code, out, _ = run(capsys)
+    assert code == 0 and "Usage: edgeprune" in out and "compress" in out
+    bad(capsys, "--bad-option", match="No such option: --bad-option")
+
+
+def test_python_dash_m_runs_the_same_cli():
+    proc = subprocess.run([sys.executable, "-m", "edgeprune", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("edgeprune ")
+    proc = subprocess.run([sys.executable, "-m", "edgeprune", "deploy", "x.pt", "--target", "no-such-board"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown target 'no-such-board' (available: ")
 
 
 def test_validate_exit_code_says_whether_the_model_fits(capsys, tmp_path, lenet300_ckpt):
@@ -277,3 +346,18 @@ def test_profile_rejects_data_of_the_wrong_shape_and_corrupt_onnx(capsys, tmp_pa
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     bad(capsys, "profile", "--baseline", tmp_path / "junk.onnx", tmp_path / "d.onnx", "--data", "digits",
         match="not a readable ONNX model")
+
+
+def test_unexportable_operator_is_one_line_and_a_bug_is_a_traceback(capsys, tmp_path, lenet300_ckpt, monkeypatch):
+    from tests.test_export import UNEXPORTABLE, _unexportable_ckpt
+
+    bad(capsys, "export", _unexportable_ckpt(tmp_path / "z.pt"), "-o", tmp_path / "z.onnx", "--no-check",
+        "--arch", UNEXPORTABLE,
+        match="operator 'prims.zeta' has no ONNX translation at opset 17")
+
+    def broken(*args, **kwargs):
+        raise KeyError("edgeprune bug")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(KeyError, match="edgeprune bug"):   # propagates out of main: a traceback, not exit 2
+        main(["export", str(lenet300_ckpt), "-o", str(tmp_path / "m.onnx")])

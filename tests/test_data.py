@@ -3,10 +3,10 @@ import gzip
 import numpy as np
 import pytest
 
-from edgeprune.data import calibration_sample, load_dataset, train_val_split
+from edgeprune.data import calibration_sample, load_dataset, load_npz, open_split, train_val_split
 from edgeprune.errors import InputError, UnknownNameError
 
-from .conftest import REPO, requires_fmnist
+from .conftest import CALIBRATION, requires_fmnist
 
 
 @requires_fmnist
@@ -37,8 +37,30 @@ def test_npz_uint8_and_float_inputs(tmp_path):
     rng = np.random.default_rng(0)
     p = tmp_path / "d.npz"
     np.savez(p, x=rng.integers(0, 256, (10, 12, 12), dtype=np.uint8), y=np.arange(10) % 3)
-    ds = load_dataset(str(p))
+    ds = load_npz(p)
     assert ds.x.shape == (10, 1, 12, 12) and ds.x.max() <= 1.0 and ds.num_classes == 3
+
+
+def test_single_split_npz_holds_out_a_named_test_part_it_never_trains_on(tmp_path):
+    p = tmp_path / "one.npz"
+    np.savez(p, x=np.arange(50, dtype=np.uint8).reshape(50, 1, 1) * np.ones((1, 2, 2), np.uint8), y=np.arange(50) % 5)
+    tr, te = load_dataset(str(p), "train"), load_dataset(str(p), "test")
+    assert (len(tr), len(te)) == (40, 10) and "held-out 20 %" in te.name and "no test split" in te.name
+    seen = {int(v) for v in np.round(tr.x[:, 0, 0, 0] * 255)}
+    assert not seen & {int(v) for v in np.round(te.x[:, 0, 0, 0] * 255)}
+    assert open_split(str(p), "val") is None   # validation is carved from the 80 %, never from the held-out part
+
+
+def test_npz_with_its_own_splits_is_read_split_by_split(tmp_path):
+    p = tmp_path / "splits.npz"
+    np.savez(p, x_train=np.zeros((30, 4, 4), np.uint8), y_train=np.arange(30) % 3,
+             x_test=np.full((7, 4, 4), 255, np.uint8), y_test=np.arange(7) % 3,
+             x_val=np.full((5, 4, 4), 128, np.uint8), y_val=np.arange(5) % 3)
+    assert len(load_dataset(str(p), "train")) == 30
+    te = load_dataset(str(p), "test")
+    assert len(te) == 7 and te.x.min() == 1.0
+    val = open_split(str(p), "val")
+    assert len(val) == 5 and np.allclose(val.x, 128 / 255)
 
 
 def test_idx_reader_reads_what_it_is_given(tmp_path):
@@ -61,7 +83,7 @@ def test_bad_data_inputs_are_one_line_errors(tmp_path):
         load_dataset("fashion-mnist", data_dir=tmp_path)
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=np.zeros((2, 3, 3)))
-    with pytest.raises(InputError, match="'x' and 'y'"):
+    with pytest.raises(InputError, match="'x' and 'y', or x_train"):
         load_dataset(str(bad))
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="cannot read"):
@@ -77,7 +99,7 @@ def test_calibration_set_is_balanced_and_from_training_images():
 
 
 @requires_fmnist
-def test_committed_calibration_set_is_reproducible_from_the_repo():
-    committed = np.load(REPO / "calibration" / "fmnist.npz")
+def test_shipped_calibration_set_is_reproducible():
+    committed = np.load(CALIBRATION)
     x, y = calibration_sample(load_dataset("fashion-mnist", "train"), 512, seed=0)
     assert np.array_equal(committed["x"], x) and np.array_equal(committed["y"], y)

@@ -7,7 +7,10 @@ import pytest
 from edgeprune import api
 from edgeprune.cli import main
 from edgeprune.explain import explain_run
+from edgeprune.host_simd import host_simd
 from edgeprune.pruning import PruneSpec
+
+from .conftest import CALIBRATION
 
 TEST = api.DataOptions("fashion-mnist", test_limit=300)
 
@@ -24,11 +27,12 @@ def unstructured_run(tmp_path_factory, lenet300_ckpt, fmnist_small, fast_target)
 
 @pytest.fixture(scope="module")
 def channel_run(tmp_path_factory, lenet300_ckpt, fmnist_small, fast_target, unstructured_run):
-    """`profile -o` of lenet300 with half its MACs removed by channel pruning, against the dense export
-    of the deploy run (a profile run directory holds no ONNX files: explain reads the report's paths)."""
+    """`profile -o` of lenet300 with half its MACs removed by channel pruning in the target's channel
+    multiple, against the dense export of the deploy run (a profile run directory holds no ONNX
+    files: explain reads the report's paths)."""
     d = tmp_path_factory.mktemp("explain")
-    api.compress(lenet300_ckpt, PruneSpec(sparsity=0.5, granularity="channel", budget="macs"), d / "c.pt",
-                 data=fmnist_small, finetune_epochs=0.2, progress=False)
+    api.compress(lenet300_ckpt, PruneSpec(sparsity=0.5, granularity="channel", budget="macs", round_to=None), d / "c.pt",
+                 data=fmnist_small, finetune_epochs=0.2, progress=False, target=str(fast_target))
     api.export(d / "c.pt", d / "c.onnx", data=TEST)
     api.profile(unstructured_run / "dense.onnx", d / "c.onnx", str(fast_target), data=TEST, out_dir=d / "run",
                 progress=False)
@@ -69,7 +73,23 @@ def test_channel_pruned_run_names_the_compacted_layers_and_their_mac_share(chann
     text = f["compaction"][0].text
     assert "300x784->" in text and f"removing {removed:.0%} of the dense model's layer MACs" in text
     assert "zeros" not in f
-    assert f["widths"][0].text == "all compacted widths are multiples of 8"
+    simd = host_simd()
+    assert f["widths"][0].text == (f"all compacted widths are multiples of {simd.lanes}, the multiple host-cpu-fast "
+                                   f"wants (build.round_to; this CPU: {simd.isa}, {simd.lanes} fp32 lanes)")
+
+
+def test_widths_off_the_targets_multiple_are_named(channel_run, fast_target, tmp_path):
+    coarse = tmp_path / "coarse.toml"
+    coarse.write_text(fast_target.read_text().replace('round_to = "host"', "round_to = 48"))
+    ex = explain_run(channel_run, coarse)
+    off = [f"{L.name} {what} {L.pruned_shape[axis]}" for L in ex.layers for axis, what in ((0, "out"), (1, "in"))
+           if L.pruned_shape[axis] != L.dense_shape[axis] and L.pruned_shape[axis] % 48]
+    assert off   # widths in steps of 8 or 16 are rarely all multiples of 48
+    widths = by_topic(ex)["widths"][0]
+    simd = host_simd()   # a host target also names this CPU's own width, which 48 is not
+    assert widths.text == (f"pruned widths not multiples of 48, the multiple coarse wants (build.round_to; this CPU: "
+                           f"{simd.isa}, {simd.lanes} fp32 lanes): {', '.join(off)}")
+    assert "--round-to 48" in widths.reason
 
 
 def test_target_that_cannot_be_loaded_is_said_so(unstructured_run):
@@ -113,3 +133,41 @@ def test_missing_or_malformed_run_dir_is_a_one_line_error(capsys, tmp_path, unst
     report["dense"]["path"] = str(tmp_path / "gone.onnx")
     (moved / "report.json").write_text(json.dumps(report))
     bad(capsys, "explain", moved, match="no dense.onnx")
+
+
+@pytest.fixture(scope="module")
+def int8_ort_run(tmp_path_factory, lenet300_ckpt, fmnist_small, fast_target):
+    """`deploy --precision int8` of the unstructured lenet300 to host-cpu with ORT-format engines."""
+    d = tmp_path_factory.mktemp("explain")
+    ort_target = d / "host-cpu-ort.toml"
+    ort_target.write_text(fast_target.read_text().replace('model_format = "onnx"', 'model_format = "ort"'))
+    api.compress(lenet300_ckpt, PruneSpec(sparsity=0.8), d / "p.pt", data=fmnist_small, finetune_epochs=0.2,
+                 progress=False)
+    api.deploy(d / "p.pt", str(ort_target), d / "run", baseline_path=lenet300_ckpt, data=TEST, progress=False,
+               precision="int8", calibration=str(CALIBRATION))
+    return d / "run", ort_target
+
+
+def test_an_int8_run_is_int8_whatever_the_engine_format(int8_ort_run):
+    run, target = int8_ort_run
+    report = json.loads((run / "report.json").read_text())
+    assert report["precision"] == "int8" and report["run"]["engines"]["pruned"].endswith(".ort")
+    f = by_topic(explain_run(run, target))
+    assert f["int8"][0].text.startswith("INT8: built in INT8 (the report's precision)")
+    assert "QuantizeLinear" in f["int8"][0].text          # the quantized ONNX file the .ort was built from
+    engine = f["engine"][0]
+    assert engine.text.endswith(".ort was not inspected") and "ORT format" in engine.reason
+
+
+def test_an_engine_that_cannot_be_read_is_a_finding_not_silence(unstructured_run, fast_target, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("dense.onnx", "pruned.onnx"):
+        (run / name).write_bytes((unstructured_run / name).read_bytes())
+    report = json.loads((unstructured_run / "report.json").read_text())
+    (run / "junk.onnx").write_bytes(b"\x00not an onnx graph" * 4)
+    report["run"]["engines"]["pruned"] = str(run / "junk.onnx")
+    (run / "report.json").write_text(json.dumps(report))
+    f = by_topic(explain_run(run, fast_target))
+    assert "not a readable ONNX graph" in f["engine"][0].reason
+    assert f["int8"][0].text.startswith("no INT8: the report's precision is fp32")

@@ -7,7 +7,7 @@ import torch
 from edgeprune import api
 from edgeprune.errors import InputError, ParityError
 from edgeprune.export import export, parity_check, to_onnx_model
-from edgeprune.model_io import load_model
+from edgeprune.model_io import Consent, load_model
 
 
 def test_export_matches_pytorch_on_real_inputs_with_dynamic_batch(tmp_path, lenet300_ckpt, fmnist_small):
@@ -36,6 +36,21 @@ def test_metadata_names_method_sparsity_and_source(tmp_path, lenet300_ckpt, fmni
     assert abs(float(props["edgeprune.sparsity"]) - 0.7) < 1e-3
     assert props["edgeprune.source_sha256"] == load_model(pruned).checkpoint.meta["source_sha256"]
     assert props["edgeprune.arch"] == "zoo:lenet300"
+    # what the model expects to be fed: the checkpoint's data set, its input shape and preprocessing
+    assert props["edgeprune.data"] == "fashion-mnist" and props["edgeprune.input_shape"] == "1,28,28"
+    assert props["edgeprune.preprocess"] == ("uint8 pixels / 255 -> float32 N x C x H x W in [0, 1]; "
+                                             "no mean/std normalization")
+
+
+def test_a_model_file_without_a_data_set_records_the_one_given(tmp_path, lenet300_ckpt):
+    scripted = tmp_path / "m.ts"
+    torch.jit.script(load_model(lenet300_ckpt).model).save(str(scripted))
+    for data, want in ((None, None), ("mnist", "mnist")):
+        out = tmp_path / f"{data}.onnx"
+        api.export(scripted, out, input_shape=(1, 28, 28), check=False,
+                   data=api.DataOptions(data) if data else None)
+        props = {p.key: p.value for p in onnx.load(out).metadata_props}
+        assert props.get("edgeprune.data") == want and ("edgeprune.preprocess" in props) == bool(want)
 
 
 def test_residual_cnn_exports_with_parity(tmp_path, resnet_ckpt, fmnist_small):
@@ -77,3 +92,38 @@ def test_export_refuses_existing_output_and_keeps_it(tmp_path, lenet300_ckpt):
 
 def test_parity_error_is_a_user_error():
     assert issubclass(ParityError, Exception) and ParityError.__mro__[1].__name__ == "EdgepruneError"
+
+
+UNEXPORTABLE = "tests.tiny:Unexportable"   # outside the zoo: opening it takes --arch (consent)
+
+
+def _unexportable_ckpt(path):
+    from edgeprune.model_io import ArchRef, new_checkpoint, save_checkpoint
+
+    ref = ArchRef(UNEXPORTABLE, {})
+    save_checkpoint(new_checkpoint(ref.build(Consent(arch=UNEXPORTABLE)), ref, (1, 28, 28), {"method": "dense", "data": "fashion-mnist"}), path)
+    return path
+
+
+@pytest.mark.parametrize("opset", [17, 13])   # the dynamo exporter, and the TorchScript one below 18
+def test_an_operator_without_onnx_translation_is_a_user_error_naming_it(tmp_path, opset):
+    loaded = load_model(_unexportable_ckpt(tmp_path / "z.pt"), Consent(arch=UNEXPORTABLE))
+    with pytest.raises(InputError, match=r"operator '(prims\.zeta|aten::special_zeta)' has no ONNX translation"):
+        export(loaded, tmp_path / "z.onnx", opset=opset)
+    assert not (tmp_path / "z.onnx").exists()
+
+
+def test_a_model_that_does_not_run_on_its_input_shape_is_a_shape_error(tmp_path, lenet300_ckpt):
+    from edgeprune.errors import ShapeError
+
+    with pytest.raises(ShapeError, match=r"does not run on inputs of shape \(1, 14, 14\)"):
+        to_onnx_model(load_model(lenet300_ckpt).model, (1, 14, 14))
+
+
+def test_a_bug_inside_the_export_is_not_turned_into_a_user_error(tmp_path, lenet300_ckpt, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("edgeprune bug")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(KeyError, match="edgeprune bug"):
+        export(load_model(lenet300_ckpt), tmp_path / "m.onnx")

@@ -110,3 +110,35 @@ def test_missing_and_corrupt_files_are_input_errors(tmp_path):
     bad.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(InputError, match="not a readable ONNX model"):
         model_stats(bad)
+
+
+def test_macs_that_cannot_be_counted_are_unknown_not_zero(tmp_path):
+    # The Gemm's input comes out of an operator ONNX shape inference knows nothing of, so its
+    # MACs cannot be counted; the model's total is unknown (None), and the node is named.
+    model = onnx.load(str(conv_gemm_model(tmp_path / "m.onnx")))
+    g = model.graph
+    flatten = next(n for n in g.node if n.op_type == "Flatten")
+    flatten.op_type, flatten.domain, flatten.name = "MysteryFlatten", "custom.ops", "mystery"
+    gemm = next(n for n in g.node if n.op_type == "Gemm")
+    gemm.name = "fc_gemm"
+    model.opset_import.append(helper.make_opsetid("custom.ops", 1))
+    onnx.save(model, str(tmp_path / "custom.onnx"))
+    st = model_stats(tmp_path / "custom.onnx")
+    assert st.macs is None and "fc_gemm" in st.uncounted
+    # the convolutions before the unknown op still have shapes: they are counted, not listed
+    assert not any(n.startswith("Conv") for n in st.uncounted) and len(st.uncounted) == 2   # Gemm and MatMul
+    assert model_stats(tmp_path / "m.onnx").uncounted == []
+
+
+def test_a_model_whose_macs_cannot_be_counted_is_named_in_the_profile_notes(tmp_path):
+    from edgeprune.profiling import uncounted_notes
+
+    model = onnx.load(str(conv_gemm_model(tmp_path / "m.onnx")))
+    next(n for n in model.graph.node if n.op_type == "Flatten").domain = "custom.ops"
+    model.opset_import.append(helper.make_opsetid("custom.ops", 1))
+    onnx.save(model, str(tmp_path / "custom.onnx"))
+    sides = {"dense": (tmp_path / "m.onnx", model_stats(tmp_path / "m.onnx")),
+             "pruned": (tmp_path / "custom.onnx", model_stats(tmp_path / "custom.onnx"))}
+    notes = uncounted_notes(sides)
+    assert len(notes) == 1 and "pruned model custom.onnx could not be counted" in notes[0]
+    assert "MAC ratio are unknown" in notes[0]

@@ -21,6 +21,7 @@ from edgeprune.errors import InputError, ShapeError
 from edgeprune.profiling import explain, profile_pair, time_interleaved
 from edgeprune.report import Report, write_report
 from edgeprune.targets import load_target
+from tests.conftest import CALIBRATION
 from tests.test_report import make_report
 
 torch = pytest.importorskip("torch")
@@ -306,9 +307,8 @@ def test_int8_target_deploys_pruned_int8_against_pruned_fp32_and_dense_in_one_ru
     from edgeprune.pruning import PruneSpec
     from edgeprune.report import read_report
 
-    repo = Path(__file__).resolve().parents[1]
     target = tmp_path / "host-int8.toml"
-    target.write_text(INT8_TARGET.format(calibration=repo / "calibration" / "fmnist.npz"))
+    target.write_text(INT8_TARGET.format(calibration=CALIBRATION))
     data = api.DataOptions("fashion-mnist", limit=3000, test_limit=500)
     pruned = tmp_path / "channel.pt"
     api.compress(lenet5_ckpt, PruneSpec(granularity="channel", sparsity=0.5), pruned, data=data,
@@ -346,9 +346,37 @@ def test_int8_target_with_a_calibration_set_of_the_wrong_shape_is_a_one_line_cli
 
     # Fashion-MNIST calibration images (28x28) for the 8x8 digits CNN.
     target = tmp_path / "int8.toml"
-    target.write_text(INT8_TARGET.format(calibration=Path(__file__).resolve().parents[1] / "calibration" / "fmnist.npz"))
+    target.write_text(INT8_TARGET.format(calibration=CALIBRATION))
     dense, pruned = models
     rc = main(["profile", str(pruned), "--baseline", str(dense), "--target", str(target), "--data", "digits"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1
     assert err[0] == ("error: calibration data has shape (512, 1, 28, 28) but the model input 'input' takes N x (1, 8, 8) rows")
+
+
+def test_profile_without_data_needs_models_that_record_their_data_set(models, tmp_path, capsys):
+    from edgeprune.cli import main
+
+    dense, pruned = models      # exported straight from torch: no edgeprune.data in their metadata
+    rc = main(["profile", str(pruned), "--baseline", str(dense), "--target", "host-cpu", "--test-limit", "50"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["error: dense.onnx and pruned.onnx record no data set (exported by an older edgeprune "
+                               "or another tool): pass --data"]
+    # a model that records preprocessing edgeprune's loader does not do is refused, not fed as if it matched
+    odd = export(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), tmp_path / "odd.onnx",
+                 {"edgeprune.data": "digits", "edgeprune.preprocess": "(x - 0.5) / 0.25"})
+    rc = main(["profile", str(odd), "--baseline", str(dense), "--target", "host-cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "expects inputs preprocessed as '(x - 0.5) / 0.25'" in err[0]
+
+
+def test_agreement_reports_cosine_so_outputs_without_labels_are_judged():
+    from edgeprune.profiling import _agreement
+
+    d = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]], np.float32)
+    same = _agreement(d, d.copy())
+    assert same.cosine == pytest.approx(1.0) and same.top1 == 1.0 and same.max_abs_logit_diff == 0.0
+    p = np.array([[1.0, 0.0], [2.0, 2.0], [-3.0, -4.0]], np.float32)   # 0 deg, 45 deg, opposite
+    a = _agreement(d, p)
+    assert a.cosine == pytest.approx((1.0 + 2 ** -0.5 - 1.0) / 3)
+    assert a.top1 == pytest.approx(1 / 3) and a.max_abs_logit_diff == pytest.approx(8.0)

@@ -182,7 +182,8 @@ def test_cli_gated_compress_on_fashion_mnist(capsys, tmp_path, lenet300_ckpt):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--scope", "local"], "needs schedule 'gated'"),
+    (["--scope", "local", "--schedule", "oneshot"], "needs schedule 'gated'"),
+    (["--granularity", "channel"], "it is method 'activation''s default: pass --schedule oneshot or iterative"),
     (["--schedule", "gated", "--score", "neurons"], "unknown activation score"),
     (["--schedule", "gated", "--count", "dead"], "unknown activation count"),
     (["--schedule", "gated", "--target-acc", "1.5"], "target accuracy"),

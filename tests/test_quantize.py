@@ -16,9 +16,8 @@ from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
 from edgeprune.quantize import METHODS, QuantizeResult, calibration_path, load_calibration, quantize_qdq
 
-from .conftest import REPO
+from .conftest import CALIBRATION
 
-CALIBRATION = REPO / "calibration" / "fmnist.npz"
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +137,29 @@ def test_bad_options_are_user_errors(cnn, calib, tmp_path):
         load_calibration(tmp_path / "none.npz")
 
 
-def test_calibration_paths_resolve_against_the_checkout(tmp_path, monkeypatch):
+def test_calibration_paths_resolve_against_the_shipped_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert calibration_path("calibration/fmnist.npz") == CALIBRATION
     assert calibration_path(str(CALIBRATION)) == CALIBRATION
     x = load_calibration(calibration_path("calibration/fmnist.npz"))
     assert x.shape == (512, 1, 28, 28) and x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_a_quantisation_that_quantises_nothing_is_an_error(cnn, calib, tmp_path):
+    # A graph of operators onnxruntime does not quantise (Abs) gets no QuantizeLinear node.
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Abs", ["x"], ["y"])], "abs",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, 28, 28])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.save(m, str(tmp_path / "abs.onnx"))
+    with pytest.raises(InputError, match="quantised nothing: onnxruntime found no operator to quantise among Abs"):
+        quantize_qdq(tmp_path / "abs.onnx", tmp_path / "abs.int8.onnx", calib[:64])
+    # and a real CNN with every compute node excluded quantises nothing either
+    names = [n.name for n in onnx.load(str(cnn)).graph.node]
+    with pytest.raises(InputError, match=r"quantised nothing.*excluded"):
+        quantize_qdq(cnn, tmp_path / "none.int8.onnx", calib[:64], preprocess=False, nodes_to_exclude=names)
+    assert not (tmp_path / "abs.int8.onnx").exists() and not (tmp_path / "none.int8.onnx").exists()
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -99,6 +99,22 @@ def test_a_zero_denominator_gives_no_ratio_and_valid_json():
     assert d["ratios"]["macs"] is None
 
 
+@pytest.mark.parametrize("unknown", ["dense", "pruned"])
+def test_macs_that_could_not_be_counted_stay_unknown_through_json_and_rendering(unknown):
+    r = make_report()
+    getattr(r, unknown).macs = None
+    assert r.ratios.macs is None
+    text = r.to_json()
+    d = json.loads(text)
+    assert d[unknown]["macs"] is None and d["ratios"]["macs"] is None
+    assert Report.from_json(text) == r
+    row = next(line for line in to_markdown(r).splitlines() if "MACs executed" in line)
+    assert "unknown" in row and "n/a" in row and "0" not in row.split("|")[2 if unknown == "dense" else 3]
+    console = Console(record=True, width=200)
+    console.print(console_table(r))
+    assert "unknown" in console.export_text()
+
+
 def test_other_schemas_and_broken_reports_are_rejected(tmp_path):
     d = make_report().to_dict()
     with pytest.raises(InputError, match="schema"):

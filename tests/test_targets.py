@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import platform
 import re
 from pathlib import Path
 
 import pytest
 
+from edgeprune.backends.base import target_status
 from edgeprune.errors import InputError, UnknownNameError
+from edgeprune.host_simd import host_simd
 from edgeprune.targets import (
     BuildPolicy,
     RunPolicy,
@@ -18,11 +21,12 @@ from edgeprune.targets import (
     list_targets,
     load_target,
     stack_summary,
-    target_status,
     trt_generation,
     trt_parser_max_opset,
     version_in_range,
 )
+
+from .conftest import SHIPPED
 
 GOOD = """
 description = "test device"
@@ -61,7 +65,8 @@ def test_host_cpu_ships_with_the_contract_settings():
     assert t.name == "host-cpu" and t.backend == "onnxruntime" and t.description
     assert t.stack["max_opset"] >= 18 and "onnxruntime" in t.stack
     assert t.build == BuildPolicy(
-        precision="fp32", threads=1, graph_optimization_level="all", execution_providers=("CPUExecutionProvider",)
+        precision="fp32", threads=1, graph_optimization_level="all", execution_providers=("CPUExecutionProvider",),
+        round_to=host_simd().lanes,
     )
     assert (t.run.warmup, t.run.iterations, t.run.batch_sizes, t.run.percentiles) == (20, 200, (1, 64), (50, 90, 99))
     assert t.ssh is None and t.path is not None and t.path.name == "host-cpu.toml"
@@ -80,17 +85,47 @@ def test_load_by_path_and_by_name_in_a_directory(tmp_path):
     assert by_path.run.batch_sizes == (1, 8) and by_path.run.percentiles == (50, 90, 99, 99.9)
 
 
-def test_targets_dir_from_environment(tmp_path, monkeypatch):
-    write(tmp_path, GOOD, name="from-env")
+def test_targets_dirs_from_environment_add_to_the_shipped_ones(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    write(a, GOOD, name="from-env")
+    write(b, GOOD.replace("threads = 2", "threads = 3"), name="from-env")   # shadowed by a's
+    write(b, GOOD, name="other")
+    monkeypatch.setenv("EDGEPRUNE_TARGETS", os.pathsep.join([str(a), "", str(b)]))
+    assert load_target("from-env").build.threads == 2 and load_target("other").path == (b / "other.toml").resolve()
+    names = [t.name for t in list_targets()]
+    assert names == sorted(names) and {"from-env", "other", "host-cpu", "jetson-nano"} <= set(names)
+    assert names.count("from-env") == 1
+
+
+def test_a_users_file_wins_over_a_shipped_one_of_the_same_name(tmp_path, monkeypatch):
+    mine = write(tmp_path, GOOD.replace("threads = 2", "threads = 3"), name="host-cpu")
+    assert load_target("host-cpu").build.threads == 1                            # the shipped one
+    assert load_target("host-cpu", targets_dir=tmp_path).path == mine.resolve()  # --targets-dir
     monkeypatch.setenv("EDGEPRUNE_TARGETS", str(tmp_path))
-    assert load_target("from-env").name == "from-env"
-    assert [t.name for t in list_targets()] == ["from-env"]
+    assert load_target("host-cpu").build.threads == 3                            # EDGEPRUNE_TARGETS
+    listed = {t.name: t for t in list_targets()}
+    assert listed["host-cpu"].path == mine.resolve() and "raspberry-pi-5" in listed
+    # --targets-dir is searched before EDGEPRUNE_TARGETS
+    first = tmp_path / "first"
+    first.mkdir()
+    write(first, GOOD.replace("threads = 2", "threads = 4"), name="host-cpu")
+    assert load_target("host-cpu", targets_dir=first).build.threads == 4
+
+
+def test_a_targets_folder_that_does_not_exist_is_an_input_error(tmp_path, monkeypatch):
+    with pytest.raises(InputError, match="--targets-dir: targets folder not found"):
+        load_target("host-cpu", targets_dir=tmp_path / "nope")
+    monkeypatch.setenv("EDGEPRUNE_TARGETS", str(tmp_path / "gone"))
+    with pytest.raises(InputError, match="EDGEPRUNE_TARGETS: targets folder not found"):
+        list_targets()
 
 
 def test_unknown_target_lists_the_available_ones(tmp_path):
     write(tmp_path, GOOD, name="alpha")
     write(tmp_path, GOOD, name="beta")
-    with pytest.raises(UnknownNameError, match=r"unknown target 'gamma' \(available: alpha, beta\)"):
+    with pytest.raises(UnknownNameError, match=r"unknown target 'gamma' \(available: alpha, android-arm64, beta, "
+                                               r"host-cpu, jetson-agx-orin"):
         load_target("gamma", targets_dir=tmp_path)
 
 
@@ -203,7 +238,7 @@ def test_status_says_whether_a_target_can_run_here(tmp_path):
 
 
 # ------------------------------------------------------------------ the shipped device files
-TARGET_FILES = sorted((Path(__file__).resolve().parents[1] / "targets").glob("*.toml"))
+TARGET_FILES = sorted((SHIPPED / "targets").glob("*.toml"))
 JETSONS = ["jetson-nano", "jetson-xavier-nx", "jetson-agx-xavier", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin"]
 
 
@@ -219,7 +254,7 @@ def test_every_target_file_loads_and_is_consistent(path):
         assert t.hardware["family"] == "jetson" and t.hardware["compute_capability"]
         assert {"jetpack", "l4t", "tensorrt", "cuda", "cudnn"} <= set(t.stack)
         assert t.build.precision in ("fp16", "int8") and t.build.calibration == "calibration/fmnist.npz"
-        assert (Path(__file__).resolve().parents[1] / t.build.calibration).is_file()
+        assert (SHIPPED / t.build.calibration).is_file()
         # 2:4 sparse kernels exist only on Ampere-class GPUs: Orin (CC 8.7).
         assert (t.build.sparsity == "2:4") == t.hardware["sparse_tensor_cores"] == (t.hardware["compute_capability"] == "8.7")
         assert t.stack["max_opset"] <= trt_parser_max_opset(t.stack["tensorrt"])
@@ -323,3 +358,30 @@ def test_contradictions_in_a_jetson_file_are_input_errors(tmp_path, old, new, ma
 def test_dla_core_needs_tensorrt(tmp_path):
     with pytest.raises(InputError, match="dla_core needs backend 'tensorrt'"):
         load_target(str(write(tmp_path, GOOD.replace("threads = 2", "threads = 2\ndla_core = 0"))))
+
+
+# ------------------------------------------------------------------ build.round_to: the channel multiple
+def test_each_shipped_target_names_the_channel_multiple_of_its_hardware():
+    multiples = {t.name: t.build.round_to for t in list_targets()}
+    assert multiples["host-cpu"] == host_simd().lanes                      # round_to = "host"
+    assert {n: multiples[n] for n in ("raspberry-pi-4", "raspberry-pi-5", "android-arm64")} == dict.fromkeys(
+        ("raspberry-pi-4", "raspberry-pi-5", "android-arm64"), 4)          # NEON: 4 fp32 lanes
+    # INT8 tensor cores: 16; the Nano (FP16, no tensor cores): 8
+    assert {n: multiples[n] for n in JETSONS} == {n: 8 if n == "jetson-nano" else 16 for n in JETSONS}
+
+
+@pytest.mark.parametrize(("value", "want"), [("4", 4), ("1", 1), ('"host"', None)])
+def test_round_to_takes_an_integer_or_host(tmp_path, value, want):
+    t = load_target(str(write(tmp_path, GOOD.replace("threads = 2", f"threads = 2\nround_to = {value}"))))
+    assert t.build.round_to == (want if want is not None else host_simd().lanes)
+
+
+@pytest.mark.parametrize("value", ["0", '"avx"', "8.0", "true"])
+def test_a_bad_round_to_names_the_key_and_the_file(tmp_path, value):
+    p = write(tmp_path, GOOD.replace("threads = 2", f"threads = 2\nround_to = {value}"))
+    with pytest.raises(InputError, match=rf"{re.escape(str(p))}: .*build.round_to"):
+        load_target(str(p))
+
+
+def test_a_file_without_round_to_keeps_multiples_of_8(tmp_path):
+    assert load_target(str(write(tmp_path, GOOD))).build.round_to == 8

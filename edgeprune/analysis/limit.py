@@ -35,7 +35,7 @@ from edgeprune.model_io import set_mode
 from edgeprune.progress import progress_bar
 from edgeprune.pruning.base import _is_int
 from edgeprune.pruning.magnitude import Magnitude
-from edgeprune.pruning.masks import apply_masks, prunable_layers, select
+from edgeprune.pruning.masks import apply_masks, prunable_layers, select, weight_of
 from edgeprune.training import evaluate, l1_penalty
 
 QUADRATURES = ("nodes", "grid")
@@ -294,7 +294,7 @@ def zero_curvature_mass(model: nn.Module, params: list[nn.Parameter], matvec: Ca
     """Share p0 of Hessian rows that are zero (‖H[j, :]‖₁ < 1e-7), sampled at `quantiles` magnitude
     quantiles of the prunable weights, as the authors' code does for conv nets."""
     offsets = _flat_offsets(params)
-    layers = [m.weight for m in prunable_layers(model).values()]
+    layers = [weight_of(m) for m in prunable_layers(model).values()]
     if any(id(w) not in offsets for w in layers):
         raise InputError("zero-mass needs every Conv/Linear weight in the Hessian (one is frozen)")
     mags = torch.cat([w.detach().abs().reshape(-1) for w in layers])
@@ -429,7 +429,7 @@ def measure_limit(model: nn.Module, val: ArrayDataset, points: int = 101, deltas
         raise InputError(f"the sweep needs at least 2 points, got {points}")
     t0 = time.perf_counter()
     layers = prunable_layers(model)
-    saved = {n: m.weight.detach().clone() for n, m in layers.items()}
+    saved = {n: weight_of(m).detach().clone() for n, m in layers.items()}
     scores = Magnitude().score(model, None)
     grid = sweep_grid(points)
     accs = []

@@ -27,7 +27,7 @@ from torch import nn
 from edgeprune.data import ArrayDataset
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import atomic_write
-from edgeprune.pruning.masks import prunable_layers
+from edgeprune.pruning.masks import PRUNABLE_TYPES, prunable_layers
 from edgeprune.training import evaluate
 
 SCHEMA = "edgeprune.lowrank/1"
@@ -115,8 +115,8 @@ def pca_reduce(w: np.ndarray, rank: int) -> np.ndarray:
 
 
 def hidden_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Conv/Linear layers except the classifier, by qualified name."""
-    return prunable_layers(model, exclude_output=True)
+    """Conv/Linear layers except the classifier, by qualified name (attention has no one output to rank)."""
+    return {n: m for n, m in prunable_layers(model, exclude_output=True).items() if isinstance(m, PRUNABLE_TYPES)}
 
 
 def analyze(pruned: nn.Module, dense: nn.Module, test: ArrayDataset, *, pruned_path: str = "",

@@ -44,13 +44,6 @@ class Session(Protocol):
 
 
 
-def tile_rows(x: np.ndarray, n: int) -> np.ndarray:
-    """n rows of real data for a session's batch: the first n, tiled when x has fewer."""
-    if len(x) >= n:
-        return np.ascontiguousarray(x[:n])
-    reps = -(-n // len(x))
-    return np.ascontiguousarray(np.concatenate([x] * reps)[:n])
-
 @runtime_checkable
 class Backend(Protocol):
     name: str
@@ -63,6 +56,24 @@ class Backend(Protocol):
     def host_problems(self, target: Target) -> list[str]:
         """Why this machine's installation cannot run the target (missing providers, a library
         version outside the target's range), one line each; empty when it can."""
+        ...
+
+    def target_problems(self, target: Target, input_shape: tuple[int, ...] | None = None) -> list[str]:
+        """Why the target's build policy cannot be built (for a model whose samples have
+        `input_shape`, when given), one line each: what `deploy` checks before the first export,
+        and `validate` beside the model's own problems."""
+        ...
+
+    def max_opset(self, target: Target) -> int | None:
+        """The highest opset the target reads (None: no limit)."""
+        ...
+
+    def export_batch(self, target: Target) -> int | None:
+        """The fixed batch the target's engines need (None: a dynamic batch)."""
+        ...
+
+    def measured_elsewhere(self, target: Target) -> str | None:
+        """Why a measurement on this machine is not the device's (another CPU architecture), or None."""
         ...
 
     def build(self, onnx_path: Path, target: Target, out_dir: Path) -> Engine: ...
@@ -95,3 +106,19 @@ def get_backend(name: str) -> Backend:
     except ImportError as e:
         raise UnknownNameError(f"backend '{name}' is not usable here: {e}") from None
     return getattr(module, attr)()
+
+
+def target_status(target: Target) -> str:
+    """A short status for listings: `ready`, `remote (user@host)`, or `unavailable: <why>`."""
+    try:
+        backend = get_backend(target.backend)
+    except UnknownNameError:
+        return f"unavailable: no '{target.backend}' backend in this installation"
+    if target.ssh:
+        return f"remote ({target.ssh})"
+    problems = backend.host_problems(target)
+    if problems:
+        return f"unavailable: {problems[0]}"
+    if backend.measured_elsewhere(target):
+        return f"builds here; latency is this host's, not the {target.hardware['arch']} device's"
+    return "ready"

@@ -26,7 +26,7 @@ import onnxruntime as ort
 
 from edgeprune.backends.base import Engine
 from edgeprune.errors import InputError, ShapeError, first_line
-from edgeprune.targets import version_in_range
+from edgeprune.versions import version_in_range
 
 # The layout transformer that writes x86-only com.microsoft.nchwc nodes (convert_onnx_models_to_ort
 # disables it unless --target_platform amd64).
@@ -50,7 +50,16 @@ _NP_TYPES = {
     "tensor(int32)": np.int32,
     "tensor(uint8)": np.uint8,
     "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
 }
+# What ONNX Runtime raises for a model it cannot load (its own pybind types; RuntimeError for a
+# C++ exception it does not map). Python errors from our side of the call are bugs and propagate.
+_LOAD_ERRORS = (RuntimeError, *(t for t in vars(ort.capi.onnxruntime_pybind11_state).values()
+                                 if isinstance(t, type) and issubclass(t, Exception)))
 
 
 class OrtSession:
@@ -61,7 +70,12 @@ class OrtSession:
         inp = sess.get_inputs()[0]
         self.input_name: str = inp.name
         self.input_shape: list[int | str | None] = list(inp.shape)
-        self.input_dtype = _NP_TYPES.get(inp.type, np.float32)
+        if inp.type not in _NP_TYPES:
+            # Feeding float32 to, say, a bfloat16 or string input would fail later or, worse, run on
+            # silently converted data.
+            raise InputError(f"model input '{inp.name}' has type {inp.type}, which edgeprune cannot feed "
+                             f"(supported: {', '.join(sorted(_NP_TYPES))})")
+        self.input_dtype = _NP_TYPES[inp.type]
         self.output_names: list[str] = [sess.get_outputs()[0].name]
         self.providers: list[str] = list(sess.get_providers())
 
@@ -87,15 +101,29 @@ class OnnxRuntimeBackend:
         # process needs onnxruntime, not onnx (whose import alone costs tens of MB of RSS).
         from edgeprune.validation import errors, validate_onnx
 
-        problems = [str(p) for p in errors(validate_onnx(Path(onnx_path), target))]
+        return [str(p) for p in errors(validate_onnx(Path(onnx_path), target))] + self.target_problems(target)
+
+    def target_problems(self, target: Target, input_shape: tuple[int, ...] | None = None) -> list[str]:
+        problems = []
         if target.build.precision == "fp16":
             problems.append("precision 'fp16' is not implemented by the onnxruntime backend (use fp32 or int8)")
         if target.build.precision == "int8":
-            problems += _calibration_problems(target.build)
+            from edgeprune.quantize import calibration_problems
+
+            problems += calibration_problems(target.build.calibration, input_shape)
         # A remote target's stack is checked on the device; only a local one is this process's.
         if target.ssh is None:
             problems += _version_problems(target)
         return problems
+
+    def max_opset(self, target: Target) -> int | None:
+        return target.stack.get("max_opset")
+
+    def export_batch(self, target: Target) -> int | None:
+        return None
+
+    def measured_elsewhere(self, target: Target) -> str | None:
+        return foreign_arch(target)
 
     def host_problems(self, target: Target) -> list[str]:
         return _missing_providers(target.build) + _version_problems(target)
@@ -129,9 +157,9 @@ class OnnxRuntimeBackend:
 
     def _quantize(self, src: Path, target: Target, out: Path) -> tuple[Path, dict[str, str]]:
         """The static INT8 Q/DQ model of `src` (next to the engine), calibrated on the target's set."""
-        from edgeprune.quantize import calibration_path, load_calibration, quantize_qdq
+        from edgeprune.quantize import calibration_path, calibration_problems, load_calibration, quantize_qdq
 
-        problems = _calibration_problems(target.build)
+        problems = calibration_problems(target.build.calibration)
         if problems:
             raise InputError(problems[0])
         cal = calibration_path(target.build.calibration)
@@ -179,7 +207,7 @@ class OnnxRuntimeBackend:
         try:
             sess = ort.InferenceSession(str(path), sess_options=so, providers=asked,
                                         disabled_optimizers=disabled_optimizers(build))
-        except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
+        except _LOAD_ERRORS as e:
             if "fallback to CPU EP has been explicitly disabled" in str(e):
                 raise InputError(
                     f"execution provider(s) {', '.join(asked)} cannot run every node of {path.name}, and the target "
@@ -212,17 +240,6 @@ def _version_problems(target: Target) -> list[str]:
     wanted = target.stack.get("onnxruntime")
     if wanted and not version_in_range(ort.__version__, wanted):
         return [f"installed onnxruntime {ort.__version__} is outside the target's range '{wanted}'"]
-    return []
-
-
-def _calibration_problems(build: BuildPolicy) -> list[str]:
-    from edgeprune.quantize import calibration_path
-
-    if not build.calibration:
-        return ["precision 'int8' needs a calibration set: set build.calibration in the target or pass --calibration"]
-    path = calibration_path(build.calibration)
-    if not path.is_file():
-        return [f"calibration file not found: {path}"]
     return []
 
 

@@ -33,7 +33,8 @@ import numpy as np
 
 from edgeprune.backends.base import Engine
 from edgeprune.backends.trt_plan import EnginePlan, onnx_facts, plan_engine, plan_problems
-from edgeprune.targets import trt_generation, version_tuple
+from edgeprune.backends.trt_versions import trt_generation, trt_parser_max_opset
+from edgeprune.versions import version_tuple
 from edgeprune.backends.trtexec import SparsityResult, parse_sparsity
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import atomic_write
@@ -347,6 +348,10 @@ class TrtSession:
         self.cuda.sync(self.stream)
         return self._out.copy()
 
+    def device_time_ns(self, x: np.ndarray) -> int:
+        """GPU time of one execution, for `edgeprune.measure.timing.time_interleaved`."""
+        return round(self.time_ms(x, 1)[0] * 1e6)
+
     def time_ms(self, x: np.ndarray, iterations: int) -> list[float]:
         """GPU time (ms) of `iterations` executions on the batch x, one CUDA event pair each."""
         if self._loaded is not x:     # copy the batch in once, outside the timed window
@@ -411,6 +416,22 @@ class TensorRTBackend:
         # notes (e.g. sparse initializers, which deploy densifies) do not stop a build
         return [str(p) for p in errors(validate_onnx(path, target))] + plan_problems(target, facts)
 
+    def target_problems(self, target: Target, input_shape: tuple[int, ...] | None = None) -> list[str]:
+        problems = plan_problems(target)
+        if target.build.precision == "int8" and target.build.calibration and not problems:
+            from edgeprune.quantize import calibration_problems
+
+            problems += calibration_problems(target.build.calibration, input_shape)
+        return problems
+
+    def max_opset(self, target: Target) -> int | None:
+        ceiling = trt_parser_max_opset(target.stack["tensorrt"])
+        return min(target.stack.get("max_opset", ceiling), ceiling)
+
+    def export_batch(self, target: Target) -> int | None:
+        # DLA builds static shapes only: the engine is built for the smallest benchmarked batch
+        return min(target.run.batch_sizes) if target.build.dla_core >= 0 else None
+
     def build(self, onnx_path: Path, target: Target, out_dir: Path) -> Engine:
         import shutil
 
@@ -432,6 +453,9 @@ class TensorRTBackend:
         plan = EnginePlan.from_dict(json.loads(Path(engine.extra["plan"]).read_text()))
         return TrtSession(plan, Path(engine.path).parent)
 
+    def measured_elsewhere(self, target: Target) -> str | None:
+        return None   # an engine is built and timed on the GPU it runs on, or not at all
+
     def stack(self, target: Target) -> dict[str, str]:
         out = {"backend": self.name, "target_tensorrt": str(target.stack.get("tensorrt", ""))}
         if importlib.util.find_spec("tensorrt") is not None:
@@ -449,12 +473,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True, help="dense or pruned")
     args = ap.parse_args(argv)
     try:
-        doc = json.loads(args.plan_json.read_text())
+        try:
+            doc = json.loads(args.plan_json.read_text())
+        except (OSError, json.JSONDecodeError) as e:   # only reading the user's plan file: not the build's own I/O
+            raise InputError(f"cannot read {args.plan_json}: {e}") from None
         if args.model not in doc.get("models", {}):
             raise InputError(f"{args.plan_json} has no model '{args.model}' (has: {', '.join(doc.get('models', {}))})")
         plan = EnginePlan.from_dict(doc["models"][args.model])
         result = build_engine(plan, args.plan_json.parent)
-    except (InputError, OSError, json.JSONDecodeError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result.to_dict()))

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeprune.backends.trt_plan import CALIBRATION_INPUTS, EnginePlan, onnx_facts, plan_engine, plan_problems
+from edgeprune.backends.tensorrt import build_here_problem
+from edgeprune.backends.trt_plan import CALIBRATION_INPUTS, PLAN_SCHEMA, onnx_facts, plan_engine
 from edgeprune.backends.trtexec import bench_command, bench_script, build_command, build_script
 from edgeprune.errors import InputError
 from edgeprune.fileio import atomic_write
@@ -32,9 +33,6 @@ from edgeprune.fileio import atomic_write
 if TYPE_CHECKING:
     from edgeprune.data import ArrayDataset
     from edgeprune.targets import Target
-
-PLAN_SCHEMA = "edgeprune.engine_plan/1"
-
 
 @dataclass
 class TrtDeployResult:
@@ -55,13 +53,6 @@ class TrtDeployResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_target(target: Target, calibration: str | None = None) -> None:
-    """Raise InputError with the first reason `target`'s build policy cannot be built."""
-    problems = plan_problems(target, calibration=calibration)
-    if problems:
-        raise InputError(f"target {target.name}: {problems[0]}")
 
 
 def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path, *, calibration: str | None = None,
@@ -102,8 +93,6 @@ def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path,
         commands.update({f"{p.model}.bench.b{batch}": shlex.join(bench_command(p, batch)) for p in plan_list})
     first = plan_list[0]
     notes = list(dict.fromkeys(n for p in plan_list for n in p.notes))
-
-    from edgeprune.backends.tensorrt import build_here_problem
 
     device = f"{target.hardware.get('module', target.name)}, TensorRT {first.tensorrt}"
     cannot = build_here_problem(first)
@@ -157,8 +146,8 @@ def _calibration_inputs(source: str, given: bool, sample_dims: tuple) -> np.ndar
     from edgeprune.quantize import calibration_path, load_calibration
 
     if not source:
-        raise InputError("precision int8 needs calibration data: pass --calibration calibration/fmnist.npz")
-    # a target's build.calibration may be relative to the repository; --calibration is taken as given
+        raise InputError("precision int8 needs calibration data: pass --calibration FILE.npz")
+    # a target's build.calibration may name a shipped file; --calibration is taken as given
     path = Path(source) if given else calibration_path(source)
     x = load_calibration(path)
     if tuple(x.shape[1:]) != tuple(sample_dims):
@@ -171,17 +160,3 @@ def _quantize(src: Path, dst: Path, x: np.ndarray, method: str) -> None:
     from edgeprune.quantize import TENSORRT, quantize_qdq
 
     quantize_qdq(src, dst, x, method=method, per_channel=True, **TENSORRT)
-
-
-def load_engine_plans(run_dir: Path) -> dict[str, EnginePlan]:
-    """The EnginePlans of a prepared run directory (its engine_plan.json)."""
-    path = Path(run_dir) / "engine_plan.json"
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path} not found: prepare the run with `edgeprune deploy --target <tensorrt target>`") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not JSON ({e.msg})") from None
-    if doc.get("schema") != PLAN_SCHEMA:
-        raise InputError(f"{path}: not an edgeprune engine plan (schema {doc.get('schema')!r})")
-    return {k: EnginePlan.from_dict(v) for k, v in doc["models"].items()}

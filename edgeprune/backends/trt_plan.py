@@ -14,13 +14,15 @@ typed networks only: reduced precision must be in the ONNX, INT8 as Q/DQ nodes).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import InputError
-from edgeprune.targets import trt_generation, version_tuple
+from edgeprune.backends.trt_versions import trt_generation
+from edgeprune.versions import version_tuple
 
 if TYPE_CHECKING:
     from edgeprune.targets import Target
@@ -30,6 +32,7 @@ TRTEXEC_WARMUP_MS = 2000
 # Calibration batches fed to TensorRT's calibrator; the cache is what the device keeps.
 CALIBRATION_BATCH = 32
 CALIBRATION_INPUTS = "calibration_inputs.npy"
+PLAN_SCHEMA = "edgeprune.engine_plan/1"
 # TensorRT's implicit-quantisation calibrators, by the build policy's method names.
 TRT_CALIBRATORS = {"entropy": "IInt8EntropyCalibrator2", "minmax": "IInt8MinMaxCalibrator"}
 
@@ -261,3 +264,17 @@ def plan_engine(target: Target, facts: OnnxFacts, *, model: str, onnx_file: str,
         warmup_ms=TRTEXEC_WARMUP_MS, percentiles=list(run.percentiles), calibration=cal,
         build_log=f"{model}.build.log", layer_info=f"{model}.layers.json", notes=notes,
     )
+
+
+def load_engine_plans(run_dir: Path) -> dict[str, EnginePlan]:
+    """The EnginePlans of a prepared run directory (its engine_plan.json)."""
+    path = Path(run_dir) / "engine_plan.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path} not found: prepare the run with `edgeprune deploy --target <tensorrt target>`") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not JSON ({e.msg})") from None
+    if doc.get("schema") != PLAN_SCHEMA:
+        raise InputError(f"{path}: not an edgeprune engine plan (schema {doc.get('schema')!r})")
+    return {k: EnginePlan.from_dict(v) for k, v in doc["models"].items()}

@@ -1,7 +1,7 @@
 """Dense vs pruned TensorRT engines side by side: timed here (TensorRT installed), or read back
 from the files `trtexec_build.sh` / `trtexec_bench.sh` wrote on the device.
 
-Timing here follows `edgeprune.profiling`: the dense engine (A), a second context on it (A', the
+Timing here is `edgeprune.measure.timing`'s loop, as for every backend: the dense engine (A), a second context on it (A', the
 A/A control) and the pruned engine (B), one execution each per round in rotating order, so the GPU's
 clock and thermal drift hit all three alike. Each execution is timed with a CUDA event pair on its
 stream (GPU time, comparable to trtexec's "GPU Compute Time").
@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeprune.backends.base import tile_rows
-from edgeprune.backends.trt_plan import EnginePlan
+from edgeprune.backends.tensorrt import Cuda, TrtSession, build_engine
+from edgeprune.backends.trt_plan import EnginePlan, load_engine_plans
 from edgeprune.backends.trtexec import (parse_sparsity, parse_trtexec_layer_info, parse_trtexec_profile,
                                         parse_trtexec_summary, parse_trtexec_times)
 from edgeprune.errors import InputError
+from edgeprune.measure.accuracy import agreement, predict, top1_accuracy
+from edgeprune.measure.timing import tile_rows, time_interleaved
+from edgeprune.report.schema import LatencyStats
 
 if TYPE_CHECKING:
     from edgeprune.data import ArrayDataset
@@ -29,10 +32,6 @@ def build_and_time(plans: dict[str, EnginePlan], run_dir: Path, target: Target, 
                    trt: Any = None, cuda: Any = None) -> dict[str, Any]:
     """Build both engines through the Python API and time them interleaved with CUDA events;
     accuracy on `test` through the engines. `trt`/`cuda` default to the real modules."""
-    from edgeprune.backends.tensorrt import Cuda, TrtSession, build_engine
-    from edgeprune.profiling import predict
-    from edgeprune.report.schema import LatencyStats
-
     cuda = cuda or Cuda()
     builds = {k: build_engine(p, run_dir, trt=trt, cuda=cuda) for k, p in plans.items()}
     dense, pruned = plans["dense"], plans["pruned"]
@@ -40,24 +39,18 @@ def build_and_time(plans: dict[str, EnginePlan], run_dir: Path, target: Target, 
     run = target.run
     latency: dict[str, Any] = {}
     if test is not None:
-        n = len(sessions)
         for bs in dense.batch_sizes:
-            xb = tile_rows(test.x, bs)
-            for s in sessions:
-                s.time_ms(xb, run.warmup)
-            times: list[list[float]] = [[] for _ in sessions]
-            for r in range(run.iterations):
-                for i in ((r + k) % n for k in range(n)):
-                    times[i] += sessions[i].time_ms(xb, 1)
-            a, a2, b = (LatencyStats.from_ns(np.asarray(t) * 1e6, run.percentiles) for t in times)
+            # exactly run.iterations rounds, as before; run.min_seconds is trtexec's --duration on the device
+            times = time_interleaved(sessions, tile_rows(test.x, bs), run.warmup, run.iterations)
+            a, a2, b = (LatencyStats.from_ns(t, run.percentiles) for t in times)
             latency[str(bs)] = {"dense": a.to_dict(), "control": a2.to_dict(), "pruned": b.to_dict(),
                                 "ratio_p50": b.p50 / a.p50, "aa_ratio_p50": a2.p50 / a.p50}
     accuracy = None
     if test is not None:
         eval_batch = dense.profile["max"][0]
         logits = {k: predict(s, test.x, eval_batch) for k, s in (("dense", sessions[0]), ("pruned", sessions[2]))}
-        accuracy = {k: float(100.0 * np.mean(v.argmax(1) == test.y)) for k, v in logits.items()}
-        accuracy["agreement"] = float(np.mean(logits["dense"].argmax(1) == logits["pruned"].argmax(1)))
+        accuracy = {k: top1_accuracy(v, test.y) for k, v in logits.items()}
+        accuracy["agreement"] = agreement(logits["dense"], logits["pruned"])["top1"]
     return {"timing": "GPU time per execution (CUDA events), dense A, dense A', pruned B interleaved",
             "builds": {k: r.to_dict() for k, r in builds.items()}, "latency_ms": latency, "accuracy": accuracy}
 
@@ -66,8 +59,6 @@ def device_results(run_dir: Path) -> dict[str, Any]:
     """Read what the device scripts wrote back into `run_dir` (build logs, layer info, times,
     profiles, benchmark logs) into one dense-vs-pruned summary. Files not there are listed
     under "missing" rather than failing, so a partial run can still be read."""
-    from edgeprune.backends.trt_deploy import load_engine_plans
-
     run_dir = Path(run_dir)
     plans = load_engine_plans(run_dir)
     out: dict[str, Any] = {"models": {}, "missing": []}

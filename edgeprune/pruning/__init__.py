@@ -1,6 +1,6 @@
 """Pruning: methods (collect / score), shared selection, schedules and physical channel removal."""
 
-from edgeprune.pruning.base import Method, PruneSpec, available_methods, get_method, register
+from edgeprune.pruning.base import Method, PruneSpec, available_methods, get_method, method_class, register
 from edgeprune.pruning.magnitude import Magnitude, Random
 from edgeprune.pruning.masks import (
     LayerSparsity,
@@ -29,6 +29,7 @@ __all__ = [
     "available_methods",
     "get_method",
     "masks_from_model",
+    "method_class",
     "prunable_layers",
     "prune",
     "prune_channels",

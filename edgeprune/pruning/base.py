@@ -37,7 +37,9 @@ class PruneSpec:
     # None = the method's own default (Method.default_scope: "global" for most, "layer" for
     # spectral, whose thresholds are per layer by design); validate() fills it in.
     scope: str | None = None
-    schedule: str = "oneshot"
+    # None = the method's own (Method.default_schedule: the accuracy-gated cycles for activation,
+    # one-shot for the others); validate() fills it in.
+    schedule: str | None = None
     steps: int = 5
     budget: str = "params"
     round_to: int = 8
@@ -50,8 +52,7 @@ class PruneSpec:
 
     def validate(self) -> None:
         """Raise InputError / UnknownNameError for values a user got wrong."""
-        if self.method not in available_methods():
-            get_method(self.method)  # raises with the list of available names
+        method = method_class(self.method)   # raises with the list of available names
         if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)):
             raise InputError(f"sparsity must be a number in [0, 1), got {self.sparsity!r}")
         # `not (a <= x < b)` also rejects NaN
@@ -59,8 +60,11 @@ class PruneSpec:
             raise InputError(f"sparsity must be in [0, 1) (the fraction removed), got {self.sparsity}")
         _check_choice("granularity", self.granularity, GRANULARITIES)
         if self.scope is None:
-            self.scope = _REGISTRY[self.method].default_scope
+            self.scope = method.default_scope
         _check_choice("scope", self.scope, SCOPES)
+        chosen = self.schedule is not None
+        if not chosen:
+            self.schedule = method.default_schedule
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("budget", self.budget, BUDGETS)
         if self.scope == "local" and self.schedule != "gated":
@@ -68,7 +72,9 @@ class PruneSpec:
                              "use scope 'layer' for the same fraction in every layer")
         if self.schedule == "gated":
             if self.granularity != "weight":
-                raise InputError("schedule 'gated' prunes weights and removes dead neurons itself; use granularity 'weight'")
+                raise InputError("schedule 'gated' prunes weights and removes dead neurons itself; use granularity 'weight'"
+                                 + ("" if chosen else f" (it is method {self.method!r}'s default: pass --schedule "
+                                                      "oneshot or iterative for another granularity)"))
             if isinstance(self.target_accuracy, bool) or not isinstance(self.target_accuracy, (int, float)) \
                     or not (0.0 < float(self.target_accuracy) <= 1.0):
                 raise InputError(f"target accuracy must be in (0, 1], got {self.target_accuracy!r}")
@@ -108,6 +114,10 @@ class Method(ABC):
     name: ClassVar[str]
     # The selection scope when the user names none (PruneSpec.scope None).
     default_scope: ClassVar[str] = "global"
+    # The schedule (PruneSpec.schedule None) and training budget in epochs (api.compress's
+    # finetune_epochs None) a method runs with when the user names none.
+    default_schedule: ClassVar[str] = "oneshot"
+    default_finetune_epochs: ClassVar[float] = 2.0
 
     def __init__(self, seed: int = 0) -> None:
         # Methods with options take them as keyword arguments after `seed` (with defaults) and
@@ -171,13 +181,19 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_method(name: str, seed: int = 0, **options: Any) -> Method:
-    """A fresh instance of the method registered as `name`; `seed` drives any randomness it has,
-    `options` are the method's own settings (InputError for a name it does not take)."""
+def method_class(name: str) -> type[Method]:
+    """The class registered as `name` (its defaults: default_scope, default_schedule, ...)."""
     _discover()
     cls = _REGISTRY.get(name)
     if cls is None:
         raise UnknownNameError(f"unknown method {name!r} (available: {', '.join(available_methods())})")
+    return cls
+
+
+def get_method(name: str, seed: int = 0, **options: Any) -> Method:
+    """A fresh instance of the method registered as `name`; `seed` drives any randomness it has,
+    `options` are the method's own settings (InputError for a name it does not take)."""
+    cls = method_class(name)
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     for key in options:

@@ -33,7 +33,7 @@ from torch import nn
 
 from edgeprune.data import ArrayDataset
 from edgeprune.pruning.base import PruneSpec, get_method
-from edgeprune.pruning.masks import apply_masks, masks_from_model, prunable_layers, select
+from edgeprune.pruning.masks import PRUNABLE_TYPES, apply_masks, masks_from_model, prunable_layers, select, weight_of
 from edgeprune.pruning.schedule import PruneResult, PruneStep
 from edgeprune.pruning.structured import _IN_FNS, _OUT_FNS, _build_graph, _eval_mode, _out_fn, replay_plan
 
@@ -85,8 +85,11 @@ def _consumers(model: nn.Module, example_input: torch.Tensor, hidden: dict[str, 
     names = {m: n for n, m in model.named_modules()}
     out: dict[str, _Consumers] = {}
     for name, layer in hidden.items():
-        units = layer.weight.shape[0]
+        units = weight_of(layer).shape[0]
         info = _Consumers(units=units)
+        if not isinstance(layer, PRUNABLE_TYPES):   # an attention's q/k/v rows are not units of their own
+            out[name] = _Consumers(units=units, coupled=True)
+            continue
         for item in graph.get_pruning_group(layer, _out_fn(layer), list(range(units))):
             module, fn = item.dep.target.module, item.dep.handler
             if fn in _OUT_FNS and module is not layer:
@@ -228,10 +231,10 @@ def compact(model: nn.Module, masks: dict[str, torch.Tensor], example_input: tor
     carrier = copy.deepcopy(model)
     with torch.no_grad():
         for name, layer in prunable_layers(carrier).items():
-            layer.weight.copy_(masks[name].to(layer.weight.dtype))
+            weight_of(layer).copy_(masks[name].to(weight_of(layer).dtype))
     replay_plan(carrier, example_input, plan)
     replay_plan(model, example_input, plan)
-    return plan, {name: layer.weight != 0 for name, layer in prunable_layers(carrier).items()}
+    return plan, {name: weight_of(layer) != 0 for name, layer in prunable_layers(carrier).items()}
 
 
 # ------------------------------------------------------------------------------------ the schedule
@@ -409,5 +412,5 @@ def prune_gated(model: nn.Module, spec: PruneSpec, example_input: torch.Tensor, 
                       "epochs": pruning_epochs + retraining_epochs,
                       "val_accuracy_before_retraining": val_before,
                       "removed_units": removed,
-                      "widths": {k: int(m.weight.shape[0]) for k, m in prunable_layers(model).items()}}
+                      "widths": {k: int(weight_of(m).shape[0]) for k, m in prunable_layers(model).items()}}
     return result

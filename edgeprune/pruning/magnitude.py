@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from edgeprune.pruning.base import Method, register
-from edgeprune.pruning.masks import prunable_layers
+from edgeprune.pruning.masks import prunable_layers, weight_of
 
 
 @register
@@ -18,7 +18,7 @@ class Magnitude(Method):
     name = "magnitude"
 
     def score(self, model: nn.Module, stats: Any) -> dict[str, torch.Tensor]:
-        return {name: m.weight.detach().abs().clone() for name, m in prunable_layers(model).items()}
+        return {name: weight_of(m).detach().abs().clone() for name, m in prunable_layers(model).items()}
 
 
 @register
@@ -32,6 +32,6 @@ class Random(Method):
         # so iterative random pruning removes weights in one consistent order.
         gen = torch.Generator().manual_seed(self.seed)
         return {
-            name: torch.rand(m.weight.shape, generator=gen).to(m.weight.device)
+            name: torch.rand(weight_of(m).shape, generator=gen).to(weight_of(m).device)
             for name, m in prunable_layers(model).items()
         }

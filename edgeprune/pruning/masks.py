@@ -1,7 +1,9 @@
 """Keep-masks over prunable weights, and sparsity accounting.
 
-Prunable means the `weight` of a Conv or Linear module; biases and norm layers are never pruned,
-so every sparsity figure here is the fraction of those weights that is zero / removed.
+Prunable means the `weight` of a Conv or Linear module and the packed query/key/value projection
+(`in_proj_weight`) of an nn.MultiheadAttention (its output projection is an nn.Linear already);
+biases and norm layers are never pruned, so every sparsity figure here is the fraction of those
+weights that is zero / removed. `weight_of` gives a prunable layer's weight whatever its type.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from torch import nn
 
 from edgeprune.errors import InputError
 
+# Layers whose output channels Torch-Pruning removes (channel granularity roots).
 PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 SCOPES = ("global", "layer")
 
@@ -25,10 +28,33 @@ def prunable_layers(model: nn.Module, exclude_output: bool = False) -> dict[str,
     units are the classes and so cannot be removed. (Registration order is assumed to follow the
     forward pass, as it does for every zoo model; `structured` checks the real execution order.)
     """
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
+    layers = {name: m for name, m in model.named_modules()
+              if isinstance(m, PRUNABLE_TYPES) or _packed_attention(m)}
     if exclude_output and layers:
         layers.pop(next(reversed(layers)))
     return layers
+
+
+def require_prunable(model: nn.Module, what: str = "the model") -> None:
+    """InputError when `model` has no layer `prunable_layers` finds: pruning it would change nothing.
+
+    TorchScript and torch.export programs keep their layers as compiled code (no nn.Conv2d or
+    nn.Linear instances), so they land here rather than being reported as pruned."""
+    if not prunable_layers(model):
+        raise InputError(f"{what} has no Conv/Linear/attention module edgeprune can prune (TorchScript and torch.export "
+                         "programs hold their layers as compiled code): nothing would be pruned; give the model as "
+                         "an nn.Module (--arch package.module:factory) instead")
+
+
+def _packed_attention(m: nn.Module) -> bool:
+    # With kdim/vdim different from embed_dim, q/k/v have separate weights and in_proj_weight is None.
+    return isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None
+
+
+def weight_of(layer: nn.Module) -> torch.Tensor:
+    """The prunable weight of a layer `prunable_layers` returns: Conv/Linear `weight`, or an attention's
+    packed q/k/v projection `in_proj_weight` ([3 * embed_dim, embed_dim], laid out like a Linear's)."""
+    return layer.in_proj_weight if isinstance(layer, nn.MultiheadAttention) else layer.weight
 
 
 def select(scores: dict[str, torch.Tensor], sparsity: float, scope: str) -> dict[str, torch.Tensor]:
@@ -86,9 +112,9 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     modules = dict(model.named_modules())
     for name, mask in masks.items():
         module = modules.get(name)
-        if module is None or not isinstance(module, PRUNABLE_TYPES):
-            raise InputError(f"mask for {name!r} matches no Conv/Linear layer of the model")
-        weight = module.weight
+        if module is None or not (isinstance(module, PRUNABLE_TYPES) or _packed_attention(module)):
+            raise InputError(f"mask for {name!r} matches no Conv/Linear/attention layer of the model")
+        weight = weight_of(module)
         if tuple(mask.shape) != tuple(weight.shape):
             raise InputError(f"mask for {name!r} has shape {list(mask.shape)}, weight has {list(weight.shape)}")
         # masked_fill writes +0.0; multiplying by the mask would leave -0.0 for negative weights, and
@@ -98,7 +124,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 def masks_from_model(model: nn.Module) -> dict[str, torch.Tensor]:
     """Keep-masks read off the weights: nonzero = kept (how a pruned checkpoint's masks are recovered)."""
-    return {name: m.weight.detach() != 0 for name, m in prunable_layers(model).items()}
+    return {name: weight_of(m).detach() != 0 for name, m in prunable_layers(model).items()}
 
 
 @dataclass
@@ -152,9 +178,9 @@ def sparsity_report(model: nn.Module, example_input: torch.Tensor) -> SparsityRe
         LayerSparsity(
             name=name,
             kind=type(m).__name__,
-            shape=list(m.weight.shape),
-            total=m.weight.numel(),
-            nonzero=int(torch.count_nonzero(m.weight)),
+            shape=list(weight_of(m).shape),
+            total=weight_of(m).numel(),
+            nonzero=int(torch.count_nonzero(weight_of(m))),
         )
         for name, m in prunable_layers(model).items()
     ]

@@ -14,10 +14,11 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from edgeprune.errors import InputError
 from edgeprune.pruning.base import PruneSpec, get_method
-from edgeprune.pruning.masks import apply_masks, select
+from edgeprune.pruning.masks import apply_masks, require_prunable, select
 from edgeprune.pruning.semistructured import select_2to4
-from edgeprune.pruning.structured import TOLERANCE, budget_count, prune_channels
+from edgeprune.pruning.structured import TOLERANCE, budget_count, kept_whole, prune_channels
 
 
 @dataclass
@@ -53,6 +54,7 @@ def targets(spec: PruneSpec) -> list[float]:
     The cubic prunes fast while many weights are redundant and slowly near the end, where each
     removal costs more accuracy and fine-tuning needs time to recover.
     """
+    spec.validate()   # a schedule left None is the method's own
     if spec.schedule == "oneshot":
         return [float(spec.sparsity)]
     n = spec.steps
@@ -77,6 +79,10 @@ def prune(
     the target, which coarse round_to steps can cause, draws a warning; PruneStep.achieved has it.
     """
     spec.validate()
+    if spec.schedule == "gated":   # e.g. activation's default: it trains while it prunes
+        raise InputError("schedule 'gated' trains while it prunes: run it with edgeprune.api.compress "
+                         "(or edgeprune.pruning.gated.prune_gated), or pass schedule 'oneshot' or 'iterative'")
+    require_prunable(model)
     method = get_method(spec.method, seed=spec.seed, **spec.options)
     steps = targets(spec)
     share = 1.0 / len(steps)
@@ -119,6 +125,8 @@ def prune(
     result.details = method.details
     if spec.granularity == "2:4":   # the layers the pattern could not reach, with the reason
         result.details = {**method.details, "2:4 dense layers": dense_layers}
+    if spec.granularity == "channel" and kept_whole(model):
+        result.details = {**method.details, "channels kept whole": kept_whole(model)}
     final = result.steps[-1].achieved
     # 2:4 misses 0.5 only by the layers it must leave dense, which details["2:4 dense layers"] names
     if spec.granularity != "2:4" and abs(final - spec.sparsity) > TOLERANCE:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import InputError
-from edgeprune.pruning.masks import prunable_layers
+from edgeprune.pruning.masks import prunable_layers, weight_of
 
 if TYPE_CHECKING:
     import onnx
@@ -40,7 +40,7 @@ def dense_reason(module: nn.Module) -> str | None:
     """Why a Conv/Linear layer cannot take the 2:4 pattern (None when it can)."""
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return "transposed convolution: no 2:4 kernels"
-    reduction = module.weight.shape[1]
+    reduction = weight_of(module).shape[1]
     if reduction % GROUP:
         return f"reduction dim {reduction} is not a multiple of {GROUP}"
     return None
@@ -132,9 +132,10 @@ def check_weight(name: str, kind: str, weight: np.ndarray) -> LayerCheck:
     return LayerCheck(name, kind, list(w.shape), int(zeros.size), violating, satisfies, wide, aligned, "; ".join(notes))
 
 
-def check_2to4(source: nn.Module | onnx.ModelProto | str | Path) -> list[LayerCheck]:
+def check_2to4(source: nn.Module | onnx.ModelProto | str | Path, consent=None) -> list[LayerCheck]:
     """2:4 check of every Conv/Linear layer of a PyTorch model, or every Conv/Gemm/MatMul with a
-    constant weight of an ONNX model (a ModelProto, an `.onnx` path, or a model file edgeprune loads)."""
+    constant weight of an ONNX model (a ModelProto, an `.onnx` path, or a model file edgeprune loads
+    with ``consent``, a ``model_io.Consent``)."""
     import onnx
 
     if isinstance(source, (str, Path)):
@@ -149,7 +150,7 @@ def check_2to4(source: nn.Module | onnx.ModelProto | str | Path) -> list[LayerCh
         else:
             from edgeprune.model_io import load_model
 
-            source = load_model(path).model
+            source = load_model(path, consent).model
     if isinstance(source, onnx.ModelProto):
         from edgeprune.onnx_layers import weighted_layers
 
@@ -158,5 +159,5 @@ def check_2to4(source: nn.Module | onnx.ModelProto | str | Path) -> list[LayerCh
     for name, m in prunable_layers(source).items():
         if isinstance(m, nn.modules.conv._ConvTransposeNd):
             continue   # weight is [in, out, *k]: no 2:4 kernels for it
-        checks.append(check_weight(name, type(m).__name__, m.weight.detach().cpu().numpy()))
+        checks.append(check_weight(name, type(m).__name__, weight_of(m).detach().cpu().numpy()))
     return checks

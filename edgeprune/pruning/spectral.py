@@ -23,7 +23,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from edgeprune.errors import InputError
 from edgeprune.pruning.base import Method, _is_int, register
-from edgeprune.pruning.masks import prunable_layers
+from edgeprune.pruning.masks import prunable_layers, weight_of
 from edgeprune.pruning.structured import _eval_mode
 
 # METHODS.md proposes a = 0.5, width 1 bin; on Fashion-MNIST validation (LeNet-5, 75 and 90 %,
@@ -181,7 +181,7 @@ class Spectral(Method):
         factors = self._factors(model, stats)
         scores = {}
         for name, module in prunable_layers(model).items():
-            w = module.weight.detach().abs()
+            w = weight_of(module).detach().abs()
             m = factors.get(name)
             scores[name] = w.clone() if m is None else w * m.to(w).reshape(-1, *([1] * (w.dim() - 1)))
         return scores

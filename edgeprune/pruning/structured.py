@@ -19,8 +19,8 @@ import torch_pruning as tp
 from torch import nn
 from torch_pruning.pruner import function
 
-from edgeprune.errors import InputError
-from edgeprune.pruning.masks import PRUNABLE_TYPES
+from edgeprune.errors import InputError, first_line
+from edgeprune.pruning.masks import PRUNABLE_TYPES, prunable_layers, weight_of
 
 # No layer loses more than this share of its channels in one call, so global ranking cannot
 # collapse a layer whose scores happen to be uniformly low.
@@ -33,6 +33,24 @@ _OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels
             function.prune_depthwise_conv_out_channels)
 _IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels,
            function.prune_depthwise_conv_in_channels)
+
+
+def kept_whole(model: nn.Module) -> dict[str, str]:
+    """Layers whose channels channel pruning leaves alone, with the reason; every channel group that
+    passes through one of them stays whole.
+
+    An attention's embedding is split into heads: cutting it narrows every head, and a model that
+    fixes its embedding width in a reshape (as many ViTs do) no longer runs, so the residual stream of
+    a transformer keeps its width and only the MLP hidden neurons are removed. A grouped convolution
+    (1 < groups < channels) needs the same count removed from every group, which a ranking over
+    channels does not give (Torch-Pruning's per-channel surgery then breaks it)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.MultiheadAttention):
+            out[name] = "attention: its heads and the embedding they read are kept whole"
+        elif isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.in_channels:
+            out[name] = f"grouped convolution (groups={m.groups})"
+    return out
 
 
 def _channel_energy(layer: nn.Module, scores: torch.Tensor, dim: str) -> torch.Tensor:
@@ -167,7 +185,7 @@ def _out_fn(module: nn.Module):
 
 
 def _prunable_weight_count(model: nn.Module) -> int:
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, PRUNABLE_TYPES))
+    return sum(weight_of(m).numel() for m in prunable_layers(model).values())
 
 
 def _macs(model: nn.Module, example_input: torch.Tensor) -> float:
@@ -281,16 +299,25 @@ def prune_channels(
     output = _output_layer(model, example_input)
     importance = ScoreImportance(scores, model, normalize=(scope == "global"), filter_scores=filter_scores)
     names = {m: n for n, m in model.named_modules()}
+    whole = kept_whole(model)
     groups = []
+    blocked: list[str] = []
     for group in graph.get_all_groups(ignored_layers=[output] if output is not None else [],
                                       root_module_types=PRUNABLE_TYPES):
         root = group[0].dep.target.module
         size = len(group[0].idxs)
+        blocker = next((names[it.dep.target.module] for it in group if names.get(it.dep.target.module) in whole), None)
+        if blocker is not None:
+            blocked.append(blocker)
+            continue
         imp = importance(group)
         if imp is None or size < 2 or names.get(root) not in scores:
             continue
         floor = max(1, math.ceil(size * (1 - MAX_LAYER_RATIO)))
         groups.append(_Group(names[root], size, imp, floor))
+    if not groups and blocked:
+        raise InputError(f"channel pruning cannot handle layer '{blocked[0]}' ({whole[blocked[0]]}), and every "
+                         "channel group of this model passes through such a layer: use --granularity weight or 2:4")
     planner = _Planner(groups, scope, round_to)
 
     cache: dict[tuple[int, ...], float] = {tuple(g.size for g in groups): 0.0}
@@ -298,7 +325,14 @@ def prune_channels(
     def measure(keep: tuple[int, ...]) -> float:
         if keep not in cache:
             trial = copy.deepcopy(model)
-            _apply(trial, _build_graph(trial, example_input), planner.steps(keep))
+            try:
+                _apply(trial, _build_graph(trial, example_input), planner.steps(keep))
+                with torch.no_grad(), _eval_mode(trial):
+                    trial(example_input)
+            except RuntimeError as e:   # shapes that no longer fit: a width fixed where Torch-Pruning cannot see it
+                raise InputError(f"channel pruning leaves a model that no longer runs ({first_line(e)}); a layer "
+                                 "fixes a width Torch-Pruning cannot follow (a reshape or view to a constant size?): "
+                                 "use --granularity weight or 2:4") from None
             cache[keep] = 1.0 - budget_count(trial, example_input, budget) / base
         return cache[keep]
 
@@ -323,8 +357,9 @@ def prune_channels(
     if hi_value < sparsity - TOLERANCE:
         raise InputError(
             f"channel sparsity {sparsity:g} ({budget}) is out of reach: removing up to "
-            f"{MAX_LAYER_RATIO:.0%} of each layer's channels (round_to={round_to}) gives at most {hi_value:.3f}; "
-            f"lower the target{' or round_to' if round_to > 1 else ''}"
+            f"{MAX_LAYER_RATIO:.0%} of each layer's channels (round_to={round_to}) gives at most {hi_value:.3f}"
+            + (f" with the channels through {', '.join(sorted(set(blocked)))} kept whole" if blocked else "")
+            + f"; lower the target{' or round_to' if round_to > 1 else ''}"
         )
     lo, hi = 0.0, 1.0
     lo_value, lo_keep = achieved(0.0)

@@ -9,8 +9,8 @@ from edgeprune.report.schema import (
     Ratios,
     Report,
     read_report,
-    write_report,
 )
+from edgeprune.report.write import write_report
 
 __all__ = [
     "SCHEMA",

@@ -107,7 +107,8 @@ def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
     ]
     if r.agreement is not None:
         rows.append(("top-1 agreement with dense", "", f"{100 * r.agreement.top1:.1f} %",
-                     f"max abs. logit diff {r.agreement.max_abs_logit_diff:.3g}"))
+                     f"max abs. logit diff {r.agreement.max_abs_logit_diff:.3g}"
+                     + (f", cosine {r.agreement.cosine:.4f}" if r.agreement.cosine is not None else "")))
     rows += [
         ("peak RSS (MB)", f"{d.peak_rss_mb:.1f}", f"{p.peak_rss_mb:.1f}", _x(q.peak_rss)),
         ("model RSS above baseline (MB)", f"{d.model_rss_mb:.2f}", f"{p.model_rss_mb:.2f}", _x(q.model_rss)),
@@ -206,7 +207,9 @@ def format_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def _count(n: int) -> str:
+def _count(n: int | None) -> str:
+    if n is None:
+        return "unknown"
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
             return f"{n / size:.2f} {unit}"

@@ -7,7 +7,6 @@ two sides, so they cannot disagree with them; `from_dict` recomputes rather than
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from edgeprune.errors import InputError
-from edgeprune.fileio import atomic_write
 
 SCHEMA = "edgeprune.report/1"
 
@@ -144,7 +142,8 @@ class ModelSide:
     `params` is the number of **nonzero** parameters (what a sparse format would store);
     `total_params` counts zeros too. `macs` are the **executed** multiply-accumulates at batch 1:
     a dense backend multiplies by zeros, so zeroed weights do not lower them; removed neurons and
-    channels do. `latency_ms` is at the report's `latency_batch` (batch 1 unless the target does
+    channels do; None when they could not be counted (shape inference did not reach every
+    compute node), so that no ratio is taken with a partial count. `latency_ms` is at the report's `latency_batch` (batch 1 unless the target does
     not measure it). `accuracy` is top-1 in percent through the built engine.
     """
 
@@ -159,7 +158,7 @@ class ModelSide:
     engine_bytes: int
     params: int
     total_params: int
-    macs: int
+    macs: int | None
     opset: int
 
     @property
@@ -199,7 +198,7 @@ class ModelSide:
             engine_bytes=int(d.get("engine_bytes", 0)),
             params=int(d["params"]),
             total_params=int(d.get("total_params", d["params"])),
-            macs=int(d["macs"]),
+            macs=None if d["macs"] is None else int(d["macs"]),
             opset=int(d.get("opset", 0)),
         )
 
@@ -222,18 +221,21 @@ class Ratios:
 
 @dataclass
 class Agreement:
-    """How often dense and pruned engines pick the same class, and the largest output difference."""
+    """How often dense and pruned engines pick the same class, the largest output difference, and the
+    mean cosine similarity of their output vectors: label-free, so a model without labels is judged too."""
 
     top1: float  # fraction in [0, 1]
     max_abs_logit_diff: float
     samples: int
+    cosine: float | None = None   # mean over samples; None in reports written before it was measured
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Agreement:
-        return cls(top1=float(d["top1"]), max_abs_logit_diff=float(d["max_abs_logit_diff"]), samples=int(d["samples"]))
+        return cls(top1=float(d["top1"]), max_abs_logit_diff=float(d["max_abs_logit_diff"]), samples=int(d["samples"]),
+                   cosine=None if d.get("cosine") is None else float(d["cosine"]))
 
 
 @dataclass
@@ -259,6 +261,10 @@ class Report:
     precision: str = "fp32"
     pruned_fp32: ModelSide | None = None
     int8: dict[str, Any] | None = None
+    # Where it ran: {host (as the user gave it, None = this machine), hostname (the machine's own),
+    # stack (fingerprint of `stack`), power_mode}; and whether each engine came from the cache.
+    device: dict[str, Any] | None = None
+    engine_cache: dict[str, str] | None = None
 
     @property
     def ratios(self) -> Ratios:
@@ -326,6 +332,8 @@ class Report:
             "precision": self.precision,
             "pruned_fp32": self.pruned_fp32.to_dict() if self.pruned_fp32 else None,
             "int8": self._int8_dict(),
+            "device": dict(self.device) if self.device else None,
+            "engine_cache": dict(self.engine_cache) if self.engine_cache else None,
         }
 
     def to_json(self) -> str:
@@ -357,6 +365,8 @@ class Report:
                 precision=str(d.get("precision", "fp32")),
                 pruned_fp32=ModelSide.from_dict(d["pruned_fp32"]) if d.get("pruned_fp32") else None,
                 int8={k: v for k, v in d["int8"].items() if k not in _DERIVED_INT8} if d.get("int8") else None,
+                device=dict(d["device"]) if d.get("device") else None,
+                engine_cache=dict(d["engine_cache"]) if d.get("engine_cache") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"report is missing or has a malformed field: {e}") from None
@@ -382,27 +392,11 @@ def read_report(path: str | Path) -> Report:
         raise InputError(f"{p}: not valid JSON: {e}") from None
 
 
-def write_report(report: Report, out_dir: str | Path) -> dict[str, Path]:
-    """Write `report.json`, `report.md` and `latency.png` into out_dir, each atomically."""
-    from edgeprune.report.plot import latency_png
-    from edgeprune.report.render import to_markdown
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "latency.png"}
-    atomic_write(paths["json"], report.to_json().encode(), force=True)
-    atomic_write(paths["markdown"], to_markdown(report).encode(), force=True)
-    buf = io.BytesIO()
-    latency_png(report, buf)
-    atomic_write(paths["plot"], buf.getvalue(), force=True)
-    return paths
-
-
-def ratio(a: float, b: float) -> float | None:
-    """a / b, or None where b is zero."""
-    # A zero denominator (e.g. MACs of a graph shape inference could not follow) has no ratio,
-    # and NaN/inf are not JSON: None ("n/a") it is.
-    if not b:
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None where either is unknown (None) or b is zero."""
+    # An unknown side (MACs that could not be counted) or a zero denominator has no ratio, and
+    # NaN/inf are not JSON: None ("n/a") it is.
+    if a is None or not b:
         return None
     return float(a) / float(b)
 

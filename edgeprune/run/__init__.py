@@ -1,0 +1,1 @@
+"""Where a deploy runs: here, or on a board reached with the user's own OpenSSH client."""

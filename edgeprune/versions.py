@@ -1,0 +1,48 @@
+"""Version strings as tuples, and version ranges (`>=1.18,<2`): shared by targets and backends."""
+
+from __future__ import annotations
+
+
+def version_in_range(version: str, spec: str) -> bool:
+    """`"1.31.1"` in `">=1.18,<2"`: comma-separated clauses of >=, <=, >, <, ==, != (== allows
+    a trailing `.*`). Pre-release and local suffixes are ignored."""
+    v = _vtuple(version)
+    for clause in (c.strip() for c in spec.split(",") if c.strip()):
+        for op in (">=", "<=", "==", "!=", ">", "<"):
+            if clause.startswith(op):
+                ref = clause[len(op):].strip()
+                break
+        else:
+            op, ref = "==", clause
+        if ref.endswith(".*"):
+            r = _vtuple(ref[:-2])
+            match = v[: len(r)] == r
+            if (op == "==" and not match) or (op == "!=" and match):
+                return False
+            continue
+        r = _vtuple(ref)
+        n = max(len(v), len(r))
+        a, b = v + (0,) * (n - len(v)), r + (0,) * (n - len(r))
+        ok = {">=": a >= b, "<=": a <= b, "==": a == b, "!=": a != b, ">": a > b, "<": a < b}[op]
+        if not ok:
+            return False
+    return True
+
+
+def version_tuple(version: str | tuple[int, ...]) -> tuple[int, ...]:
+    """`"10.3.0.26"` -> `(10, 3, 0, 26)`; a tuple is returned as it is."""
+    return tuple(version) if isinstance(version, tuple) else _vtuple(version)
+
+
+def _vtuple(s: str) -> tuple[int, ...]:
+    out = []
+    for part in s.split("+")[0].split("."):
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        out.append(int(digits))
+    return tuple(out)
