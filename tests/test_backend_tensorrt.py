@@ -509,9 +509,11 @@ def test_build_and_time_interleaves_dense_control_and_pruned_fake_tensorrt(tmp_p
     assert _calls(trt, "calibrated_batches") == [(2,), (2,)] and len(trt.cuda.copies_in) > 4
     assert set(r["latency_ms"]) == {"1", "32"}
     assert r["latency_ms"]["1"]["dense"]["n"] == r["latency_ms"]["1"]["control"]["n"] == r["latency_ms"]["1"]["pruned"]["n"] == 7
-    # A A' B, rotated each round, after each session's load run and 2 warm-ups (9 executions)
+    # the rotation itself is the shared loop's (measure.timing, tests/test_profiling.py); here: both
+    # engines ran, the dense one twice as often in the loop (A and the A' control): 2 batch sizes x
+    # (1 load + 2 warm-up + 7 timed), then 2 accuracy batches each
     ran = [Path(args[0]).stem for args in _calls(trt, "engine.execute")]
-    assert ran[9:18] == ["dense", "dense", "pruned", "dense", "pruned", "dense", "pruned", "dense", "dense"]
+    assert (ran.count("dense"), ran.count("pruned")) == (2 * 2 * 10 + 2, 2 * 10 + 2)
     # per session and batch size: one run to load the batch, 2 warm-up and 7 timed executions;
     # then 2 accuracy batches of 32 for dense and pruned
     assert len(_calls(trt, "ctx.execute_async_v3")) == 3 * 2 * (1 + 2 + 7) + 2 * 2

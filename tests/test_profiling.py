@@ -371,7 +371,11 @@ def test_profile_without_data_needs_models_that_record_their_data_set(models, tm
 
 
 def test_agreement_reports_cosine_so_outputs_without_labels_are_judged():
-    from edgeprune.profiling import _agreement
+    from edgeprune.measure.accuracy import agreement
+    from edgeprune.report.schema import Agreement
+
+    def _agreement(a, b):
+        return Agreement(**agreement(a, b))
 
     d = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]], np.float32)
     same = _agreement(d, d.copy())

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeprune import profiling
+from edgeprune.measure import pair
 from edgeprune.data import load_npz
 from edgeprune.fileio import file_digest
 from edgeprune.profiling import profile_pair
@@ -113,7 +113,7 @@ def test_dense_and_pruned_swapped_give_the_inverse_ratio(models, images, target,
 def test_a_timer_with_a_constant_step_and_a_fixed_memory_probe_are_rejected(models, images, target, tmp_path, monkeypatch):
     ticks = itertools.count(0, 1000)
     monkeypatch.setattr(time, "perf_counter_ns", lambda: next(ticks))
-    monkeypatch.setattr(profiling, "measure_memory", lambda *a, **k: {"peak_rss_mb": 80.0, "model_rss_mb": 10.0})
+    monkeypatch.setattr(pair, "measure_memory", lambda *a, **k: {"peak_rss_mb": 80.0, "model_rss_mb": 10.0})
     faked = profile(models, images, target, tmp_path)
     assert faked.latency[BATCH].ratio_p50 == 1.0
     problems = cost_problems(faked, BIG, SMALL)
