@@ -45,7 +45,7 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         WARNING = Severity.WARNING
         INFO = Severity.INFO
 
-        def __init__(self, severity=Severity.WARNING):
+        def __init__(self, min_severity=Severity.WARNING):
             ILogger.__init__(self)
 
         def log(self, severity, msg):
@@ -64,7 +64,7 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
     m.ProfilingVerbosity = enum.Enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "DETAILED", "NONE"])
     m.DeviceType = enum.Enum("DeviceType", ["GPU", "DLA"])
     m.TensorIOMode = enum.Enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
-    m.nptype = lambda dtype: np.float32
+    m.nptype = lambda trt_type: np.float32
 
     if major < 11:
         class IInt8Calibrator:
@@ -111,9 +111,9 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         def add_optimization_profile(self, profile):
             rec("config.add_optimization_profile", profile.shapes)
 
-        def create_timing_cache(self, blob):
-            rec("config.create_timing_cache", blob)
-            return TimingCache(blob)
+        def create_timing_cache(self, serialized_timing_cache):
+            rec("config.create_timing_cache", serialized_timing_cache)
+            return TimingCache(serialized_timing_cache)
 
         def set_timing_cache(self, cache, ignore_mismatch):
             rec("config.set_timing_cache", ignore_mismatch)
@@ -123,8 +123,8 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
             return self.cache
 
     if v >= (8, 4):
-        def set_memory_pool_limit(self, pool, size):
-            rec("config.set_memory_pool_limit", pool.name, size)
+        def set_memory_pool_limit(self, pool, pool_size):
+            rec("config.set_memory_pool_limit", pool.name, pool_size)
         BuilderConfig.set_memory_pool_limit = set_memory_pool_limit
     if major < 11:
         def set_calibration_profile(self, profile):
@@ -135,8 +135,8 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         def __init__(self):
             self.shapes = {}
 
-        def set_shape(self, name, mn, opt, mx):
-            self.shapes[name] = (list(mn), list(opt), list(mx))
+        def set_shape(self, input, min, opt, max):     # TensorRT's parameter names
+            self.shapes[input] = (list(min), list(opt), list(max))
 
     class ParserError:
         def desc(self):
@@ -149,11 +149,11 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         def __init__(self, network, logger):
             self.num_errors = 0 if parse_ok else 1
 
-        def parse_from_file(self, path):
-            rec("parser.parse_from_file", path)
+        def parse_from_file(self, model):
+            rec("parser.parse_from_file", model)
             return parse_ok
 
-        def get_error(self, i):
+        def get_error(self, index):
             return ParserError()
 
     class Builder:
@@ -192,7 +192,6 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
     class Engine:
         def __init__(self):
             self.num_io_tensors = 2
-            self.num_bindings = 2
 
         def create_execution_context(self):
             return Context()
@@ -212,10 +211,11 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
     names = ["input", "logits"]
     shapes = {"input": (-1, 1, 28, 28), "logits": (-1, 10)}
     if v >= (8, 5):
-        Engine.get_tensor_name = lambda self, i: names[i]
-        Engine.get_tensor_mode = lambda self, n: m.TensorIOMode.INPUT if n == "input" else m.TensorIOMode.OUTPUT
-        Engine.get_tensor_dtype = lambda self, n: "FLOAT"
+        Engine.get_tensor_name = lambda self, index: names[index]
+        Engine.get_tensor_mode = lambda self, name: m.TensorIOMode.INPUT if name == "input" else m.TensorIOMode.OUTPUT
+        Engine.get_tensor_dtype = lambda self, name: "FLOAT"
     if major < 10:
+        Engine.num_bindings = 2
         Engine.get_binding_name = lambda self, i: names[i]
         Engine.get_binding_index = lambda self, n: names.index(n)
         Engine.binding_is_input = lambda self, i: i == 0
@@ -249,7 +249,7 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
 
     if v >= (8, 5):
         Context.set_input_shape, Context.get_tensor_shape = set_input_shape, get_tensor_shape
-        Context.set_tensor_address = lambda self, n, p: rec("ctx.set_tensor_address", n, p)
+        Context.set_tensor_address = lambda self, name, memory: rec("ctx.set_tensor_address", name, memory)
         Context.execute_async_v3 = execute_async_v3
     if major < 10:
         Context.set_binding_shape, Context.get_binding_shape = set_binding_shape, get_binding_shape
@@ -259,9 +259,10 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         def __init__(self, logger):
             self.DLA_core = -1
 
-        def deserialize_cuda_engine(self, data):
-            rec("runtime.deserialize_cuda_engine", bytes(data), self.DLA_core)
-            return Engine() if bytes(data).startswith(b"fake-plan") else None
+        def deserialize_cuda_engine(self, serialized_engine):
+            data = bytes(serialized_engine)
+            rec("runtime.deserialize_cuda_engine", data, self.DLA_core)
+            return Engine() if data.startswith(b"fake-plan") else None
 
     m.Builder, m.OnnxParser, m.Runtime = Builder, OnnxParser, Runtime
     return m
