@@ -49,7 +49,17 @@ demo: install data
 	$(BIN)/edgeprune explain $(DEMO)/run
 	@echo "run directory: $(DEMO)/run (report.md, report.json, latency.png)"
 
-test: install data sshd
+# TensorRT's published Python API (type stubs generated from the real bindings, one release per
+# TensorRT 10.x; none exist for 10.3, JetPack 6's): tests/test_tensorrt_api.py holds edgeprune's
+# TensorRT code and its fake to them. --no-deps: the stubs' wheel requires TensorRT itself (GPU
+# only); --target: two versions of one distribution side by side. The oldest and the newest 10.x.
+TRT_STUBS := 10.8.0.43.1 10.13.0.35.1
+.PHONY: trt-stubs
+trt-stubs: $(foreach v,$(TRT_STUBS),$(VENV)/trt-stubs/$(v)/tensorrt_bindings/tensorrt.pyi)
+$(VENV)/trt-stubs/%/tensorrt_bindings/tensorrt.pyi: | $(STAMP)
+	$(BIN)/pip install -q --no-deps --upgrade --target $(VENV)/trt-stubs/$* tensorrt-stubs==$*
+
+test: install data sshd trt-stubs
 	$(BIN)/python -m pytest -q --timeout 900
 
 # Mutation testing of the measurement and ratio code: the functions that time, take memory and form

@@ -53,7 +53,7 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         WARNING = Severity.WARNING
         INFO = Severity.INFO
 
-        def __init__(self, severity=Severity.WARNING):
+        def __init__(self, min_severity=Severity.WARNING):
             ILogger.__init__(self)
 
         def log(self, severity, msg):
@@ -72,7 +72,7 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
     m.ProfilingVerbosity = enum.Enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "DETAILED", "NONE"])
     m.DeviceType = enum.Enum("DeviceType", ["GPU", "DLA"])
     m.TensorIOMode = enum.Enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
-    m.nptype = lambda dtype: np.float32
+    m.nptype = lambda trt_type: np.float32
 
     if major < 11:
         class IInt8Calibrator:
@@ -119,9 +119,9 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         def add_optimization_profile(self, profile):
             rec("config.add_optimization_profile", profile.shapes)
 
-        def create_timing_cache(self, blob):
-            rec("config.create_timing_cache", blob)
-            return TimingCache(blob)
+        def create_timing_cache(self, serialized_timing_cache):
+            rec("config.create_timing_cache", serialized_timing_cache)
+            return TimingCache(serialized_timing_cache)
 
         def set_timing_cache(self, cache, ignore_mismatch):
             rec("config.set_timing_cache", ignore_mismatch)
@@ -131,8 +131,8 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
             return self.cache
 
     if v >= (8, 4):
-        def set_memory_pool_limit(self, pool, size):
-            rec("config.set_memory_pool_limit", pool.name, size)
+        def set_memory_pool_limit(self, pool, pool_size):
+            rec("config.set_memory_pool_limit", pool.name, pool_size)
         BuilderConfig.set_memory_pool_limit = set_memory_pool_limit
     if major < 11:
         def set_calibration_profile(self, profile):
@@ -143,8 +143,8 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         def __init__(self):
             self.shapes = {}
 
-        def set_shape(self, name, mn, opt, mx):
-            self.shapes[name] = (list(mn), list(opt), list(mx))
+        def set_shape(self, input, min, opt, max):     # TensorRT's parameter names
+            self.shapes[input] = (list(min), list(opt), list(max))
 
     class ParserError:
         def desc(self):
@@ -154,19 +154,19 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
             return 3
 
     class Network:
-        onnx = ""
+        _onnx = ""
 
     class OnnxParser:
         def __init__(self, network, logger):
             self.num_errors = 0 if parse_ok else 1
-            self.network = network
+            self._network = network
 
-        def parse_from_file(self, path):
-            rec("parser.parse_from_file", path)
-            self.network.onnx = path
+        def parse_from_file(self, model):
+            rec("parser.parse_from_file", model)
+            self._network._onnx = model
             return parse_ok
 
-        def get_error(self, i):
+        def get_error(self, index):
             return ParserError()
 
     class Builder:
@@ -201,16 +201,16 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
                     rec("calibrated_batches", n)
                     cal.write_calibration_cache(f"TRT-{version}-EntropyCalibration2\ninput: 3c010a14\n".encode())
             # the plan names the model it runs, as a real plan holds its weights
-            return bytearray(b"fake-plan-" + version.encode() + b"\n" + str(network.onnx).encode())
+            return bytearray(b"fake-plan-" + version.encode() + b"\n" + str(network._onnx).encode())
 
     class Engine:
         def __init__(self, onnx_path):
-            self.onnx = onnx_path
+            self._onnx = onnx_path
             self.num_io_tensors = 2
-            self.num_bindings = 2
             so = ort.SessionOptions()
             so.intra_op_num_threads = 1
-            self.session = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+            # a plan that names no model (a hand-made b"fake-plan") deserializes, but cannot run
+            self._session = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"]) if onnx_path else None
 
         def create_execution_context(self):
             return Context(self)
@@ -230,10 +230,11 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
     names = ["input", "logits"]
     shapes = {"input": (-1, 1, 28, 28), "logits": (-1, 10)}
     if v >= (8, 5):
-        Engine.get_tensor_name = lambda self, i: names[i]
-        Engine.get_tensor_mode = lambda self, n: m.TensorIOMode.INPUT if n == "input" else m.TensorIOMode.OUTPUT
-        Engine.get_tensor_dtype = lambda self, n: "FLOAT"
+        Engine.get_tensor_name = lambda self, index: names[index]
+        Engine.get_tensor_mode = lambda self, name: m.TensorIOMode.INPUT if name == "input" else m.TensorIOMode.OUTPUT
+        Engine.get_tensor_dtype = lambda self, name: "FLOAT"
     if major < 10:
+        Engine.num_bindings = 2
         Engine.get_binding_name = lambda self, i: names[i]
         Engine.get_binding_index = lambda self, n: names.index(n)
         Engine.binding_is_input = lambda self, i: i == 0
@@ -241,13 +242,13 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
 
     class Context:
         def __init__(self, engine):
-            self.engine, self.batch, self.addresses = engine, None, {}
+            self.engine, self.batch, self._addresses = engine, None, {}
 
-        def execute(self, addresses):
+        def _execute(self, addresses):
             """Run the engine's model on the device memory at `addresses`; the device clock
             advances by the time that took."""
-            rec("engine.execute", self.engine.onnx)
-            sess = self.engine.session
+            rec("engine.execute", self.engine._onnx)
+            sess = self.engine._session
             t0 = time.perf_counter_ns()
             y = sess.run(None, {sess.get_inputs()[0].name: device.memory[addresses["input"]]})[0]
             device.clock_ms += (time.perf_counter_ns() - t0) / 1e6
@@ -269,17 +270,17 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
 
     def execute_async_v3(self, stream_handle):
         rec("ctx.execute_async_v3", stream_handle)
-        self.execute(self.addresses)
+        self._execute(self._addresses)
         return True
 
     def execute_async_v2(self, bindings, stream_handle):
         rec("ctx.execute_async_v2", list(bindings), stream_handle)
-        self.execute(dict(zip(names, bindings)))
+        self._execute(dict(zip(names, bindings)))
         return True
 
-    def set_tensor_address(self, name, ptr):
-        rec("ctx.set_tensor_address", name, ptr)
-        self.addresses[name] = ptr
+    def set_tensor_address(self, name, memory):
+        rec("ctx.set_tensor_address", name, memory)
+        self._addresses[name] = memory
 
     if v >= (8, 5):
         Context.set_input_shape, Context.get_tensor_shape = set_input_shape, get_tensor_shape
@@ -293,9 +294,10 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         def __init__(self, logger):
             self.DLA_core = -1
 
-        def deserialize_cuda_engine(self, data):
-            rec("runtime.deserialize_cuda_engine", bytes(data), self.DLA_core)
-            head, _, onnx_path = bytes(data).partition(b"\n")
+        def deserialize_cuda_engine(self, serialized_engine):
+            data = bytes(serialized_engine)
+            rec("runtime.deserialize_cuda_engine", data, self.DLA_core)
+            head, _, onnx_path = data.partition(b"\n")
             return Engine(onnx_path.decode()) if head.startswith(b"fake-plan") else None
 
     m.Builder, m.OnnxParser, m.Runtime = Builder, OnnxParser, Runtime
