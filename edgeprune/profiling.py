@@ -21,7 +21,6 @@ from edgeprune.backends import Engine, get_backend
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
 from edgeprune.measure.pair import PairMeasurement, build_engines, measure_pair, stack_fingerprint
-from edgeprune.measure.timing import time_interleaved  # noqa: F401  (tests import it from here)
 from edgeprune.measure.verdict import latency_notes, noise_band
 from edgeprune.onnx_stats import ModelStats, model_stats, read_metadata, xz_size
 from edgeprune.progress import progress_bar

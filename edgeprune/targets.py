@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from edgeprune.backends.trt_versions import TRT_GENERATIONS, trt_generation, trt_parser_max_opset  # noqa: F401
+from edgeprune.backends.trt_versions import trt_generation, trt_parser_max_opset
 from edgeprune.errors import InputError, UnknownNameError
-from edgeprune.versions import version_in_range, version_tuple  # noqa: F401
+from edgeprune.versions import version_tuple
 
 # Backends a target may name. A name here need not be importable on this machine (TensorRT
 # targets load on the GPU-less build host); `edgeprune.backends.get_backend` says whether it runs.

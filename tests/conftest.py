@@ -39,6 +39,18 @@ def lenet300_ckpt(tmp_path_factory, fmnist_small) -> Path:
 
 
 @pytest.fixture(scope="session")
+def lenet300_half_ckpt(tmp_path_factory, lenet300_ckpt) -> Path:
+    """That LeNet-300-100 magnitude-pruned to 50 % through the CLI, not fine-tuned: a pruned
+    checkpoint for tests of what happens after compress (export, deploy, targets)."""
+    from edgeprune.cli import main
+
+    out = tmp_path_factory.mktemp("pruned") / "pruned.pt"
+    assert main(["compress", str(lenet300_ckpt), "--sparsity", "0.5", "--finetune-epochs", "0", "--data",
+                 "fashion-mnist", "--limit", "500", "-o", str(out), "--json"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def resnet_ckpt(tmp_path_factory, fmnist_small) -> Path:
     """A narrow ResNet-8 (16/32/64) trained briefly on a Fashion-MNIST subset."""
     out = tmp_path_factory.mktemp("models") / "resnet8.pt"

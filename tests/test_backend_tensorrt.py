@@ -22,7 +22,7 @@ from edgeprune.backends.trt_plan import (EnginePlan, OnnxFacts, onnx_facts, plan
 from edgeprune.backends.trtexec import (bench_command, build_command, parse_sparsity, parse_trtexec_layer_info,
                                         parse_trtexec_profile, parse_trtexec_summary, parse_trtexec_times)
 from edgeprune.cli import main
-from edgeprune.targets import trt_generation
+from edgeprune.backends.trt_versions import trt_generation
 from edgeprune.data import load_npz
 from edgeprune.errors import InputError
 from edgeprune.targets import BuildPolicy, RunPolicy, Target
@@ -393,11 +393,8 @@ batch_sizes = [1, 16]
 
 
 @pytest.fixture(scope="module")
-def pruned_ckpt(tmp_path_factory, lenet300_ckpt):
-    out = tmp_path_factory.mktemp("trt") / "pruned.pt"
-    assert main(["compress", str(lenet300_ckpt), "--sparsity", "0.5", "--finetune-epochs", "0", "--data", "fashion-mnist",
-                 "--limit", "500", "-o", str(out), "--json"]) == 0
-    return out
+def pruned_ckpt(lenet300_half_ckpt):
+    return lenet300_half_ckpt
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")

@@ -39,11 +39,8 @@ batch_sizes = [1, 16]
 
 
 @pytest.fixture(scope="module")
-def pruned(tmp_path_factory, lenet300_ckpt):
-    out = tmp_path_factory.mktemp("lifecycle") / "pruned.pt"
-    assert main(["compress", str(lenet300_ckpt), "--sparsity", "0.5", "--finetune-epochs", "0", "--data",
-                 "fashion-mnist", "--limit", "500", "-o", str(out), "--json"]) == 0
-    return out
+def pruned(lenet300_half_ckpt):
+    return lenet300_half_ckpt
 
 
 def _deploy(pruned, baseline, target, run, *extra):

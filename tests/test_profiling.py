@@ -18,7 +18,8 @@ import onnxruntime as ort
 import pytest
 
 from edgeprune.errors import InputError, ShapeError
-from edgeprune.profiling import explain, profile_pair, time_interleaved
+from edgeprune.measure.timing import time_interleaved
+from edgeprune.profiling import explain, profile_pair
 from edgeprune.report import Report, write_report
 from edgeprune.targets import load_target
 from tests.conftest import CALIBRATION

@@ -15,7 +15,7 @@ from torch import nn
 
 from edgeprune import api
 from edgeprune.errors import EdgepruneError
-from edgeprune.model_io import ArchRef, Consent, load_model, new_checkpoint, save_checkpoint
+from edgeprune.model_io import ArchRef, Consent, new_checkpoint, save_checkpoint
 from edgeprune.pruning import PruneSpec, available_methods, prune, sparsity_report
 from edgeprune.pruning.activation import ActivationCounter
 from tests.wild_models import MODELS

@@ -117,7 +117,7 @@ def test_remote_deploy_reports_like_a_local_one_and_reuses_engines(tmp_path, mod
     local = api.deploy(models[0], str(target), tmp_path / "local", baseline_path=models[1], data=TEST, progress=False)
     t_local = time.perf_counter() - t0
     t0 = time.perf_counter()
-    remote = deploy(models, target, tmp_path / "remote", board, python)
+    deploy(models, target, tmp_path / "remote", board, python)
     t_remote = time.perf_counter() - t0
     print(f"local {t_local:.1f} s, remote {t_remote:.1f} s")
     ld, rd = local.to_dict(), json.loads((tmp_path / "remote" / "report.json").read_text())

@@ -13,18 +13,9 @@ import pytest
 from edgeprune.backends.base import target_status
 from edgeprune.errors import InputError, UnknownNameError
 from edgeprune.host_simd import host_simd
-from edgeprune.targets import (
-    BuildPolicy,
-    RunPolicy,
-    Target,
-    TRT_GENERATIONS,
-    list_targets,
-    load_target,
-    stack_summary,
-    trt_generation,
-    trt_parser_max_opset,
-    version_in_range,
-)
+from edgeprune.backends.trt_versions import TRT_GENERATIONS, trt_generation, trt_parser_max_opset
+from edgeprune.targets import BuildPolicy, RunPolicy, Target, list_targets, load_target, stack_summary
+from edgeprune.versions import version_in_range
 
 from .conftest import SHIPPED
 

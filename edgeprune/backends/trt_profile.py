@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from edgeprune.backends.tensorrt import Cuda, TrtSession, build_engine
 from edgeprune.backends.trt_plan import EnginePlan, load_engine_plans
 from edgeprune.backends.trtexec import (parse_sparsity, parse_trtexec_layer_info, parse_trtexec_profile,
