@@ -3,18 +3,23 @@
 Each cell measured in a run is compared with its own history in its current *segment* (the results
 measured on the same stack fingerprint); a prior run counts by its last attempt.
 
-- **Latency p50 and p99**, with fewer than `min_history` earlier runs in the segment: against the
-  previous run, significant (SciPy's Mann–Whitney U on the per-round medians, one-sided, p < `alpha`)
-  *and* large (p50 ≥ +5 %, p99 ≥ +10 %). There are no per-round p99s: p99's significance is that of
-  the per-round medians' shift, and its size is its own.
+- **Latency p50 and p99**, with fewer than `min_history` earlier runs in the segment: significant
+  against the previous run (SciPy's Mann–Whitney U on the per-round medians, one-sided, p < `alpha`)
+  *and* large (p50 ≥ +5 %, p99 ≥ +10 %) against the median of the segment's earlier runs (with one
+  earlier run, that run: the issue's rule; with more, one unusually fast night is not the baseline
+  the next is measured against). There are no per-round p99s: p99's significance is that of the
+  per-round medians' shift, and its size is its own.
 - **Energy per inference and peak memory** have a single value per run, so nothing to test for
-  significance within a run: below `min_history` runs they are judged by "large" alone against the
-  previous run (energy ≥ +5 %; memory ≥ +5 % *and* ≥ +16 MB, so that a few MB of allocator noise on a
-  small process never counts), from `min_history` runs on by the history rule below.
+  significance within a run: below `min_history` runs they are judged by "large" alone, against the
+  previous run and against the median of the earlier runs (energy ≥ +5 %; memory ≥ +5 % *and*
+  ≥ +16 MB, so that a few MB of allocator noise on a small process never counts), from
+  `min_history` runs on by the history rule below.
 - **Against history**, once the segment holds ≥ `min_history` earlier runs, for all four: robust
-  z = (x − median of the last `window`) / (1.4826 × MAD) > `z`, and large against that median. The
-  spread between runs (the machine's state from night to night) is what decides, not the spread
-  within one run.
+  z = (x − median of the last `window` runs) / (1.4826 × MAD) > `z`, and large against that median:
+  the spread between runs (the machine from night to night) decides, not the spread within one.
+  For latency the rounds must also be significant against the window's pooled per-round medians
+  (Mann–Whitney as above), as airspeed velocity asks a step, a test and a factor: a p99 over a steady
+  history has a tiny MAD, and one preemption more would otherwise be a 15-sigma step.
 - **Accuracy** (top-1 % on the fixed evaluation set) against the previous run: a drop ≥ `accuracy_pt`
   with exact McNemar p < `mcnemar_alpha` (a two-sided binomial test on the discordant samples of the
   two runs' packed per-sample correctness, only when their evaluation-set digests match), or below
@@ -122,6 +127,19 @@ def _robust_z(x: float, values: np.ndarray) -> tuple[float, float]:
     return med, (x - med) / (_MAD_SCALE * mad)
 
 
+def _shift(cur: list[float], base: list[float], t: Thresholds) -> tuple[int, float | None]:
+    """Direction (+1, -1, 0) and one-sided Mann-Whitney p-value of the per-round medians' shift."""
+    if len(cur) < 2 or len(base) < 2:
+        return 0, None
+    up = float(mannwhitneyu(cur, base, alternative="greater").pvalue)
+    down = float(mannwhitneyu(cur, base, alternative="less").pvalue)
+    if up < t.alpha:
+        return 1, up
+    if down < t.alpha:
+        return -1, down
+    return 0, min(up, down)
+
+
 def _compare(metric: str, prior: list[dict], cur: dict, t: Thresholds) -> dict | None:
     """A flag candidate {"metric","direction","before","after","change","p_value","rule"}, or None."""
     col = _COLUMN[metric]
@@ -131,25 +149,30 @@ def _compare(metric: str, prior: list[dict], cur: dict, t: Thresholds) -> dict |
         return None
     p = None
     if len(prior) >= t.min_history:
-        window = np.asarray([r[col] for r in prior[-t.window:]], dtype=float)
-        before, z = _robust_z(x, window)
+        recent = prior[-t.window:]
+        before, z = _robust_z(x, np.asarray([r[col] for r in recent], dtype=float))
         direction = 1 if z > t.z else -1 if z < -t.z else 0
-        rule = f"robust z {z:+.1f} against the median of the last {len(window)} runs"
+        rule = f"robust z {z:+.1f} against the median of the last {len(recent)} runs"
+        if metric in LATENCY and direction:
+            # A step in the history is not enough alone (a p99 over a steady history has a tiny MAD):
+            # the rounds must also sit significantly above, or below, the window's.
+            shift, p = _shift(cur["rounds_ms"], [v for r in recent for v in r["rounds_ms"]], t)
+            direction = direction if shift == direction else 0
+            rule += ", Mann-Whitney U against their per-round medians"
     else:
+        # The step is taken against the previous run; its size against the median of the segment's
+        # runs so far, so that one lucky fast night does not make the next, ordinary one a regression.
         prev = prior[-1]
-        before = prev[col]
+        before = float(np.median([r[col] for r in prior]))
         if metric in LATENCY:
-            a, b = cur["rounds_ms"], prev["rounds_ms"]
-            if len(a) < 2 or len(b) < 2:
-                return None
-            up = float(mannwhitneyu(a, b, alternative="greater").pvalue)
-            down = float(mannwhitneyu(a, b, alternative="less").pvalue)
-            direction = 1 if up < t.alpha else -1 if down < t.alpha else 0
-            p = up if direction >= 0 else down
-            rule = f"Mann-Whitney U on {len(a)} vs {len(b)} per-round medians against the previous run"
+            direction, p = _shift(cur["rounds_ms"], prev["rounds_ms"], t)
+            rule = (f"Mann-Whitney U on {len(cur['rounds_ms'])} vs {len(prev['rounds_ms'])} per-round medians "
+                    f"against the previous run, size against the median of {len(prior)} run(s)")
         else:
-            direction = int(np.sign(x - before))
-            rule = "one value per run: size against the previous run"
+            direction = int(np.sign(x - prev[col]))
+            if direction and not _large(metric, prev[col], x, direction, t):
+                direction = 0
+            rule = f"one value per run: size against the previous run and the median of {len(prior)} run(s)"
     if direction == 0 or not _large(metric, before, x, direction, t):
         return None
     return {"metric": metric, "direction": direction, "before": float(before), "after": float(x),
