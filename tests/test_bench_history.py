@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -134,6 +135,28 @@ def test_newer_foreign_and_non_sqlite_files_are_refused_in_one_line(tmp_path):
     with pytest.raises(InputError, match="not a SQLite history file") as e:
         History(text)
     assert "\n" not in str(e.value)
+
+
+def test_boards_measured_in_parallel_threads_record_into_one_history(tmp_path):
+    with History(tmp_path / "sub" / "h.sqlite") as h:
+        run = h.start_run(CONTEXT, "cfg")
+
+        def board(target: str) -> None:
+            for i in range(25):
+                h.record(run, result([float(i)], cell={**CELL, "target": target, "sparsity": i / 100}))
+
+        threads = [threading.Thread(target=board, args=(f"board{k}",)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(h.recorded_cells(run)) == 100 and len(h.cell_ids()) == 100
+
+
+def test_a_reader_does_not_create_a_missing_history(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        History(tmp_path / "missing.sqlite", create=False)
+    assert not (tmp_path / "missing.sqlite").exists()
 
 
 _WRITER = textwrap.dedent("""

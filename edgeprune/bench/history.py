@@ -15,8 +15,10 @@ to v + 1, so a file of any older version is brought up to date when opened.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
+import threading
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,18 +130,39 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class History:
-    """The history file. Use as a context manager, or call `close()`."""
+def _locked(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
 
-    def __init__(self, path: str | Path):
+
+class History:
+    """The history file. Use as a context manager, or call `close()`.
+
+    One object may be shared by the threads that measure several boards at once: every call holds a
+    lock, so the transactions of two boards never interleave. ``create=False`` (a reader, such as
+    the report) refuses a path where no history exists instead of creating an empty one.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True):
         self.path = Path(path)
         if self.path.is_dir():
             raise InputError(f"history {self.path} is a directory, not a SQLite file")
+        if not self.path.exists():
+            if not create:
+                raise InputError(f"history {self.path} not found")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
         # isolation_level=None: no implicit transactions; each write below opens and commits its own.
-        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             self._db.execute("PRAGMA journal_mode=WAL").fetchone()
             self._migrate()
+        except sqlite3.OperationalError as e:  # permissions, a locked or read-only file
+            self._db.close()
+            raise InputError(f"cannot open history {self.path}: {first_line(e)}") from None
         except sqlite3.DatabaseError as e:
             self._db.close()
             raise InputError(f"history {self.path} is not a SQLite history file ({first_line(e)})") from None
@@ -164,6 +187,7 @@ class History:
             # executescript commits on its own; BEGIN inside the script keeps each step atomic.
             self._db.executescript(f"BEGIN; {_MIGRATIONS[v]}; PRAGMA user_version = {v + 1}; COMMIT;")
 
+    @_locked
     def close(self) -> None:
         self._db.close()
 
@@ -173,6 +197,7 @@ class History:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @_locked
     def _write(self, sql_steps: list[tuple[str, tuple]]) -> list[int]:
         """Run the statements as one transaction; the row ids they inserted."""
         ids = []
@@ -188,6 +213,7 @@ class History:
 
     # -- runs ---------------------------------------------------------------------------------------
 
+    @_locked
     def start_run(self, context: dict, config_digest: str) -> int:
         """A new run; `context` holds tool_version, tool_commit, libraries, machine, config_path, started."""
         started = str(context.get("started") or _now())
@@ -195,15 +221,18 @@ class History:
                                   (started, config_digest, json.dumps(context, sort_keys=True)))])
         return run_id
 
+    @_locked
     def unfinished_run(self, config_digest: str) -> int | None:
         """The latest run of this config that never finished (killed or interrupted): the one to resume."""
         row = self._db.execute("SELECT id FROM runs WHERE config_digest = ? AND finished IS NULL ORDER BY id DESC LIMIT 1",
                                (config_digest,)).fetchone()
         return None if row is None else int(row[0])
 
+    @_locked
     def finish_run(self, run_id: int, status: str = "finished") -> None:
         self._write([("UPDATE runs SET finished = ?, status = ? WHERE id = ?", (_now(), status, run_id))])
 
+    @_locked
     def runs(self) -> list[dict]:
         rows = self._db.execute("SELECT id, started, finished, status, config_digest, context FROM runs ORDER BY id")
         return [{"id": i, "started": s, "finished": f, "status": st, "config_digest": cd, "context": json.loads(c)}
@@ -211,6 +240,7 @@ class History:
 
     # -- results ------------------------------------------------------------------------------------
 
+    @_locked
     def record(self, run_id: int, result: CellResult) -> int:
         """Store one result in its own transaction; returns its row id."""
         missing = [k for k in CELL_KEYS if k not in result.cell]
@@ -234,15 +264,18 @@ class History:
         ])
         return rid
 
+    @_locked
     def recorded_cells(self, run_id: int) -> set[str]:
         """Cell ids with a first attempt recorded in this run: what a resumed run skips."""
         rows = self._db.execute("SELECT c.cell_id FROM results r JOIN cells c ON c.id = r.cell "
                                 "WHERE r.run_id = ? AND r.attempt = 0", (run_id,))
         return {r[0] for r in rows}
 
+    @_locked
     def cell_ids(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT cell_id FROM cells ORDER BY cell_id")]
 
+    @_locked
     def results(self, cell_id: str | None = None, run_id: int | None = None) -> list[dict]:
         """Result rows (every CellResult field, plus id, run_id, cell_id, attempt, created, segment),
         ordered by run, cell, attempt.
@@ -287,6 +320,7 @@ class History:
 
     # -- flags --------------------------------------------------------------------------------------
 
+    @_locked
     def record_flags(self, run_id: int, flags: list[dict]) -> None:
         """The verdict's flags for this run; they replace any stored before (a re-assessment after the
         suspects were measured again supersedes the first)."""
@@ -295,6 +329,7 @@ class History:
                    (run_id, f["cell"], f["metric"], f["kind"], json.dumps(f, sort_keys=True))) for f in flags]
         self._write(steps)
 
+    @_locked
     def flags(self, run_id: int | None = None) -> list[dict]:
         sql = "SELECT run_id, flag FROM flags" + (" WHERE run_id = ?" if run_id is not None else "") + " ORDER BY run_id, id"
         return [{**json.loads(f), "run_id": r} for r, f in self._db.execute(sql, () if run_id is None else (run_id,))]
