@@ -213,6 +213,7 @@ def test_single_value_metrics_need_a_large_change(tmp_path, models):
     c = cell()
     with History(tmp_path / "h.sqlite") as h:
         (timing,) = measure([models["fast"]], models["spacer"])
+
         def run_with(rss, energy, attempts=1):
             run = h.start_run(CONTEXT, "cfg")
             for a in range(attempts):
@@ -230,6 +231,13 @@ def test_single_value_metrics_need_a_large_change(tmp_path, models):
         (mem,) = v.flags
         assert mem["metric"] == "memory" and "robust z" in mem["rule"]
         assert run_with(190.0, 2.3).flags == []
+    with History(tmp_path / "wide.sqlite") as h:
+        # A board whose memory figure swings by 40 MB from night to night: +20 MB over the median is
+        # large but inside that spread (z 0.7), so no flag.
+        for i in range(10):
+            run_with(150.0 if i % 2 else 190.0, 2.0)
+        assert run_with(190.0, 2.0, attempts=2).flags == []
+        assert [f["kind"] for f in run_with(290.0, 2.0, attempts=2).flags] == ["regression"]
 
 
 # -- accuracy: McNemar on real per-sample correctness ------------------------------------------------
