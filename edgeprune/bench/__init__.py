@@ -1,0 +1,1 @@
+"""Nightly benchmarks: the matrix runner, the SQLite history, the regression verdict, the report."""
