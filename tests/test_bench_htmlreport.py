@@ -72,11 +72,13 @@ def history(tmp_path_factory, lenet300_ckpt, fmnist_small, fast_target) -> Path:
         for run in runs:
             h.finish_run(run)
         by = {(r["run_id"], r["cell_id"]): r["p50_ms"] for r in h.results()}
+        fp = h.results(run_id=runs[0])[0]["stack_fingerprint"]
         first, second, third = (cell_id({"model": "lenet300", "method": m, "granularity": g, "sparsity": s,
                                          "target": "host-cpu"}) for m, g, s in CELLS)
         h.record_flags(runs[1], [_flag(first, "suspect", by[runs[0], first], by[runs[1], first], "previous run")])
         h.record_flags(runs[2], [_flag(second, "regression", by[runs[1], second], by[runs[2], second], "previous run")]
-                       + [_flag(c, "new-segment", by[runs[1], c], by[runs[2], c], "stack changed")
+                       + [{"cell": c, "metric": "stack", "kind": "new-segment", "before": fp, "after": REFLASHED,
+                           "change": None, "p_value": None, "rule": "stack changed: a new baseline starts"}
                           for c in (first, second, third)])
     return db
 

@@ -216,9 +216,11 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _num(v: float | None) -> str:
+def _num(v: Any) -> str:
     if v is None:
         return "n/a"
+    if not isinstance(v, (int, float)):
+        return str(v)   # a new segment's before/after: stack fingerprints
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
 
 

@@ -88,7 +88,7 @@ def pareto(rows: Sequence[Any], out: BinaryIO) -> None:
 def trend(cell_id: str, results: Sequence[dict], flagged: dict[tuple[int, int], list[str]], out: BinaryIO) -> None:
     """One cell over runs: p50 and p99 of the pruned engine per measurement (x: run id; a
     re-measurement sits just right of its run), a vertical line where the stack fingerprint changed
-    (a new segment), flagged measurements ringed in their flag's colour. ``flagged`` maps
+    (a new segment), measurements flagged otherwise ringed in their flag's colour. ``flagged`` maps
     (run_id, attempt) to the flag kinds of that measurement."""
     xs = [r["run_id"] + 0.2 * r["attempt"] for r in results]
     fig, ax = plt.subplots(figsize=(6.4, 2.8))
@@ -101,7 +101,8 @@ def trend(cell_id: str, results: Sequence[dict], flagged: dict[tuple[int, int], 
                         xytext=(3, -10), textcoords="offset points", color=FLAG_COLORS["new-segment"])
     seen = set()
     for r, x in zip(results, xs):
-        for kind in flagged.get((r["run_id"], r["attempt"]), []):
+        # a new segment is drawn as its boundary line above, not as a ring
+        for kind in [k for k in flagged.get((r["run_id"], r["attempt"]), []) if k != "new-segment"]:
             ax.scatter([x], [r["p50_ms"]], s=160, facecolors="none", edgecolors=FLAG_COLORS.get(kind, "k"),
                        linewidths=2, zorder=4, label=None if kind in seen else kind)
             seen.add(kind)
