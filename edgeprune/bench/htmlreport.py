@@ -90,6 +90,7 @@ def write_report(history_path: str | Path, out_dir: str | Path, *, force: bool =
     history_path, out = Path(history_path), Path(out_dir)
     _check_out(history_path, out, force)
     rows, results, summary, all_flags = _load(history_path)
+    out.resolve().parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}."))
     try:
         (staging / "plots").mkdir()

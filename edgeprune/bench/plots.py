@@ -106,6 +106,9 @@ def trend(cell_id: str, results: Sequence[dict], flagged: dict[tuple[int, int], 
             ax.scatter([x], [r["p50_ms"]], s=160, facecolors="none", edgecolors=FLAG_COLORS.get(kind, "k"),
                        linewidths=2, zorder=4, label=None if kind in seen else kind)
             seen.add(kind)
+    values = [v for r in results for v in (r["p50_ms"], r["p99_ms"]) if v > 0]
+    if values and max(values) > 10 * min(values):
+        ax.set_yscale("log")   # one stray p99 would otherwise flatten the p50 line it is read against
     ax.set_xticks(sorted({r["run_id"] for r in results}))
     _finish(ax, cell_id, "run", "ms")
     _save(fig, out)
