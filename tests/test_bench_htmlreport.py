@@ -229,3 +229,22 @@ def test_cli_errors_are_one_line_and_an_earlier_report_is_replaced(history, repo
     assert main(["report", str(history), "-o", str(mine), "--force"]) == 0
     assert (mine / "index.html").exists() and not (mine / "notes.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging folder left behind
+
+
+def test_names_from_the_config_are_escaped_and_get_their_own_plots(history, tmp_path):
+    """A model name is the user's text: HTML-escaped on the page, its pipes escaped in Markdown tables,
+    and two cell ids that sanitise to the same file name still get a trend each."""
+    db = tmp_path / "bench.sqlite"
+    shutil.copy(history, db)
+    with History(db) as h:
+        row = h.results()[-1]
+        run = h.start_run({"tool_version": "0.1.0"}, "cfg")
+        for name in ("<img src=x>|a b", "<img src=x>|a_b"):
+            h.record(run, CellResult(**{f: row[f] for f in CellResult.__dataclass_fields__ if f not in ("cell", "attempt")},
+                                     cell={**row["cell"], "model": name}))
+        h.finish_run(run)
+    write_report(db, tmp_path / "r")
+    html, md = (tmp_path / "r" / "index.html").read_text(), (tmp_path / "r" / "report.md").read_text()
+    assert "<img src=x>" not in html and "&lt;img src=x&gt;|a b/" in html
+    assert "| `<img src=x>\\|a b/" in md
+    assert len(list((tmp_path / "r" / "plots").glob("trend-_img_src_x_a_b*.png"))) == 2

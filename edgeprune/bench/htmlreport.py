@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from edgeprune.bench import plots
 from edgeprune.bench.history import History
 from edgeprune.errors import InputError
 
+# The verdict's flag kinds, most serious first.
+KINDS = ("regression", "suspect", "board-drift", "improvement", "new-segment")
 # A folder holding this file is an earlier report: `report` replaces it without --force.
 MARKER = ".edgeprune-report"
 OVERVIEW = (("accuracy_vs_sparsity.png", "Accuracy against sparsity, per model and method", plots.accuracy_vs_sparsity),
@@ -53,7 +56,7 @@ class CellRow:
     energy_mj: float | None
     peak_rss_mb: float | None
     flags: list[dict] = field(default_factory=list)   # the latest run's flags of this cell
-    trend_png: str = ""
+    trend_png: str = ""                               # its path under the report folder
 
     @property
     def ratio(self) -> float | None:
@@ -63,7 +66,7 @@ class CellRow:
     def status(self) -> str:
         """The most serious flag kind of the latest run ("" when nothing moved)."""
         kinds = {f["kind"] for f in self.flags}
-        return next((k for k in ("regression", "suspect", "board-drift", "improvement", "new-segment") if k in kinds), "")
+        return next((k for k in KINDS if k in kinds), "")
 
 
 @dataclass
@@ -100,7 +103,6 @@ def write_report(history_path: str | Path, out_dir: str | Path, *, force: bool =
         for f in all_flags:
             flagged.setdefault(f["cell"], {}).setdefault(f["run_id"], []).append(f["kind"])
         for row in rows:
-            row.trend_png = f"plots/{_trend_name(row.cell_id, rows)}"
             cell_results = results[row.cell_id]
             # A flag belongs to the run's last attempt at that cell: the measurement the verdict stood on.
             last = {r["run_id"]: r["attempt"] for r in cell_results}
@@ -141,11 +143,15 @@ def _load(history_path: Path) -> tuple[list[CellRow], dict[str, list[dict]], Sum
         latest_run = max(r["run_id"] for r in results)
         run = next(r for r in runs if r["id"] == latest_run)
         all_flags = h.flags()
-    latest_flags = [f for f in all_flags if f["run_id"] == latest_run]
+    # regressions first, as the console's verdict table orders them
+    latest_flags = sorted((f for f in all_flags if f["run_id"] == latest_run),
+                          key=lambda f: (KINDS.index(f["kind"]) if f["kind"] in KINDS else len(KINDS), f["cell"], f["metric"]))
     by_cell: dict[str, list[dict]] = {}
     for r in sorted(results, key=lambda r: (r["run_id"], r["attempt"])):
         by_cell.setdefault(r["cell_id"], []).append(r)
-    rows = [_row(cid, res[-1], [f for f in latest_flags if f["cell"] == cid]) for cid, res in sorted(by_cell.items())]
+    names = _trend_names(list(by_cell))
+    rows = [_row(cid, res[-1], [f for f in latest_flags if f["cell"] == cid], names[cid])
+            for cid, res in sorted(by_cell.items())]
     new_segments = []
     for cid, res in by_cell.items():
         last = [r for r in res if r["run_id"] == latest_run]
@@ -174,20 +180,26 @@ def _load(history_path: Path) -> tuple[list[CellRow], dict[str, list[dict]], Sum
     return rows, by_cell, summary, all_flags
 
 
-def _row(cid: str, r: dict, flags: list[dict]) -> CellRow:
+def _row(cid: str, r: dict, flags: list[dict], trend_png: str) -> CellRow:
     c, dense = r["cell"], r["report"].get("dense") or {}
     return CellRow(cell_id=cid, model=c["model"], method=c["method"], granularity=c["granularity"],
                    sparsity=float(c["sparsity"]), target=c["target"], run_id=r["run_id"], attempt=r["attempt"],
                    segment=r["segment"], stack_fingerprint=r["stack_fingerprint"], p50=r["p50_ms"], p99=r["p99_ms"],
                    dense_p50=r["dense_p50_ms"], dense_accuracy=dense.get("accuracy"), accuracy=r["accuracy"],
-                   energy_mj=r["energy_mj"], peak_rss_mb=r["peak_rss_mb"], flags=flags)
+                   energy_mj=r["energy_mj"], peak_rss_mb=r["peak_rss_mb"], flags=flags,
+                   trend_png=trend_png)
 
 
-def _trend_name(cid: str, rows: list[CellRow]) -> str:
-    """A file name for a cell's trend: its id with unsafe characters replaced, numbered if two ids collapse."""
-    stem = "trend-" + re.sub(r"[^A-Za-z0-9.+-]+", "_", cid)
-    same = [r.cell_id for r in rows if "trend-" + re.sub(r"[^A-Za-z0-9.+-]+", "_", r.cell_id) == stem]
-    return f"{stem}.png" if len(same) == 1 else f"{stem}-{same.index(cid)}.png"
+def _trend_names(cell_ids: list[str]) -> dict[str, str]:
+    """Each cell's trend PNG: its id with unsafe characters replaced, numbered where two ids collapse to one name."""
+    stems = {cid: "trend-" + re.sub(r"[^A-Za-z0-9.+-]+", "_", cid) for cid in sorted(cell_ids)}
+    counts = Counter(stems.values())
+    seen: Counter = Counter()
+    names = {}
+    for cid, stem in stems.items():
+        names[cid] = f"plots/{stem}.png" if counts[stem] == 1 else f"plots/{stem}-{seen[stem]}.png"
+        seen[stem] += 1
+    return names
 
 
 def _png(path: Path, draw, *args: Any) -> None:
