@@ -122,6 +122,11 @@ def _render(index: Path, tmp: Path) -> tuple[str, np.ndarray]:
     return dom.stdout, np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
 
 
+def _not_blank(pixels: np.ndarray) -> bool:
+    # A white page has no variance; text, tables and plots put a good share of it off-white.
+    return bool(pixels.std() > 20 and (pixels < 200).mean() > 0.02)
+
+
 def _images(dom: str) -> tuple[int, int]:
     loaded = re.search(r'data-images-loaded="(\d+)"', dom)
     total = re.search(r'data-images-total="(\d+)"', dom)
@@ -134,8 +139,7 @@ def test_the_page_renders_in_chromium_with_every_plot_loaded(report_dir, history
     loaded, total = _images(dom)
     assert total == 3 + len(CELLS)   # the three overview plots and a trend per cell
     assert loaded == total
-    # Not blank: a white page has no variance; text, tables and plots put a good share of it off-white.
-    assert pixels.std() > 20 and (pixels < 200).mean() > 0.02
+    assert _not_blank(pixels)
     if os.environ.get("EDGEPRUNE_REPORT_SCREENSHOT"):   # how docs/report.png is made (README, "The report page")
         shutil.copy(tmp_path / "screenshot.png", os.environ["EDGEPRUNE_REPORT_SCREENSHOT"])
     with History(history) as h:
@@ -157,6 +161,12 @@ def test_a_missing_plot_fails_the_check(report_dir, tmp_path):
     loaded, total = _images(dom)
     assert loaded == total - 1
     assert f"1 of {total} plots did not load" in dom
+
+
+def test_a_blank_page_fails_the_check(tmp_path):
+    (tmp_path / "index.html").write_text("<!doctype html><html><body><p>.</p></body></html>")
+    _, pixels = _render(tmp_path / "index.html", tmp_path)
+    assert not _not_blank(pixels)
 
 
 def test_the_tables_show_the_history_s_latest_figures(report_dir, history):
@@ -231,9 +241,10 @@ def test_cli_errors_are_one_line_and_an_earlier_report_is_replaced(history, repo
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no staging folder left behind
 
 
-def test_names_from_the_config_are_escaped_and_get_their_own_plots(history, tmp_path):
+def test_names_from_the_config_are_escaped_and_board_drift_is_summed_up(history, tmp_path):
     """A model name is the user's text: HTML-escaped on the page, its pipes escaped in Markdown tables,
-    and two cell ids that sanitise to the same file name still get a trend each."""
+    and two cell ids that sanitise to the same file name still get a trend each. Flags that hit every
+    cell of a board are that board's drift."""
     db = tmp_path / "bench.sqlite"
     shutil.copy(history, db)
     with History(db) as h:
@@ -243,8 +254,12 @@ def test_names_from_the_config_are_escaped_and_get_their_own_plots(history, tmp_
             h.record(run, CellResult(**{f: row[f] for f in CellResult.__dataclass_fields__ if f not in ("cell", "attempt")},
                                      cell={**row["cell"], "model": name}))
         h.finish_run(run)
+        h.record_flags(run, [{"cell": c, "metric": "p50", "kind": "board-drift", "before": row["p50_ms"],
+                              "after": row["p50_ms"], "change": 0.0, "p_value": None, "rule": "every cell of host-cpu"}
+                             for c in h.cell_ids() if c.startswith("<img")])
     write_report(db, tmp_path / "r")
     html, md = (tmp_path / "r" / "index.html").read_text(), (tmp_path / "r" / "report.md").read_text()
     assert "<img src=x>" not in html and "&lt;img src=x&gt;|a b/" in html
     assert "| `<img src=x>\\|a b/" in md
     assert len(list((tmp_path / "r" / "plots").glob("trend-_img_src_x_a_b*.png"))) == 2
+    assert "boards drifting<b>1</b>" in html and "<b>host-cpu</b>: p50." in html

@@ -162,7 +162,7 @@ def _load(history_path: Path) -> tuple[list[CellRow], dict[str, list[dict]], Sum
     drift: dict[str, list[str]] = {}
     for f in latest_flags:
         if f["kind"] == "board-drift":
-            target = f["cell"].rsplit("/", 1)[-1]
+            target = by_cell[f["cell"]][-1]["cell"]["target"]
             drift.setdefault(target, [])
             if f["metric"] not in drift[target]:
                 drift[target].append(f["metric"])
