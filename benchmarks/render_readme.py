@@ -252,10 +252,23 @@ def render_limit(results: Path) -> list[str]:
         "", source_line("limit.json", rec)]
 
 
+# ------------------------------------------------------------------------------- false alarms
+def render_false_alarms(results: Path) -> list[str]:
+    """The nightly verdict on unchanged runs and on a slower model (benchmarks/bench_false_alarms.py)."""
+    r = load("false_alarms.json", results)
+    row = [str(r["unchanged_runs"]), str(r["first_attempt_suspects"]), str(r["regressions"]),
+           f"{100 * r['p50_change_median']:.1f} % / {100 * r['p50_change_max']:.1f} %",
+           f"{r['slower_model_flagged']} / {r['slower_model_trials']}", f"{r['record_ms']:.1f}"]
+    header = ["unchanged runs", "suspects (1st attempt)", "regressions", "run-to-run p50 change, median / max",
+              "slower model (1.65x MACs) flagged", "record() ms"]
+    return table(header, "rrrrrr", [row]) + ["", source_line("false_alarms.json", r)]
+
+
 BLOCKS: dict[str, Callable[[Path], list[str]]] = {
     "e2e": render_e2e, "e2e-peers": render_e2e_peers, "e2e-seeds": render_e2e_seeds,
     "methods": render_methods, "methods-vs-magnitude": render_methods_vs_magnitude,
     "int8": render_int8, "activation": render_activation, "spectral": render_spectral, "limit": render_limit,
+    "false-alarms": render_false_alarms,
 }
 
 
