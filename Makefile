@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 DEMO    := runs/demo
 
-.PHONY: install data sshd calibration demo test mutate readme bench bench-seeds bench-activation bench-int8 clean
+.PHONY: install data sshd chromium calibration demo test mutate readme bench bench-seeds bench-activation bench-int8 clean
 
 install: $(STAMP)
 
@@ -38,6 +38,13 @@ $(SSHD):
 	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq openssh-server; \
 	else echo "error: sshd missing: run 'sudo apt-get install -y openssh-server'"; exit 1; fi
 
+# The benchmark report's test renders the page in headless Chromium (Debian's chromium; needs root to install).
+CHROMIUM := /usr/bin/chromium
+chromium: $(CHROMIUM)
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else echo "error: chromium missing: run 'sudo apt-get install -y chromium'"; exit 1; fi
+
 calibration: install data
 	$(BIN)/python edgeprune/shipped/calibration/make_calibration.py --force
 
@@ -59,7 +66,7 @@ trt-stubs: $(foreach v,$(TRT_STUBS),$(VENV)/trt-stubs/$(v)/tensorrt_bindings/ten
 $(VENV)/trt-stubs/%/tensorrt_bindings/tensorrt.pyi: | $(STAMP)
 	$(BIN)/pip install -q --no-deps --upgrade --target $(VENV)/trt-stubs/$* tensorrt-stubs==$*
 
-test: install data sshd trt-stubs
+test: install data sshd chromium trt-stubs
 	$(BIN)/python -m pytest -q --timeout 900
 
 # Mutation testing of the measurement and ratio code: the functions that time, take memory and form

@@ -645,6 +645,25 @@ def explain_cmd(
         out.print(f"- {f.line()}", highlight=False)
 
 
+@app.command("report")
+def report_cmd(
+    history: Path = typer.Argument(..., help="The benchmark history (SQLite) that `edgeprune bench --history` writes."),
+    out_dir: Path = typer.Option(..., "-o", "--out", help="Folder for index.html, report.md and plots/ (an earlier "
+                                 "report there is replaced)."),
+    force: bool = typer.Option(False, "--force", help="Replace a folder that is not an earlier report."),
+) -> None:
+    """Render the benchmark history as a static page: the latest run's verdict, every cell's figures, plots.
+
+    Example: edgeprune report bench.sqlite -o report/
+    """
+    from .bench.htmlreport import write_report
+
+    s = write_report(history, out_dir, force=force)
+    out.print(f"{out_dir / 'index.html'}: run {s.run['id']}, {s.cells} of {s.cells_total} cells measured, "
+              f"{len(s.regressions)} regressions, {len(s.suspects)} suspects, {len(s.drift)} boards drifting, "
+              f"{len(s.new_segments)} new stack segments", highlight=False, soft_wrap=True)
+
+
 # Click's base class of usage errors, bad values and unreadable files. Recent Typer (0.29 here) runs on a copy
 # of Click in a private module (typer._click) and older Typer on the click package; both export
 # Click's BadParameter as the public `typer.BadParameter`, so the base class is taken from it. An

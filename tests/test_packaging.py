@@ -33,6 +33,7 @@ def test_the_wheel_ships_every_target_and_the_calibration_set(wheel):
     assert {f"edgeprune/shipped/targets/{t}" for t in targets} <= wheel_files
     assert {"edgeprune/shipped/calibration/fmnist.npz", "edgeprune/shipped/calibration/make_calibration.py",
             "edgeprune/shipped/__init__.py", "edgeprune/__main__.py"} <= wheel_files
+    assert {"edgeprune/bench/templates/report.html.j2", "edgeprune/bench/templates/report.md.j2"} <= wheel_files
 
 
 def test_the_wheel_declares_the_script_the_extras_and_bounded_dependencies(wheel):
