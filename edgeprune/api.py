@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
+from .compute import resolve_device
 from .data import ArrayDataset, train_val_split
 from .data.stream import Data
 from .errors import InputError, first_line
@@ -23,7 +24,7 @@ from .model_io import (ArchRef, Checkpoint, Consent, LoadedModel, file_digest, l
 from .pruning.masks import require_prunable, sparsity_report
 from .pruning.schedule import prune
 from .pruning.base import PruneSpec, method_class
-from .training import TrainConfig, check_recipe, evaluate, finetune_lr, train as train_loop
+from .training import Resume, TrainConfig, check_recipe, evaluate, finetune_lr, train as train_loop
 
 if TYPE_CHECKING:
     from .analysis.limit import LimitConfig, LimitEstimate, MeasuredLimit
@@ -149,14 +150,19 @@ class TrainResult:
 
 def train(arch: str, out: Path, *, data: DataOptions | None = None, epochs: float = 5, lr: float = 1e-3,
           batch_size: int = 128, l1: float = 0.0, seed: int = 0, arch_kwargs: dict[str, Any] | None = None,
-          optimizer: str = "adam", lr_schedule: str = "cosine",
+          optimizer: str = "adam", lr_schedule: str = "cosine", device: str = "auto",
           force: bool = False, progress: bool = True) -> TrainResult:
     """Train a reference architecture from scratch and save an edgeprune checkpoint.
 
     The default is Adam with a cosine decay; ``optimizer="sgd", lr=0.01, lr_schedule="constant"`` is
-    the recipe of Zhang et al.'s L1 (LOMP) models, the one the pruning-limit estimate was made for."""
+    the recipe of Zhang et al.'s L1 (LOMP) models, the one the pruning-limit estimate was made for.
+    ``device``: auto (CUDA when PyTorch sees one), cpu or cuda. Under torchrun every rank trains its
+    share of each batch (DDP) and rank 0 writes the checkpoint."""
     data = data or DataOptions()
     out = _check_output(out, force)
+    dev = resolve_device(device)
+    distributed.setup(dev)
+    progress = progress and distributed.is_main()
     if epochs <= 0:
         raise InputError("--epochs must be positive")
     check_recipe(optimizer, lr_schedule)
@@ -170,14 +176,14 @@ def train(arch: str, out: Path, *, data: DataOptions | None = None, epochs: floa
     torch.manual_seed(seed)
     model = ref.build(consent, "--arch")
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, l1=l1, seed=seed, optimizer=optimizer,
-                      cosine=lr_schedule == "cosine")
-    log = train_loop(model, tr, cfg,
-                     val_set=val, progress=progress, description=f"train {ref.ref}")
-    val_acc, test_acc = evaluate(model, val), evaluate(model, te)
+                      cosine=lr_schedule == "cosine", device=str(dev))
+    resume = _resume_for(out, ["train", arch, arch_kwargs, asdict(cfg), data.recorded(), data.limit])
+    log = train_loop(model, tr, cfg, val_set=val, progress=progress, description=f"train {ref.ref}", resume=resume)
+    val_acc, test_acc = evaluate(model, val, device=dev), evaluate(model, te, device=dev)
     meta = {"method": "dense", "sparsity": 0.0, **data.recorded(), "epochs": epochs, "l1": l1, "seed": seed,
-            "optimizer": optimizer, "lr": lr, "lr_schedule": lr_schedule,
+            "optimizer": optimizer, "lr": lr, "lr_schedule": lr_schedule, **_compute_meta(dev, resume),
             "val_accuracy": val_acc, "test_accuracy": test_acc, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    save_checkpoint(new_checkpoint(model, ref, tr.input_shape, meta), out, force=force)
+    _write_once(lambda: save_checkpoint(new_checkpoint(model, ref, tr.input_shape, meta), out, force=force), resume)
     return TrainResult(str(out), ref.ref, data.data, epochs, val_acc, test_acc,
                        sum(p.numel() for p in model.parameters()), log.seconds)
 
@@ -219,7 +225,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
              consent: Consent | None = None, input_shape: tuple[int, ...] | None = None,
              arch_kwargs: dict[str, Any] | None = None, force: bool = False,
              progress: bool = True, auto_limit: LimitConfig | None = None, target: str | Path | None = None,
-             targets_dir: TargetsDir = None) -> CompressResult:
+             targets_dir: TargetsDir = None, device: str = "auto") -> CompressResult:
     """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint.
 
     ``out`` defaults to ``default_output`` (``model.activation.pt`` beside ``model.pt``); an existing
@@ -230,6 +236,10 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
     ``target`` (a name or .toml path) sets ``spec.round_to`` to the target's ``build.round_to``
     unless ``spec.round_to`` is None (the CLI passes None when ``--round-to`` is not given and a
     target is); a round_to the caller set stays as it is.
+
+    ``device``: where fine-tuning runs (auto: CUDA when PyTorch sees one). Under torchrun every rank
+    prunes, rank 0's masks are broadcast and checked (``distributed.agree``), the fine-tune is DDP and
+    its state is saved each epoch beside ``out`` so a restarted run resumes; rank 0 writes ``out``.
 
     ``lr`` defaults to ``training.finetune_lr(spec.granularity, spec.schedule)``. ``auto_limit`` (method lomp only,
     the CLI's ``--sparsity auto``) replaces ``spec.sparsity`` by the predicted pruning limit s*,
@@ -247,6 +257,12 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         if spec.round_to is None:
             spec = replace(spec, round_to=tgt.build.round_to)
     spec.validate()
+    dev = resolve_device(device)
+    if spec.schedule == "gated":
+        # its events act on activation counts and training accuracy each rank sees on its own share
+        distributed.refuse("the accuracy-gated schedule (--schedule gated)")
+    distributed.setup(dev)
+    progress = progress and distributed.is_main()
     if spec.method == "lomp" or auto_limit is not None:
         from .pruning.lomp import check_spec
 
@@ -270,7 +286,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
     if data.metric is None:   # a task metric scores whatever the model outputs; top-1 needs one score per class
         _check_classifier(model, example, tr)
     before = sparsity_report(model, example)
-    dense_val = evaluate(model, val)
+    dense_val = evaluate(model, val, device=dev)
     lomp_details: dict = {}
     if spec.method == "lomp":
         from .pruning.lomp import resolve
@@ -279,11 +295,16 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
 
     pruned_acc: list[float] = []   # validation accuracy after each prune step, before its fine-tune
 
+    resume = _resume_for(out, ["compress", file_digest(Path(model_path)), asdict(spec), finetune_epochs, lr,
+                               batch_size, data.recorded(), data.limit])
+
     def finetune(m: torch.nn.Module, masks: dict[str, torch.Tensor] | None, share: float) -> None:
-        pruned_acc.append(evaluate(m, val))
+        _same_on_every_rank(m, masks, len(pruned_acc) + 1)
+        pruned_acc.append(evaluate(m, val, device=dev))
         if finetune_epochs * share > 0:
             train_loop(m, tr, TrainConfig(epochs=finetune_epochs * share, lr=lr, batch_size=batch_size,
-                                          seed=spec.seed), masks=masks, progress=progress, description="fine-tune")
+                                          seed=spec.seed, device=str(dev)), masks=masks, progress=progress,
+                       description="fine-tune", resume=resume)
 
     if spec.method == "lomp" and not isinstance(tr, ArrayDataset):
         raise InputError("method lomp estimates its limit on in-memory data (a built-in set or .npz), "
@@ -295,7 +316,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         from .pruning.gated import prune_gated
 
         result = prune_gated(model, spec, example, tr, TrainConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size,
-                                                                   seed=spec.seed),
+                                                                   seed=spec.seed, device=str(dev)),
                              calib=calib, val_set=val, progress=progress)
         pruned_acc.append(result.details["val_accuracy_before_retraining"])
     else:
@@ -305,7 +326,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
     after = sparsity_report(model, example)
     # One definition for both granularities: prunable weights gone, whether zeroed or physically removed.
     sparsity = 1.0 - after.nonzero / max(before.total, 1)
-    ft_val = evaluate(model, val)
+    ft_val = evaluate(model, val, device=dev)
     meta = {**{k: v for k, v in ckpt.meta.items() if k not in ("report",)},
             "method": spec.method, "sparsity": sparsity, "target_sparsity": spec.sparsity,
             "granularity": spec.granularity, "scope": spec.scope, "schedule": spec.schedule, **data.recorded(),
@@ -313,11 +334,12 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
             "source_sha256": file_digest(Path(model_path)), "dense_val_accuracy": dense_val,
             "val_accuracy": ft_val, "spec": asdict(spec), "report": after.to_dict(), "details": result.details,
             "target": target_name,   # whose build.round_to set the channel multiple, if a target was given
+            **_compute_meta(dev, resume),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "edgeprune_version": __version__}
     new = Checkpoint(kind=ckpt.kind, input_shape=ckpt.input_shape, arch=ckpt.arch, program=ckpt.program,
                      plan=list(ckpt.plan) + list(result.plan), masks=result.masks,
-                     state_dict={k: v.detach().clone() for k, v in model.state_dict().items()}, meta=meta)
-    save_checkpoint(new, out, force=force)
+                     state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, meta=meta)
+    _write_once(lambda: save_checkpoint(new, out, force=force), resume)
     return CompressResult(
         path=str(out), method=spec.method, granularity=spec.granularity, scope=spec.scope, schedule=spec.schedule,
         target_sparsity=spec.sparsity, sparsity=sparsity, dense_val_accuracy=dense_val,
@@ -326,6 +348,49 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         params_before=before.params_nonzero, params_after=after.params_nonzero, macs_before=before.macs,
         macs_after=after.macs, prune_seconds=result.seconds, total_seconds=time.perf_counter() - t0,
         layers=_layer_rows(before, after), details=result.details)
+
+
+def _resume_for(out: Path, run: list) -> Resume | None:
+    """Under torchrun, the folder beside ``out`` where each epoch's training state is kept for a
+    restart (``--max-restarts``); ``run`` names the run, so state of another run is never resumed."""
+    if not distributed.launched():
+        return None
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps([*run, distributed.world_size()], sort_keys=True, default=str).encode()).hexdigest()
+    return Resume(Path(out).with_name(f".{Path(out).name}.resume"), key)
+
+
+def _write_once(write, resume: Resume | None) -> None:
+    """Rank 0 writes (every rank holds the same model); the run's resume state goes once it has."""
+    if distributed.is_main():
+        write()
+        if resume is not None:
+            shutil.rmtree(resume.folder, ignore_errors=True)
+    distributed.barrier()
+
+
+def _compute_meta(dev: torch.device, resume: Resume | None) -> dict:
+    """Where it ran, recorded with the checkpoint: device, ranks, and any epoch a restart resumed from."""
+    meta: dict[str, Any] = {"device": dev.type, "mixed_precision": dev.type == "cuda",
+                            "world_size": distributed.world_size()}
+    if resume is not None and resume.resumed:
+        meta["resumed"] = resume.resumed
+    return meta
+
+
+def _same_on_every_rank(model: torch.nn.Module, masks: dict[str, torch.Tensor] | None, step: int) -> None:
+    """Under torchrun: rank 0's masks replace every rank's (all computed them from the same weights and
+    data), then every rank checks it holds the same masks and layer widths before fine-tuning."""
+    from .pruning.masks import apply_masks
+
+    if masks:
+        distributed.broadcast_masks(masks)
+        apply_masks(model, masks)
+    distributed.agree(f"masks after prune step {step}", distributed.tensor_digest(masks))
+    distributed.agree(f"widths after prune step {step}",
+                      distributed.tensor_digest({n: torch.tensor(p.shape) for n, p in model.named_parameters()}))
 
 
 def _check_classifier(model: torch.nn.Module, example: torch.Tensor, ds) -> None:
