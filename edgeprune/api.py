@@ -212,6 +212,7 @@ class CompressResult:
     total_seconds: float
     layers: list[dict] = field(default_factory=list)
     details: dict = field(default_factory=dict)   # the method's own report (Method.details)
+    resumed: list[dict] = field(default_factory=list)   # torchrun restarts: the fine-tune epochs resumed from
 
 
 def default_output(model_path: Path, method: str) -> Path:
@@ -347,7 +348,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs, finetune_lr=lr,
         params_before=before.params_nonzero, params_after=after.params_nonzero, macs_before=before.macs,
         macs_after=after.macs, prune_seconds=result.seconds, total_seconds=time.perf_counter() - t0,
-        layers=_layer_rows(before, after), details=result.details)
+        layers=_layer_rows(before, after), details=result.details, resumed=resume.resumed if resume else [])
 
 
 def _resume_for(out: Path, run: list) -> Resume | None:

@@ -253,6 +253,8 @@ def compress(
     out.print(f"sparsity {r.sparsity:.2%} of prunable weights (target {r.target_sparsity:.2%}); "
               f"before fine-tuning val {r.pruned_val_accuracy:.2f} %; fine-tuned {r.finetune_epochs:g} epochs at lr {r.finetune_lr:g}; "
               f"{r.total_seconds:.1f} s")
+    for at in r.resumed:
+        out.print(f"restarted: fine-tune {at['call']} resumed after epoch {at['epoch']} (step {at['step']})")
     out.print(f"wrote {r.path}", highlight=False, soft_wrap=True)
     if r.details.get("summary"):
         out.print(r.details["summary"])   # the method's own one-line report; --json has all of r.details

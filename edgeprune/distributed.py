@@ -47,7 +47,12 @@ def setup(device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    # torchrun keeps one store across restarts (--max-restarts): keys of the attempt before would hand
+    # gloo the dead ranks' addresses, so each attempt has its own key space
+    store, rank_, size = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank_, world_size=size,
+                            store=dist.PrefixStore(f"edgeprune/attempt-{attempt}", store))
 
 
 def shutdown() -> None:
