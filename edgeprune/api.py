@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,6 +204,7 @@ class CompressResult:
     accuracy_drop_pt: float              # dense - fine-tuned, validation split
     finetune_epochs: float
     finetune_lr: float
+    finetune_lr_how: str                 # "--lr", or the probe that chose it (lr_probe)
     params_before: int
     params_after: int                    # nonzero parameters
     macs_before: int
@@ -242,15 +243,14 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
     prunes, rank 0's masks are broadcast and checked (``distributed.agree``), the fine-tune is DDP and
     its state is saved each epoch beside ``out`` so a restarted run resumes; rank 0 writes ``out``.
 
-    ``lr`` defaults to ``training.finetune_lr(spec.granularity, spec.schedule)``. ``auto_limit`` (method lomp only,
+    ``lr`` None: the gated schedule's measured rate, else the rate ``lr_probe.choose`` finds on the
+    pruned model (the lowest validation loss over a short run at each rate of a small grid). ``auto_limit`` (method lomp only,
     the CLI's ``--sparsity auto``) replaces ``spec.sparsity`` by the predicted pruning limit s*,
     estimated on the training split before pruning; ``details["predicted_limit"]`` says what it was.
     """
     t0 = time.perf_counter()
     target_name = None
     if target is not None:
-        from dataclasses import replace
-
         from .targets import load_target
 
         tgt = load_target(target, targets_dir)
@@ -268,7 +268,12 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         from .pruning.lomp import check_spec
 
         check_spec(spec, auto_limit is not None)
-    lr = finetune_lr(spec.granularity, spec.schedule) if lr is None else lr
+    from .lr_probe import LrChoice
+
+    # no --lr: the gated schedule has its own measured rate; the others probe it on the pruned model
+    chosen = [LrChoice(lr, "--lr")] if lr is not None else []
+    if not chosen and spec.schedule == "gated":
+        chosen = [LrChoice(finetune_lr(spec.granularity, "gated"), "gated default")]
     out = _check_output(default_output(model_path, spec.method) if out is None else out, force)
     if finetune_epochs is None:
         finetune_epochs = method_class(spec.method).default_finetune_epochs
@@ -303,8 +308,13 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         _same_on_every_rank(m, masks, len(pruned_acc) + 1)
         pruned_acc.append(evaluate(m, val, device=dev))
         if finetune_epochs * share > 0:
-            train_loop(m, tr, TrainConfig(epochs=finetune_epochs * share, lr=lr, batch_size=batch_size,
-                                          seed=spec.seed, device=str(dev)), masks=masks, progress=progress,
+            cfg = TrainConfig(epochs=finetune_epochs * share, batch_size=batch_size, seed=spec.seed, device=str(dev))
+            if not chosen:   # probed once, on the model as the first prune step left it
+                from .lr_probe import choose
+
+                steps = round(finetune_epochs * -(-len(tr) // batch_size))
+                chosen.append(choose(m, tr, val, cfg, masks, spec.granularity, steps))
+            train_loop(m, tr, replace(cfg, lr=chosen[0].lr), masks=masks, progress=progress,
                        description="fine-tune", resume=resume)
 
     if spec.method == "lomp" and not isinstance(tr, ArrayDataset):
@@ -316,7 +326,8 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         # the accuracy-gated schedule trains itself: finetune_epochs is its whole budget
         from .pruning.gated import prune_gated
 
-        result = prune_gated(model, spec, example, tr, TrainConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size,
+        result = prune_gated(model, spec, example, tr, TrainConfig(epochs=finetune_epochs, lr=chosen[0].lr,
+                                                                   batch_size=batch_size,
                                                                    seed=spec.seed, device=str(dev)),
                              calib=calib, val_set=val, progress=progress)
         pruned_acc.append(result.details["val_accuracy_before_retraining"])
@@ -328,10 +339,12 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
     # One definition for both granularities: prunable weights gone, whether zeroed or physically removed.
     sparsity = 1.0 - after.nonzero / max(before.total, 1)
     ft_val = evaluate(model, val, device=dev)
+    choice = chosen[0] if chosen else LrChoice(finetune_lr(spec.granularity), "no fine-tune")
     meta = {**{k: v for k, v in ckpt.meta.items() if k not in ("report",)},
             "method": spec.method, "sparsity": sparsity, "target_sparsity": spec.sparsity,
             "granularity": spec.granularity, "scope": spec.scope, "schedule": spec.schedule, **data.recorded(),
-            "finetune_epochs": finetune_epochs, "finetune_lr": lr, "source_path": str(Path(model_path).resolve()),
+            "finetune_epochs": finetune_epochs, "finetune_lr": choice.lr,
+            "finetune_lr_choice": choice.to_dict(), "source_path": str(Path(model_path).resolve()),
             "source_sha256": file_digest(Path(model_path)), "dense_val_accuracy": dense_val,
             "val_accuracy": ft_val, "spec": asdict(spec), "report": after.to_dict(), "details": result.details,
             "target": target_name,   # whose build.round_to set the channel multiple, if a target was given
@@ -345,7 +358,8 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         path=str(out), method=spec.method, granularity=spec.granularity, scope=spec.scope, schedule=spec.schedule,
         target_sparsity=spec.sparsity, sparsity=sparsity, dense_val_accuracy=dense_val,
         pruned_val_accuracy=pruned_acc[-1] if pruned_acc else ft_val, finetuned_val_accuracy=ft_val,
-        accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs, finetune_lr=lr,
+        accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs, finetune_lr=choice.lr,
+        finetune_lr_how=choice.describe(),
         params_before=before.params_nonzero, params_after=after.params_nonzero, macs_before=before.macs,
         macs_after=after.macs, prune_seconds=result.seconds, total_seconds=time.perf_counter() - t0,
         layers=_layer_rows(before, after), details=result.details, resumed=resume.resumed if resume else [])
