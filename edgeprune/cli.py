@@ -658,6 +658,9 @@ def explain_cmd(
 CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+DISTRIBUTED_COMMANDS = ("train", "compress")   # the commands that train, the ones torchrun can speed up
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become `error: <one line>` and exit code 2."""
     from . import distributed
@@ -666,6 +669,10 @@ def main(argv: list[str] | None = None) -> int:
     args = list(argv if argv is not None else sys.argv[1:]) or ["--help"]   # no arguments: the help, exit 0
     if distributed.rank() != 0:   # under torchrun rank 0 speaks for every rank; errors still reach stderr
         out.file = open(os.devnull, "w")
+    if distributed.launched() and args[0] not in DISTRIBUTED_COMMANDS:   # each rank would write the same files
+        print(f"error: under torchrun edgeprune runs {' and '.join(DISTRIBUTED_COMMANDS)}, not {args[0]}: "
+              "run it as one process", file=sys.stderr)
+        return 2
     try:
         rv = command.main(args=args, prog_name="edgeprune", standalone_mode=False)
         return rv if isinstance(rv, int) else 0

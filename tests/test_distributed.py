@@ -45,9 +45,28 @@ def _digests(tmp_path: Path) -> dict[int, list[tuple[str, str]]]:
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dense") / "model.pt"
-    api.train("zoo:lenet300", out, data=api.DataOptions("digits"), epochs=5, progress=False)
-    return out
+    """`train` under torchrun: rank 0 writes one checkpoint, trained on both ranks' shares."""
+    work = tmp_path_factory.mktemp("dense")
+    r = _torchrun(work, "train", "--arch", "zoo:lenet300", "--data", "digits", "--epochs", "5", "-o", "model.pt")
+    assert r.stdout.count("trained zoo:lenet300") == 1
+    assert sorted(p.name for p in work.iterdir()) == ["model.pt"]
+    meta = torch.load(work / "model.pt", weights_only=True)["meta"]
+    assert meta["world_size"] == 2 and meta["val_accuracy"] > 70.0
+    return work / "model.pt"
+
+
+def test_what_cannot_run_under_torchrun_is_one_line(monkeypatch, tmp_path, capsys):
+    """The gated schedule decides on each rank's own counts; deploy and the rest would write every file
+    once per rank: both are refused before any work."""
+    from edgeprune.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["compress", "model.pt", "--method", "activation", "--data", "digits"]) == 2
+    assert main(["export", "model.pt", "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == ("error: the accuracy-gated schedule (--schedule gated) does not run under torchrun (2 ranks); "
+                      "run it as one process")
+    assert err[1].startswith("error: under torchrun edgeprune runs train and compress, not export")
 
 
 def test_two_ranks_prune_the_same_weights_and_write_one_file(tmp_path, digits_model):
