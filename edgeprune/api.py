@@ -635,7 +635,7 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         if not src or not Path(src).exists():
             raise InputError("no dense baseline: pass --baseline model.pt")
         baseline_path = Path(src)
-    dense = load_model(baseline_path, consent=consent, input_shape=pruned.checkpoint.input_shape)
+    dense = _load_baseline(Path(baseline_path), pruned, consent)
     data = _data_for(pruned.checkpoint.meta, data, consent, str(pruned_path))
     te = _test_arrays(data)   # read once: parity inputs for both exports, then the accuracy measurement
     parity = {name: _parity_inputs(loaded, te) for name, loaded in (("dense", dense), ("pruned", pruned))}
@@ -695,6 +695,19 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir,
                     method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
                     force=True, progress=progress)
+
+
+def _load_baseline(path: Path, pruned: LoadedModel, consent: Consent | None) -> LoadedModel:
+    """The dense model; a bare state_dict (the usual source of a compressed state_dict) is built as the
+    pruned model's base was: its architecture reference and recorded arguments, under the consent that
+    already let the pruned model be built."""
+    from .model_io import is_bare_state_dict
+
+    arch, shape = pruned.checkpoint.arch, pruned.checkpoint.input_shape
+    if arch is None or not is_bare_state_dict(path):
+        return load_model(path, consent=consent, input_shape=shape)
+    return load_model(path, consent=replace(consent or Consent(), arch=arch.ref), input_shape=shape,
+                      arch_kwargs=dict(arch.kwargs))
 
 
 def _target_opset(ceiling: int | None, opset: int | None, target: str) -> int:
