@@ -102,8 +102,9 @@ def _data_for(meta: dict, given: DataOptions | None, consent: Consent | None, so
 
     from .data.factory import check_consent, is_ref
 
-    if given is None:
-        given = DataOptions(data=str(meta.get("data") or DEFAULT_DATA), preprocess=meta.get("preprocess"))
+    if given is None or given.data is None:   # options given without --data apply to the recorded data
+        given = replace(given or DataOptions(), data=str(meta.get("data") or DEFAULT_DATA),
+                        preprocess=(given and given.preprocess) or meta.get("preprocess"))
         if is_ref(given.data):
             check_consent(given.data, "--data", consent, source)
     elif given.preprocess is None and given.input_shape is None and given.normalize is None and meta.get("preprocess"):
@@ -584,13 +585,13 @@ def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDatas
     if out_dir:
         work = _prepare_dir(out_dir, force)
         report = profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
-                              method=method, sparsity=sparsity, progress=progress)
+                              method=method, sparsity=sparsity, progress=progress, metric=te.metric)
         write_report(report, work)
         return report
     work = Path(tempfile.mkdtemp(prefix="edgeprune-"))   # engines are built somewhere, then thrown away
     try:
         return profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
-                            method=method, sparsity=sparsity, progress=progress)
+                            method=method, sparsity=sparsity, progress=progress, metric=te.metric)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -423,7 +423,7 @@ def deploy(
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the highest the target reads, "
                                         "at most 17)."),
     trust_pickle: bool = PickleOpt, trust_code: bool = TrustCodeOpt,
-    arch: Optional[str] = ArchOpt, force: bool = ForceOpt,
+    arch: Optional[str] = ArchOpt, force: bool = ForceOpt, metric: Optional[str] = MetricOpt,
     as_json: bool = JsonOpt,
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: the target's)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="INT8 calibration images (.npz with x, y; "
@@ -439,7 +439,9 @@ def deploy(
 
     Example: edgeprune deploy pruned.pt --target host-cpu --baseline model.pt -o runs/demo
     """
-    report = api.deploy(model, target, output, baseline_path=baseline, data=_data(data, data_dir, None, test_limit),
+    # without --data, the data the checkpoint records (--test-limit and --metric apply to it)
+    report = api.deploy(model, target, output, baseline_path=baseline,
+                        data=_data(data, data_dir, None, test_limit, default=None, metric=metric),
                         opset=opset, consent=_consent(trust_pickle, trust_code, arch), force=force,
                         progress=not as_json, precision=precision, calibration=calibration, targets_dir=targets_dir,
                         host=host, ssh_config=ssh_config, device_python=device_python)

@@ -307,7 +307,7 @@ def _evaluate(model: nn.Module, ds: Data, batch_size: int, device: torch.device 
         logits = predict(model, ds.x, batch_size, device)
         if ds.metric is None:
             return float((logits.argmax(1) == ds.y).mean() * 100.0)
-        return _metric(ds.metric, torch.from_numpy(logits), torch.from_numpy(ds.y))
+        return run_metric(ds.metric, torch.from_numpy(logits), torch.from_numpy(ds.y))
     set_mode(model, False)
     outs, targets = [], []
     model.to(device)
@@ -321,10 +321,10 @@ def _evaluate(model: nn.Module, ds: Data, batch_size: int, device: torch.device 
     out, target = torch.cat(outs), torch.cat(targets)
     if ds.metric is None:
         return float((out.argmax(1) == target).float().mean() * 100.0)
-    return _metric(ds.metric, out, target)
+    return run_metric(ds.metric, out, target)
 
 
-def _metric(fn: Callable, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+def run_metric(fn: Callable, outputs: torch.Tensor, targets: torch.Tensor) -> float:
     try:
         return float(fn(outputs, targets))
     except Exception as e:   # the user's metric failed: its message, not a traceback into edgeprune
