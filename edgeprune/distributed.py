@@ -84,14 +84,30 @@ def tensor_digest(tensors: dict[str, torch.Tensor] | None) -> str:
     return h.hexdigest()
 
 
+def comm_device() -> torch.device:
+    """Where tensors sent between ranks must live: NCCL moves only GPU tensors, gloo CPU ones."""
+    if active() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_sum(*counts: int) -> tuple[int, ...]:
+    """Counts summed over every rank (the counts themselves on one process)."""
+    if not active():
+        return counts
+    t = torch.tensor(counts, dtype=torch.float64, device=comm_device())
+    dist.all_reduce(t)
+    return tuple(int(v) for v in t.tolist())
+
+
 def broadcast_masks(masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
     """Rank 0's masks, in place, on every rank (gloo has no bool tensors: sent as uint8)."""
     if not active() or not masks:
         return masks
     for name in sorted(masks):
-        buf = masks[name].to(torch.uint8)
+        buf = masks[name].to(device=comm_device(), dtype=torch.uint8)
         dist.broadcast(buf, src=0)
-        masks[name] = buf.bool()
+        masks[name] = buf.bool().to(masks[name].device)
     return masks
 
 

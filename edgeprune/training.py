@@ -251,7 +251,7 @@ def train(model: nn.Module, train_set: Data, cfg: TrainConfig, *, val_set: Data 
                 set_mode(model, True)
             epoch += 1
             if on_epoch_end is not None:
-                hits, seen = _all_sum(hits, seen)
+                hits, seen = distributed.all_sum(hits, seen)
                 stop = on_epoch_end(epoch, hits / max(seen, 1))
                 hits, seen = 0, 0
                 set_mode(model, True)
@@ -268,15 +268,6 @@ def train(model: nn.Module, train_set: Data, cfg: TrainConfig, *, val_set: Data 
     log.steps = step
     log.seconds = time.perf_counter() - t0
     return log
-
-
-def _all_sum(*counts: int) -> tuple[int, ...]:
-    """Counts summed over every rank (the counts themselves on one process)."""
-    if not distributed.active():
-        return counts
-    t = torch.tensor(counts, dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return tuple(int(v) for v in t.tolist())
 
 
 @torch.no_grad()

@@ -148,3 +148,20 @@ def test_a_restarted_run_resumes_from_its_last_epoch(tmp_path, digits_model):
     digests = _digests(tmp_path)                                      # both attempts, both ranks: one set of widths
     assert len({d for rows in digests.values() for what, d in rows if what.startswith("widths")}) == 1
     assert len(digests[0]) == len(digests[1]) == 4                    # 2 checks x 2 attempts
+
+
+def test_ranks_that_hold_different_masks_stop_the_run(tmp_path):
+    """The agreement check is real: ranks whose masks differ fail loudly instead of training apart."""
+    (tmp_path / "disagree.py").write_text(textwrap.dedent('''
+        import torch
+        from edgeprune import distributed
+
+        distributed.setup(torch.device("cpu"))
+        masks = {"fc": torch.rand(4, 4) > 0.5 if distributed.rank() else torch.ones(4, 4, dtype=torch.bool)}
+        distributed.agree("masks as computed", distributed.tensor_digest(masks))
+    '''))
+    paths = [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "disagree.py"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "ranks disagree on masks as computed" in r.stderr
