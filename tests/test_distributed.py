@@ -21,7 +21,7 @@ from edgeprune.model_io import load_model
 from edgeprune.training import evaluate
 
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-pytestmark = pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed")
+pytestmark = [pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed"), pytest.mark.slow]
 
 
 def _torchrun(tmp_path: Path, *args: str, restarts: int = 0, env: dict | None = None) -> subprocess.CompletedProcess:
