@@ -98,8 +98,6 @@ def _data_for(meta: dict, given: DataOptions | None, consent: Consent | None, so
     """The data a command uses for a model: ``given`` (--data), completed by what the checkpoint
     recorded (preprocessing, metric), else the recorded data. Recorded code (a data factory, a
     metric) runs only with the user's consent, as recorded architectures do."""
-    from dataclasses import replace
-
     from .data.factory import check_consent, is_ref
 
     if given is None or given.data is None:   # options given without --data apply to the recorded data
