@@ -114,6 +114,11 @@ clean:
 bench-spectral: install data
 	$(BIN)/python benchmarks/bench_spectral.py --out benchmarks/results
 # The predicted pruning limit (Zhang et al.) against the measured one: fc5 on Fashion-MNIST, with and without L1.
+# torchrun with 2 ranks against one process: same compress command, 3 seeds (benchmarks/results/ddp.json).
+.PHONY: bench-ddp
+bench-ddp: install data
+	$(BIN)/python benchmarks/bench_ddp.py --out benchmarks/results
+
 .PHONY: bench-limit
 bench-limit: install data
 	$(BIN)/python benchmarks/bench_limit.py --seeds 0 1 2 --out benchmarks/results

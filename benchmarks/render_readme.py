@@ -264,11 +264,37 @@ def render_false_alarms(results: Path) -> list[str]:
     return table(header, "rrrrrr", [row]) + ["", source_line("false_alarms.json", r)]
 
 
+# -------------------------------------------------------------------------------------- ddp
+def render_ddp(results: Path) -> list[str]:
+    """torchrun with 2 ranks against one process, per granularity: accuracy by seed, the paired rule,
+    whether every rank checked the masks saved, and what each run left behind."""
+    rec = load("ddp.json", results)
+    rows = []
+    for g, setting in rec["settings"].items():
+        by = {n: {r["seed"]: r for r in rec["rows"] if r["granularity"] == g and r["ranks"] == n} for n in (1, 2)}
+        seeds = sorted(set(by[1]) & set(by[2]))
+        diffs = [by[2][k]["test_accuracy"] - by[1][k]["test_accuracy"] for k in seeds]
+        m, lo, hi = paired_ci(diffs)
+        cells = [f"{g} ({setting})"]
+        for n in (1, 2):
+            sm = rec["summary"][f"{g}-r{n}"]
+            cells.append(", ".join(f"{by[n][k]['test_accuracy']:.2f}" for k in seeds) + f" ({sm['mean']:.2f} ± {sm['std']:.2f})")
+        two = list(by[2].values())
+        cells += [f"{m:+.2f} ({lo:+.2f} .. {hi:+.2f}): {paired_verdict(diffs)}",
+                  f"{sum(r['masks_agree'] for r in two)} of {len(two)}",
+                  "one" if all(r["outputs"] == ["pruned.pt"] for r in rec["rows"]) else "MORE THAN ONE"]
+        rows.append(cells)
+    return table(["granularity", "1 process: test % by seed (mean ± std)", "2 ranks: test % by seed (mean ± std)",
+                  "2 ranks − 1, paired (95 % CI)", "runs whose ranks held the saved masks", "output files per run"],
+                 "lrrlrl", rows) + ["", source_line("ddp.json", rec)]
+
+
 BLOCKS: dict[str, Callable[[Path], list[str]]] = {
     "e2e": render_e2e, "e2e-peers": render_e2e_peers, "e2e-seeds": render_e2e_seeds,
     "methods": render_methods, "methods-vs-magnitude": render_methods_vs_magnitude,
     "int8": render_int8, "activation": render_activation, "spectral": render_spectral, "limit": render_limit,
     "false-alarms": render_false_alarms,
+    "ddp": render_ddp,
 }
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, distributed
+from .compute import resolve_device
 from .data import ArrayDataset, train_val_split
 from .data.stream import Data
 from .errors import InputError, first_line
@@ -23,7 +24,7 @@ from .model_io import (ArchRef, Checkpoint, Consent, LoadedModel, file_digest, l
 from .pruning.masks import require_prunable, sparsity_report
 from .pruning.schedule import prune
 from .pruning.base import PruneSpec, method_class
-from .training import TrainConfig, check_recipe, evaluate, finetune_lr, train as train_loop
+from .training import Resume, TrainConfig, check_recipe, evaluate, finetune_lr, train as train_loop
 
 if TYPE_CHECKING:
     from .analysis.limit import LimitConfig, LimitEstimate, MeasuredLimit
@@ -97,12 +98,11 @@ def _data_for(meta: dict, given: DataOptions | None, consent: Consent | None, so
     """The data a command uses for a model: ``given`` (--data), completed by what the checkpoint
     recorded (preprocessing, metric), else the recorded data. Recorded code (a data factory, a
     metric) runs only with the user's consent, as recorded architectures do."""
-    from dataclasses import replace
-
     from .data.factory import check_consent, is_ref
 
-    if given is None:
-        given = DataOptions(data=str(meta.get("data") or DEFAULT_DATA), preprocess=meta.get("preprocess"))
+    if given is None or given.data is None:   # options given without --data apply to the recorded data
+        given = replace(given or DataOptions(), data=str(meta.get("data") or DEFAULT_DATA),
+                        preprocess=(given and given.preprocess) or meta.get("preprocess"))
         if is_ref(given.data):
             check_consent(given.data, "--data", consent, source)
     elif given.preprocess is None and given.input_shape is None and given.normalize is None and meta.get("preprocess"):
@@ -149,14 +149,19 @@ class TrainResult:
 
 def train(arch: str, out: Path, *, data: DataOptions | None = None, epochs: float = 5, lr: float = 1e-3,
           batch_size: int = 128, l1: float = 0.0, seed: int = 0, arch_kwargs: dict[str, Any] | None = None,
-          optimizer: str = "adam", lr_schedule: str = "cosine",
+          optimizer: str = "adam", lr_schedule: str = "cosine", device: str = "auto",
           force: bool = False, progress: bool = True) -> TrainResult:
     """Train a reference architecture from scratch and save an edgeprune checkpoint.
 
     The default is Adam with a cosine decay; ``optimizer="sgd", lr=0.01, lr_schedule="constant"`` is
-    the recipe of Zhang et al.'s L1 (LOMP) models, the one the pruning-limit estimate was made for."""
+    the recipe of Zhang et al.'s L1 (LOMP) models, the one the pruning-limit estimate was made for.
+    ``device``: auto (CUDA when PyTorch sees one), cpu or cuda. Under torchrun every rank trains its
+    share of each batch (DDP) and rank 0 writes the checkpoint."""
     data = data or DataOptions()
     out = _check_output(out, force)
+    dev = resolve_device(device)
+    distributed.setup(dev)
+    progress = progress and distributed.is_main()
     if epochs <= 0:
         raise InputError("--epochs must be positive")
     check_recipe(optimizer, lr_schedule)
@@ -170,14 +175,14 @@ def train(arch: str, out: Path, *, data: DataOptions | None = None, epochs: floa
     torch.manual_seed(seed)
     model = ref.build(consent, "--arch")
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, l1=l1, seed=seed, optimizer=optimizer,
-                      cosine=lr_schedule == "cosine")
-    log = train_loop(model, tr, cfg,
-                     val_set=val, progress=progress, description=f"train {ref.ref}")
-    val_acc, test_acc = evaluate(model, val), evaluate(model, te)
+                      cosine=lr_schedule == "cosine", device=str(dev))
+    resume = _resume_for(out, ["train", arch, arch_kwargs, asdict(cfg), data.recorded(), data.limit])
+    log = train_loop(model, tr, cfg, val_set=val, progress=progress, description=f"train {ref.ref}", resume=resume)
+    val_acc, test_acc = evaluate(model, val, device=dev), evaluate(model, te, device=dev)
     meta = {"method": "dense", "sparsity": 0.0, **data.recorded(), "epochs": epochs, "l1": l1, "seed": seed,
-            "optimizer": optimizer, "lr": lr, "lr_schedule": lr_schedule,
+            "optimizer": optimizer, "lr": lr, "lr_schedule": lr_schedule, **_compute_meta(dev, resume),
             "val_accuracy": val_acc, "test_accuracy": test_acc, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    save_checkpoint(new_checkpoint(model, ref, tr.input_shape, meta), out, force=force)
+    _write_once(lambda: save_checkpoint(new_checkpoint(model, ref, tr.input_shape, meta), out, force=force), resume)
     return TrainResult(str(out), ref.ref, data.data, epochs, val_acc, test_acc,
                        sum(p.numel() for p in model.parameters()), log.seconds)
 
@@ -198,6 +203,7 @@ class CompressResult:
     accuracy_drop_pt: float              # dense - fine-tuned, validation split
     finetune_epochs: float
     finetune_lr: float
+    finetune_lr_how: str                 # "--lr", or the probe that chose it (lr_probe)
     params_before: int
     params_after: int                    # nonzero parameters
     macs_before: int
@@ -206,6 +212,7 @@ class CompressResult:
     total_seconds: float
     layers: list[dict] = field(default_factory=list)
     details: dict = field(default_factory=dict)   # the method's own report (Method.details)
+    resumed: list[dict] = field(default_factory=list)   # torchrun restarts: the fine-tune epochs resumed from
 
 
 def default_output(model_path: Path, method: str) -> Path:
@@ -219,7 +226,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
              consent: Consent | None = None, input_shape: tuple[int, ...] | None = None,
              arch_kwargs: dict[str, Any] | None = None, force: bool = False,
              progress: bool = True, auto_limit: LimitConfig | None = None, target: str | Path | None = None,
-             targets_dir: TargetsDir = None) -> CompressResult:
+             targets_dir: TargetsDir = None, device: str = "auto") -> CompressResult:
     """Prune ``model_path`` with ``spec``, fine-tune on the training split, save a pruned checkpoint.
 
     ``out`` defaults to ``default_output`` (``model.activation.pt`` beside ``model.pt``); an existing
@@ -231,15 +238,18 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
     unless ``spec.round_to`` is None (the CLI passes None when ``--round-to`` is not given and a
     target is); a round_to the caller set stays as it is.
 
-    ``lr`` defaults to ``training.finetune_lr(spec.granularity, spec.schedule)``. ``auto_limit`` (method lomp only,
+    ``device``: where fine-tuning runs (auto: CUDA when PyTorch sees one). Under torchrun every rank
+    prunes, rank 0's masks are broadcast and checked (``distributed.agree``), the fine-tune is DDP and
+    its state is saved each epoch beside ``out`` so a restarted run resumes; rank 0 writes ``out``.
+
+    ``lr`` None: the gated schedule's measured rate, else the rate ``lr_probe.choose`` finds on the
+    pruned model (the lowest validation loss over a short run at each rate of a small grid). ``auto_limit`` (method lomp only,
     the CLI's ``--sparsity auto``) replaces ``spec.sparsity`` by the predicted pruning limit s*,
     estimated on the training split before pruning; ``details["predicted_limit"]`` says what it was.
     """
     t0 = time.perf_counter()
     target_name = None
     if target is not None:
-        from dataclasses import replace
-
         from .targets import load_target
 
         tgt = load_target(target, targets_dir)
@@ -247,11 +257,22 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         if spec.round_to is None:
             spec = replace(spec, round_to=tgt.build.round_to)
     spec.validate()
+    dev = resolve_device(device)
+    if spec.schedule == "gated":
+        # its events act on activation counts and training accuracy each rank sees on its own share
+        distributed.refuse("the accuracy-gated schedule (--schedule gated)")
+    distributed.setup(dev)
+    progress = progress and distributed.is_main()
     if spec.method == "lomp" or auto_limit is not None:
         from .pruning.lomp import check_spec
 
         check_spec(spec, auto_limit is not None)
-    lr = finetune_lr(spec.granularity, spec.schedule) if lr is None else lr
+    from .lr_probe import LrChoice
+
+    # no --lr: the gated schedule has its own measured rate; the others probe it on the pruned model
+    chosen = [LrChoice(lr, "--lr")] if lr is not None else []
+    if not chosen and spec.schedule == "gated":
+        chosen = [LrChoice(finetune_lr(spec.granularity, "gated"), "gated default")]
     out = _check_output(default_output(model_path, spec.method) if out is None else out, force)
     if finetune_epochs is None:
         finetune_epochs = method_class(spec.method).default_finetune_epochs
@@ -270,7 +291,7 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
     if data.metric is None:   # a task metric scores whatever the model outputs; top-1 needs one score per class
         _check_classifier(model, example, tr)
     before = sparsity_report(model, example)
-    dense_val = evaluate(model, val)
+    dense_val = evaluate(model, val, device=dev)
     lomp_details: dict = {}
     if spec.method == "lomp":
         from .pruning.lomp import resolve
@@ -279,11 +300,21 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
 
     pruned_acc: list[float] = []   # validation accuracy after each prune step, before its fine-tune
 
+    resume = _resume_for(out, ["compress", file_digest(Path(model_path)), asdict(spec), finetune_epochs, lr,
+                               batch_size, data.recorded(), data.limit])
+
     def finetune(m: torch.nn.Module, masks: dict[str, torch.Tensor] | None, share: float) -> None:
-        pruned_acc.append(evaluate(m, val))
+        _same_on_every_rank(m, masks, len(pruned_acc) + 1)
+        pruned_acc.append(evaluate(m, val, device=dev))
         if finetune_epochs * share > 0:
-            train_loop(m, tr, TrainConfig(epochs=finetune_epochs * share, lr=lr, batch_size=batch_size,
-                                          seed=spec.seed), masks=masks, progress=progress, description="fine-tune")
+            cfg = TrainConfig(epochs=finetune_epochs * share, batch_size=batch_size, seed=spec.seed, device=str(dev))
+            if not chosen:   # probed once, on the model as the first prune step left it
+                from .lr_probe import choose
+
+                steps = round(finetune_epochs * -(-len(tr) // batch_size))
+                chosen.append(choose(m, tr, val, cfg, masks, spec.granularity, steps))
+            train_loop(m, tr, replace(cfg, lr=chosen[0].lr), masks=masks, progress=progress,
+                       description="fine-tune", resume=resume)
 
     if spec.method == "lomp" and not isinstance(tr, ArrayDataset):
         raise InputError("method lomp estimates its limit on in-memory data (a built-in set or .npz), "
@@ -294,8 +325,9 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
         # the accuracy-gated schedule trains itself: finetune_epochs is its whole budget
         from .pruning.gated import prune_gated
 
-        result = prune_gated(model, spec, example, tr, TrainConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size,
-                                                                   seed=spec.seed),
+        result = prune_gated(model, spec, example, tr, TrainConfig(epochs=finetune_epochs, lr=chosen[0].lr,
+                                                                   batch_size=batch_size,
+                                                                   seed=spec.seed, device=str(dev)),
                              calib=calib, val_set=val, progress=progress)
         pruned_acc.append(result.details["val_accuracy_before_retraining"])
     else:
@@ -305,27 +337,74 @@ def compress(model_path: Path, spec: PruneSpec, out: Path | None = None, *, data
     after = sparsity_report(model, example)
     # One definition for both granularities: prunable weights gone, whether zeroed or physically removed.
     sparsity = 1.0 - after.nonzero / max(before.total, 1)
-    ft_val = evaluate(model, val)
+    ft_val = evaluate(model, val, device=dev)
+    choice = chosen[0] if chosen else LrChoice(finetune_lr(spec.granularity), "no fine-tune")
     meta = {**{k: v for k, v in ckpt.meta.items() if k not in ("report",)},
             "method": spec.method, "sparsity": sparsity, "target_sparsity": spec.sparsity,
             "granularity": spec.granularity, "scope": spec.scope, "schedule": spec.schedule, **data.recorded(),
-            "finetune_epochs": finetune_epochs, "finetune_lr": lr, "source_path": str(Path(model_path).resolve()),
+            "finetune_epochs": finetune_epochs, "finetune_lr": choice.lr,
+            "finetune_lr_choice": choice.to_dict(), "source_path": str(Path(model_path).resolve()),
             "source_sha256": file_digest(Path(model_path)), "dense_val_accuracy": dense_val,
             "val_accuracy": ft_val, "spec": asdict(spec), "report": after.to_dict(), "details": result.details,
             "target": target_name,   # whose build.round_to set the channel multiple, if a target was given
+            **_compute_meta(dev, resume),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "edgeprune_version": __version__}
     new = Checkpoint(kind=ckpt.kind, input_shape=ckpt.input_shape, arch=ckpt.arch, program=ckpt.program,
                      plan=list(ckpt.plan) + list(result.plan), masks=result.masks,
-                     state_dict={k: v.detach().clone() for k, v in model.state_dict().items()}, meta=meta)
-    save_checkpoint(new, out, force=force)
+                     state_dict={k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, meta=meta)
+    _write_once(lambda: save_checkpoint(new, out, force=force), resume)
     return CompressResult(
         path=str(out), method=spec.method, granularity=spec.granularity, scope=spec.scope, schedule=spec.schedule,
         target_sparsity=spec.sparsity, sparsity=sparsity, dense_val_accuracy=dense_val,
         pruned_val_accuracy=pruned_acc[-1] if pruned_acc else ft_val, finetuned_val_accuracy=ft_val,
-        accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs, finetune_lr=lr,
+        accuracy_drop_pt=dense_val - ft_val, finetune_epochs=finetune_epochs, finetune_lr=choice.lr,
+        finetune_lr_how=choice.describe(),
         params_before=before.params_nonzero, params_after=after.params_nonzero, macs_before=before.macs,
         macs_after=after.macs, prune_seconds=result.seconds, total_seconds=time.perf_counter() - t0,
-        layers=_layer_rows(before, after), details=result.details)
+        layers=_layer_rows(before, after), details=result.details, resumed=resume.resumed if resume else [])
+
+
+def _resume_for(out: Path, run: list) -> Resume | None:
+    """Under torchrun, the folder beside ``out`` where each epoch's training state is kept for a
+    restart (``--max-restarts``); ``run`` names the run, so state of another run is never resumed."""
+    if not distributed.launched():
+        return None
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps([*run, distributed.world_size()], sort_keys=True, default=str).encode()).hexdigest()
+    return Resume(Path(out).with_name(f".{Path(out).name}.resume"), key)
+
+
+def _write_once(write, resume: Resume | None) -> None:
+    """Rank 0 writes (every rank holds the same model); the run's resume state goes once it has."""
+    if distributed.is_main():
+        write()
+        if resume is not None:
+            shutil.rmtree(resume.folder, ignore_errors=True)
+    distributed.barrier()
+
+
+def _compute_meta(dev: torch.device, resume: Resume | None) -> dict:
+    """Where it ran, recorded with the checkpoint: device, ranks, and any epoch a restart resumed from."""
+    meta: dict[str, Any] = {"device": dev.type, "mixed_precision": dev.type == "cuda",
+                            "world_size": distributed.world_size()}
+    if resume is not None and resume.resumed:
+        meta["resumed"] = resume.resumed
+    return meta
+
+
+def _same_on_every_rank(model: torch.nn.Module, masks: dict[str, torch.Tensor] | None, step: int) -> None:
+    """Under torchrun: rank 0's masks replace every rank's (all computed them from the same weights and
+    data), then every rank checks it holds the same masks and layer widths before fine-tuning."""
+    from .pruning.masks import apply_masks
+
+    if masks:
+        distributed.broadcast_masks(masks)
+        apply_masks(model, masks)
+    distributed.agree(f"masks after prune step {step}", distributed.tensor_digest(masks))
+    distributed.agree(f"widths after prune step {step}",
+                      distributed.tensor_digest({n: torch.tensor(p.shape) for n, p in model.named_parameters()}))
 
 
 def _check_classifier(model: torch.nn.Module, example: torch.Tensor, ds) -> None:
@@ -504,13 +583,13 @@ def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDatas
     if out_dir:
         work = _prepare_dir(out_dir, force)
         report = profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
-                              method=method, sparsity=sparsity, progress=progress)
+                              method=method, sparsity=sparsity, progress=progress, metric=te.metric)
         write_report(report, work)
         return report
     work = Path(tempfile.mkdtemp(prefix="edgeprune-"))   # engines are built somewhere, then thrown away
     try:
         return profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
-                            method=method, sparsity=sparsity, progress=progress)
+                            method=method, sparsity=sparsity, progress=progress, metric=te.metric)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -555,7 +634,7 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         if not src or not Path(src).exists():
             raise InputError("no dense baseline: pass --baseline model.pt")
         baseline_path = Path(src)
-    dense = load_model(baseline_path, consent=consent, input_shape=pruned.checkpoint.input_shape)
+    dense = _load_baseline(Path(baseline_path), pruned, consent)
     data = _data_for(pruned.checkpoint.meta, data, consent, str(pruned_path))
     te = _test_arrays(data)   # read once: parity inputs for both exports, then the accuracy measurement
     parity = {name: _parity_inputs(loaded, te) for name, loaded in (("dense", dense), ("pruned", pruned))}
@@ -615,6 +694,19 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir,
                     method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
                     force=True, progress=progress)
+
+
+def _load_baseline(path: Path, pruned: LoadedModel, consent: Consent | None) -> LoadedModel:
+    """The dense model; a bare state_dict (the usual source of a compressed state_dict) is built as the
+    pruned model's base was: its architecture reference and recorded arguments, under the consent that
+    already let the pruned model be built."""
+    from .model_io import is_bare_state_dict
+
+    arch, shape = pruned.checkpoint.arch, pruned.checkpoint.input_shape
+    if arch is None or not is_bare_state_dict(path):
+        return load_model(path, consent=consent, input_shape=shape)
+    return load_model(path, consent=replace(consent or Consent(), arch=arch.ref), input_shape=shape,
+                      arch_kwargs=dict(arch.kwargs))
 
 
 def _target_opset(ceiling: int | None, opset: int | None, target: str) -> int:

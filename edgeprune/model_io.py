@@ -351,6 +351,15 @@ def _state_dict_in(obj: Any) -> dict[str, torch.Tensor] | None:
     return state
 
 
+def is_bare_state_dict(path: str | Path) -> bool:
+    """Whether ``path`` holds weights only (a state_dict or a common wrapper of one), which need an
+    architecture to be built from."""
+    try:
+        return _state_dict_in(torch.load(path, weights_only=True, map_location="cpu")) is not None
+    except Exception:   # a pickle, TorchScript, damage: not a state_dict, and load_model says why
+        return False
+
+
 def _load_state_dict(path: Path, state: dict[str, torch.Tensor], consent: Consent,
                      input_shape: tuple[int, ...] | None, arch_kwargs: dict[str, Any] | None) -> LoadedModel:
     if consent.arch is None:

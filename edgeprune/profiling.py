@@ -12,6 +12,7 @@ high-water mark only ever goes up.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,9 +43,11 @@ def profile_pair(
     method: str | None = None,
     sparsity: float | None = None,
     progress: bool = True,
+    metric: Callable | None = None,
 ) -> Report:
     """Build both models for `target`, measure them side by side on real data (x, y), and return
-    the report (not yet written: see `edgeprune.report.write_report`)."""
+    the report (not yet written: see `edgeprune.report.write_report`). `metric`: the task's own
+    score (--metric, recorded in a checkpoint) in place of top-1 accuracy."""
     dense_onnx, pruned_onnx, work = Path(dense_onnx), Path(pruned_onnx), Path(work_dir)
     backend = get_backend(target.backend)
     check_models(dense_onnx, pruned_onnx, target)
@@ -55,11 +58,13 @@ def profile_pair(
     with progress_bar("building engines", total=steps, enabled=progress) as tick:
         engines, cache = build_engines(backend, {"dense": dense_onnx, "pruned": pruned_onnx}, target, work)
         tick(n_models)
-        m = measure_pair(backend, engines, target, x, y, work, tick)
+        m = measure_pair(backend, engines, target, x, y, work, tick, metric)
         m.engine_cache = cache
         m.hostname = socket.gethostname()
         tick(0, "sizes, parameters, MACs")
         report = report_from_measurement(m, dense_onnx, pruned_onnx, target, method=method, sparsity=sparsity)
+        if metric is not None:
+            report.accuracy_metric = f"{getattr(metric, '__module__', '?')}:{getattr(metric, '__name__', '?')}"
         tick(1, "done")
     why = backend.measured_elsewhere(target)
     if why:

@@ -71,3 +71,28 @@ def test_a_factory_that_returns_the_wrong_thing_is_one_line(capsys, tmp_path, us
     (tmp_path / "badmod.py").write_text("def datasets():\n    return [1, 2]\n")
     code = main(["train", "--arch", "zoo:lenet300", "--data", "badmod:datasets", "-o", str(tmp_path / "m.pt")])
     assert code == 2 and "must return (train, val, test)" in capsys.readouterr().err
+
+
+def test_deploy_scores_with_the_recorded_metric_through_onnx_runtime(capsys, tmp_path, usermod, fast_target):
+    """A checkpoint trained and pruned with --metric is scored by it on the built engines too, under the
+    same consent; the report names the metric instead of calling it top-1."""
+    m, p = tmp_path / "m.pt", tmp_path / "p.pt"
+    data, metric = ["--data", f"{usermod}:datasets"], ["--metric", f"{usermod}:error_rate"]
+    assert main(["train", "--arch", "zoo:lenet300", *data, *metric, "--epochs", "3", "-o", str(m), "--json"]) == 0
+    assert main(["compress", str(m), *data, *metric, "--sparsity", "0.5", "--finetune-epochs", "0", "-o", str(p),
+                 "--json"]) == 0
+    capsys.readouterr()
+    run = ["deploy", str(p), "--target", str(fast_target), *data]
+    assert main([*run, "-o", str(tmp_path / "refused")]) == 2       # the recorded metric needs consent
+    assert f"names the metric function '{usermod}:error_rate'" in capsys.readouterr().err
+    assert main([*run, *metric, "-o", str(tmp_path / "run"), "--json"]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["accuracy_metric"] == f"{usermod}:error_rate"
+    top1 = report["agreement"]["top1"]                              # dense and pruned pick the same class this often
+    assert report["dense"]["accuracy"] < 30 and report["pruned"]["accuracy"] < 100 * (1 - top1) + 30
+    assert f"{usermod}:error_rate (--metric)" in (tmp_path / "run" / "report.md").read_text()
+    # without --data, the options given apply to the data the checkpoint records (here with --trust-code)
+    assert main(["deploy", str(p), "--target", str(fast_target), "--trust-code", "--test-limit", "200",
+                 "-o", str(tmp_path / "run2"), "--json"]) == 0
+    again = json.loads((tmp_path / "run2" / "report.json").read_text())
+    assert again["accuracy_metric"] == f"{usermod}:error_rate" and again["agreement"]["samples"] == 200

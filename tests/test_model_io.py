@@ -98,6 +98,8 @@ from pathlib import Path  # noqa: E402
 
 from edgeprune import api  # noqa: E402
 from edgeprune.cli import main  # noqa: E402
+from edgeprune.pruning.base import PruneSpec  # noqa: E402
+from edgeprune.training import evaluate  # noqa: E402
 from tests import tiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,6 +189,19 @@ def test_state_dict_compress_then_export_in_fresh_processes(digits_state, tmp_pa
     assert parity["samples"] > 100 and parity["max_abs_diff"] < 1e-4
     rebuilt = load_model(tmp_path / "p.pt", Consent(arch="tests.tiny:digits_mlp")).model
     assert rebuilt[1].out_features == r["layers"][0]["shape"][0]
+
+
+def test_deploy_builds_a_state_dict_baseline_with_the_recorded_arguments(digits_state, tmp_path, fast_target):
+    """compress took --arch-kwargs for the bare state_dict; deploy's default baseline (that same file) is
+    built with them again: the dense model profiled is the trained one, not a width-16 default."""
+    d, model = digits_state
+    consent = Consent(arch="tests.tiny:digits_mlp")
+    pruned = api.compress(d / "sd.pt", PruneSpec(method="magnitude", sparsity=0.5), tmp_path / "p.pt",
+                          finetune_epochs=0, data=DIGITS, consent=consent, input_shape=(1, 8, 8),
+                          arch_kwargs={"width": 24}, progress=False)
+    report = api.deploy(pruned.path, str(fast_target), tmp_path / "run", consent=consent, progress=False)
+    test = DIGITS.test()
+    assert report.dense.accuracy == pytest.approx(evaluate(model, test), abs=1e-6)
 
 
 def test_a_wrong_arch_for_a_state_dict_is_one_line(capsys, digits_state, tmp_path):

@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import render_readme  # noqa: E402
 
 README = (REPO / "README.md").read_text()
-MAIN_TABLES = {"e2e", "e2e-seeds", "methods", "int8", "activation", "spectral", "limit"}
+MAIN_TABLES = {"e2e", "e2e-seeds", "methods", "int8", "activation", "spectral", "limit", "ddp"}
 
 
 def test_readme_tables_are_what_the_results_files_say():

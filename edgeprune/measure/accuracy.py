@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -25,6 +25,17 @@ def top1_accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy in percent."""
     pred = logits.reshape(len(logits), -1).argmax(axis=1)
     return float(100.0 * np.mean(pred == y))
+
+
+def score(logits: np.ndarray, y: np.ndarray, metric: Callable | None = None) -> float:
+    """Top-1 in percent, or the task's own ``metric(outputs, targets)`` (--metric, torch tensors)."""
+    if metric is None:
+        return top1_accuracy(logits, y)
+    import torch   # only where a metric was given: a board running this module has no torch
+
+    from edgeprune.training import run_metric
+
+    return run_metric(metric, torch.from_numpy(logits), torch.from_numpy(y))
 
 
 def agreement(ld: np.ndarray, lp: np.ndarray) -> dict[str, Any]:

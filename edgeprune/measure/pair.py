@@ -27,7 +27,7 @@ import numpy as np
 from edgeprune.backends.base import Engine
 from edgeprune.errors import InputError
 from edgeprune.fileio import file_digest
-from edgeprune.measure.accuracy import agreement, predict, top1_accuracy
+from edgeprune.measure.accuracy import agreement, predict, score
 from edgeprune.measure.timing import static_batch, tile_rows, time_interleaved
 
 if TYPE_CHECKING:
@@ -146,8 +146,9 @@ def _cached_build(backend: Backend, src: Path, target: Target, cache: Path) -> t
 
 
 def measure_pair(backend: Backend, engines: dict[str, Engine], target: Target, x: np.ndarray, y: np.ndarray,
-                 work: Path, tick: Tick = _no_tick) -> PairMeasurement:
-    """Time, evaluate and memory-probe built engines on the test data (x, y); see the module docstring."""
+                 work: Path, tick: Tick = _no_tick, metric: Callable | None = None) -> PairMeasurement:
+    """Time, evaluate and memory-probe built engines on the test data (x, y); see the module docstring.
+    ``metric``: the task's own score (--metric) in place of top-1."""
     run = target.run
     int8 = "pruned_fp32" in engines
     tick(0, "opening sessions")
@@ -185,7 +186,7 @@ def measure_pair(backend: Backend, engines: dict[str, Engine], target: Target, x
         sample.unlink(missing_ok=True)
     return PairMeasurement(
         batch_sizes=batch_sizes, static_batch=static, times_ns=times,
-        accuracy={k: top1_accuracy(v, y) for k, v in logits.items()},
+        accuracy={k: score(v, y, metric) for k, v in logits.items()},
         agreement=agreement(logits["dense"], logits["pruned"]),
         agreement_fp32=agreement(logits["pruned_fp32"], logits["pruned"]) if int8 else None,
         memory=memory, engines=engines, engine_cache={k: "miss" for k in engines},

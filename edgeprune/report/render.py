@@ -91,10 +91,15 @@ def int8_rows(report: Report) -> list[tuple[str, str, str, str]]:
     rows = [(f"latency p50, batch {bl.batch} (ms)", _ms(bl.pruned_fp32.p50), _ms(bl.pruned.p50), _x(bl.int8_ratio_p50))
             for bl in (report.latency[b] for b in sorted(report.latency)) if bl.pruned_fp32 is not None]
     rows += [
-        ("top-1 accuracy (%)", _acc(f.accuracy), _acc(p.accuracy), _drop(report.int8_accuracy_drop_pt)),
+        (_accuracy_label(report), _acc(f.accuracy), _acc(p.accuracy), _drop(report.int8_accuracy_drop_pt)),
         ("file size", format_bytes(f.size_bytes), format_bytes(p.size_bytes), _x(ratio(p.size_bytes, f.size_bytes))),
     ]
     return rows
+
+
+def _accuracy_label(report: Report) -> str:
+    m = report.accuracy_metric
+    return "top-1 accuracy (%)" if m == "top-1" else f"{m} (--metric)"
 
 
 def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
@@ -103,7 +108,7 @@ def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
         (f"latency p50, batch {r.latency_batch} (ms)", _ms(d.latency_ms.p50), _ms(p.latency_ms.p50), _x(q.latency_p50)),
         (f"latency p99, batch {r.latency_batch} (ms)", _ms(d.latency_ms.p99), _ms(p.latency_ms.p99),
          _x(ratio(p.latency_ms.p99, d.latency_ms.p99))),
-        ("top-1 accuracy (%)", _acc(d.accuracy), _acc(p.accuracy), _drop(r.accuracy_drop_pt)),
+        (_accuracy_label(r), _acc(d.accuracy), _acc(p.accuracy), _drop(r.accuracy_drop_pt)),
     ]
     if r.agreement is not None:
         rows.append(("top-1 agreement with dense", "", f"{100 * r.agreement.top1:.1f} %",

@@ -254,6 +254,7 @@ class Report:
     stack: dict[str, str] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    accuracy_metric: str = "top-1"   # what `accuracy` is: top-1 in percent, or the task's --metric pkg.mod:fn
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema: str = SCHEMA
     # INT8 builds: `pruned` is the INT8 engine; `pruned_fp32` the same pruned model in fp32, measured
@@ -329,6 +330,7 @@ class Report:
             "stack": dict(self.stack),
             "run": dict(self.run),
             "notes": list(self.notes),
+            "accuracy_metric": self.accuracy_metric,
             "precision": self.precision,
             "pruned_fp32": self.pruned_fp32.to_dict() if self.pruned_fp32 else None,
             "int8": self._int8_dict(),
@@ -360,6 +362,7 @@ class Report:
                 stack={str(k): str(v) for k, v in d.get("stack", {}).items()},
                 run=dict(d.get("run", {})),
                 notes=[str(n) for n in d.get("notes", [])],
+                accuracy_metric=str(d.get("accuracy_metric", "top-1")),
                 created=str(d.get("created", "")),
                 schema=schema,
                 precision=str(d.get("precision", "fp32")),
