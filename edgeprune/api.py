@@ -527,9 +527,10 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     ``calibration/fmnist.npz``) override the target's build policy; without ``calibration``, INT8
     calibrates on a class-balanced sample of the run's training split (`calibration.npz` in
     ``out_dir``), whatever set the target names. Every check that can fail (the target's build policy,
-    the calibration set's shape, the opset) runs before the first export. For a TensorRT
-    target the result is a ``TrtDeployResult``: the engine plans, trtexec commands and calibration
-    inputs for the device, and the engines built and timed here when TensorRT is installed.
+    the calibration set's shape, the opset) runs before the first export. Every measured run returns
+    the one ``Report``; a TensorRT target that cannot be measured here (no TensorRT, no ``host``)
+    returns a ``BoardRun``: the engine plans, trtexec scripts and calibration inputs for the board,
+    whose outputs `collect` turns into the report.
     ``host`` (or the target's ``[device] ssh``): build and measure on that board over SSH
     (`edgeprune.run.remote`); a repeated call after a fault resumes at the first unfinished stage.
     """
@@ -608,12 +609,20 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         board = Board(host, ssh_config, device_python or tgt.device.python, tgt.device.workdir)
         return deploy_remote(onnx, tgt, te.x, te.y, out_dir, stages, board, method=str(meta.get("method", "dense")),
                              sparsity=float(meta.get("sparsity", 0.0)))
+    method, sparsity = str(meta.get("method", "dense")), float(meta.get("sparsity", 0.0))
     if tgt.backend == "tensorrt":
-        from .backends.trt_deploy import prepare_tensorrt
+        from .backends.trt_deploy import build_prepared, prepare_tensorrt
+        from .profiling import profile_pair
+        from .report.write import write_report
 
-        return prepare_tensorrt(onnx, tgt, out_dir, calibration=calibration, test=te)
-    return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir,
-                    method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
+        prepared = prepare_tensorrt(onnx, tgt, out_dir, calibration=calibration)
+        if backend.host_problems(tgt):
+            return prepared     # nothing can be measured here: the board runs the scripts, `collect` reads them
+        report = profile_pair(onnx["dense"], onnx["pruned"], tgt, te.x, te.y, out_dir, method=method,
+                              sparsity=sparsity, progress=progress, engines=build_prepared(prepared, tgt))
+        write_report(report, out_dir)
+        return report
+    return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir, method=method, sparsity=sparsity,
                     force=True, progress=progress)
 
 

@@ -437,14 +437,14 @@ def deploy(
                         opset=opset, consent=_consent(trust_pickle, trust_code, arch), force=force,
                         progress=not as_json, precision=precision, calibration=calibration, targets_dir=targets_dir,
                         host=host, ssh_config=ssh_config, device_python=device_python)
-    from .report import Report
+    from .backends.trt_deploy import BoardRun
 
-    if not isinstance(report, Report):   # a TensorRT target: plans and commands for the device
-        return _show_trt_deploy(report, as_json)
+    if isinstance(report, BoardRun):   # nothing measurable here: plans and scripts for the board
+        return _show_board_run(report, as_json)
     _show_report(report, output, as_json)
 
 
-def _show_trt_deploy(r, as_json: bool) -> None:
+def _show_board_run(r, as_json: bool) -> None:
     if as_json:
         return _emit_json(r)
     out.print(f"{r.target}: TensorRT {r.tensorrt} (API generation {r.generation}), {r.precision}; run directory {r.run_dir}",

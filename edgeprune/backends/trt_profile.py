@@ -12,45 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeprune.backends.tensorrt import Cuda, TrtSession, build_engine
-from edgeprune.backends.trt_plan import EnginePlan, load_engine_plans
+from edgeprune.backends.trt_plan import load_engine_plans
 from edgeprune.backends.trtexec import (parse_sparsity, parse_trtexec_layer_info, parse_trtexec_profile,
                                         parse_trtexec_summary, parse_trtexec_times)
 from edgeprune.errors import InputError
-from edgeprune.measure.accuracy import agreement, predict, top1_accuracy
-from edgeprune.measure.timing import tile_rows, time_interleaved
-from edgeprune.report.schema import LatencyStats
 
 if TYPE_CHECKING:
     from edgeprune.data import ArrayDataset
     from edgeprune.targets import Target
-
-
-def build_and_time(plans: dict[str, EnginePlan], run_dir: Path, target: Target, test: ArrayDataset | None, *,
-                   trt: Any = None, cuda: Any = None) -> dict[str, Any]:
-    """Build both engines through the Python API and time them interleaved with CUDA events;
-    accuracy on `test` through the engines. `trt`/`cuda` default to the real modules."""
-    cuda = cuda or Cuda()
-    builds = {k: build_engine(p, run_dir, trt=trt, cuda=cuda) for k, p in plans.items()}
-    dense, pruned = plans["dense"], plans["pruned"]
-    sessions = [TrtSession(p, run_dir, trt=trt, cuda=cuda) for p in (dense, dense, pruned)]
-    run = target.run
-    latency: dict[str, Any] = {}
-    if test is not None:
-        for bs in dense.batch_sizes:
-            # exactly run.iterations rounds, as before; run.min_seconds is trtexec's --duration on the device
-            times = time_interleaved(sessions, tile_rows(test.x, bs), run.warmup, run.iterations)
-            a, a2, b = (LatencyStats.from_ns(t, run.percentiles) for t in times)
-            latency[str(bs)] = {"dense": a.to_dict(), "control": a2.to_dict(), "pruned": b.to_dict(),
-                                "ratio_p50": b.p50 / a.p50, "aa_ratio_p50": a2.p50 / a.p50}
-    accuracy = None
-    if test is not None:
-        eval_batch = dense.profile["max"][0]
-        logits = {k: predict(s, test.x, eval_batch) for k, s in (("dense", sessions[0]), ("pruned", sessions[2]))}
-        accuracy = {k: top1_accuracy(v, test.y) for k, v in logits.items()}
-        accuracy["agreement"] = agreement(logits["dense"], logits["pruned"])["top1"]
-    return {"timing": "GPU time per execution (CUDA events), dense A, dense A', pruned B interleaved",
-            "builds": {k: r.to_dict() for k, r in builds.items()}, "latency_ms": latency, "accuracy": accuracy}
 
 
 def device_results(run_dir: Path) -> dict[str, Any]:

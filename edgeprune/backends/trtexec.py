@@ -307,8 +307,35 @@ class LayerInfoResult:
             out[layer.layer_type] = out.get(layer.layer_type, 0) + 1
         return out
 
+    def precisions(self) -> dict[str, int]:
+        """Layers per output precision (FP32, FP16, INT8, ...): what the builder chose for each layer."""
+        out: dict[str, int] = {}
+        for layer in self.layers:
+            m = _PRECISION.search(layer.output_format or "")
+            if m:
+                name = _PRECISION_NAMES.get(m.group(1).lower(), m.group(1).upper())
+                out[name] = out.get(name, 0) + 1
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The data type inside a layer's "Format/Datatype" ("Row major linear FP32", "Channel major FP16 format ...").
+_PRECISION = re.compile(r"\b(FP32|FP16|BF16|FP8|INT8|INT4|Float|Half)\b", re.IGNORECASE)
+_PRECISION_NAMES = {"float": "FP32", "half": "FP16"}
+
+
+def engine_facts(layer_info: str | Path | None, device_memory_bytes: int | None) -> dict[str, Any]:
+    """The report's `engine_facts` entry of one engine: its device memory and its layers (count, per
+    output precision, per type), from the engine inspector's JSON (Python API or `--exportLayerInfo`)."""
+    facts: dict[str, Any] = {"device_memory_bytes": device_memory_bytes, "layers": None, "precisions": None,
+                             "layer_types": None}
+    if layer_info is not None and Path(layer_info).is_file():
+        info = parse_trtexec_layer_info(layer_info)
+        facts.update(layers=len(info.layers), precisions=info.precisions() or None,
+                     layer_types=info.layer_types() if info.detailed else None)
+    return facts
 
 
 def parse_trtexec_layer_info(path: str | Path) -> LayerInfoResult:

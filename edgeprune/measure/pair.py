@@ -194,9 +194,14 @@ def measure_pair(backend: Backend, engines: dict[str, Engine], target: Target, x
 
 
 def measure_memory(engine: Engine, target: Target, sample_npy: Path | None = None, timeout: float = 300) -> dict:
-    """Run `python -m edgeprune.memprobe` on the engine in a fresh process; return its JSON."""
+    """Run `python -m edgeprune.memprobe` on the engine in a fresh process; return its JSON. A TensorRT
+    engine's memory is on the GPU: its device memory as the engine states it, and no host RSS, which
+    would measure the CUDA runtime rather than the model."""
+    if target.backend == "tensorrt":
+        return {"peak_rss_mb": None, "model_rss_mb": None,
+                "device_memory_bytes": int(engine.extra["device_memory_bytes"])}
     if target.backend != "onnxruntime":
-        raise InputError(f"peak memory is only measured for onnxruntime targets so far, not '{target.backend}'")
+        raise InputError(f"peak memory is only measured for onnxruntime and tensorrt targets, not '{target.backend}'")
     cmd = [
         sys.executable, "-m", "edgeprune.memprobe", str(engine.path),
         "--threads", str(target.build.threads), "--batch", "1",
