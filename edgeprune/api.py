@@ -626,6 +626,14 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
                     force=True, progress=progress)
 
 
+def collect(run_dir: Path):
+    """The report of a run measured on a board by hand (the trtexec scripts deploy wrote, or the device
+    side's result.json), written into ``run_dir`` as a live run writes it; see `edgeprune.run.collect`."""
+    from .run.collect import collect_run
+
+    return collect_run(Path(run_dir))
+
+
 def _target_opset(ceiling: int | None, opset: int | None, target: str) -> int:
     """The opset to export at: the one asked for, or the highest the target reads up to DEFAULT_OPSET."""
     if opset is None:

@@ -457,6 +457,19 @@ def _show_board_run(r, as_json: bool) -> None:
 
 
 @app.command()
+def collect(
+    run_dir: Path = typer.Argument(..., help="Run directory whose scripts ran on the board (trtexec outputs), or a "
+                                   "job folder holding the device side's result.json."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Turn what a board wrote into the run's report (report.json, report.md, plots), as a live run writes it.
+
+    Example: edgeprune collect runs/orin
+    """
+    _show_report(api.collect(run_dir), run_dir, as_json)
+
+
+@app.command()
 def probe(
     host: str = typer.Option(..., "--host", help="The board (anything ssh takes: an alias, user@host)."),
     ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="ssh config file (default: ~/.ssh/config)."),

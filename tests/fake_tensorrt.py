@@ -215,23 +215,8 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
             self._engine = engine
 
         def get_engine_information(self, format):
-            import json
-
-            import onnx
-
             rec("inspector.get_engine_information", format)
-            nodes = list(onnx.load(self._engine._onnx).graph.node)
-            layers = []
-            for i, node in enumerate(nodes):
-                if node.op_type in ("Gemm", "MatMul", "Conv"):
-                    fused = i + 1 < len(nodes) and nodes[i + 1].op_type == "Relu"
-                    name = node.name + (f" + {nodes[i + 1].name}" if fused else "")
-                    layers.append({"Name": name, "LayerType": "CaskGemm" if node.op_type != "Conv" else "CaskConvolution",
-                                   "Outputs": [{"Name": node.output[0],
-                                                "Format/Datatype": f"Row major linear {self._engine._precision}"}],
-                                   "TacticName": "fake_tactic", "HasSparseWeights": False})
-            key = "I/O Tensors" if major >= 11 else "Bindings"
-            return json.dumps({"Layers": layers, key: ["input", "logits"]})
+            return layer_info_json(self._engine._onnx, self._engine._precision, major)
 
     m.LayerInformationFormat = enum.Enum("LayerInformationFormat", ["ONELINE", "JSON"])
 
@@ -343,6 +328,25 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
 
     m.Builder, m.OnnxParser, m.Runtime = Builder, OnnxParser, Runtime
     return m
+
+
+def layer_info_json(onnx_path: str, precision: str, major: int) -> str:
+    """A fake engine's layers as the inspector (and trtexec's --exportLayerInfo, detailed) write them:
+    one layer per Gemm/MatMul/Conv of the model, a following Relu fused into it, in ``precision``."""
+    import json
+
+    import onnx
+
+    nodes = list(onnx.load(onnx_path).graph.node)
+    layers = []
+    for i, node in enumerate(nodes):
+        if node.op_type in ("Gemm", "MatMul", "Conv"):
+            fused = i + 1 < len(nodes) and nodes[i + 1].op_type == "Relu"
+            layers.append({"Name": node.name + (f" + {nodes[i + 1].name}" if fused else ""),
+                           "LayerType": "CaskConvolution" if node.op_type == "Conv" else "CaskGemm",
+                           "Outputs": [{"Name": node.output[0], "Format/Datatype": f"Row major linear {precision}"}],
+                           "TacticName": "fake_tactic", "HasSparseWeights": 0})
+    return json.dumps({"Layers": layers, ("I/O Tensors" if major >= 11 else "Bindings"): ["input", "logits"]})
 
 
 class FakeCuda:

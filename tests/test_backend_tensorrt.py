@@ -567,25 +567,3 @@ def test_measure_pair_ratio_follows_engine_cost_and_catches_a_swap_fake_tensorrt
     assert b.p50 / a.p50 == 1.0 and not follows_cost(b.p50 / a.p50, want)
     # ... and the figures are in the clock's milliseconds
     assert a.p50 == a2.max == b.extra["p99.9"] == 0.25
-
-
-def test_device_results_reads_what_the_scripts_wrote(tmp_path):
-    import shutil
-
-    from edgeprune.backends.trt_profile import device_results
-
-    _prepared_run(tmp_path, replace(ORIN, build=replace(ORIN.build, precision="fp16")))
-    shutil.copy(FIX / "build_10.3.log", tmp_path / "pruned.build.log")
-    shutil.copy(FIX / "layers_10.3.json", tmp_path / "pruned.layers.json")
-    shutil.copy(FIX / "times_8.2.json", tmp_path / "dense.b1.times.json")     # slower, 8.2-like numbers
-    shutil.copy(FIX / "times_10.3.json", tmp_path / "pruned.b1.times.json")
-    shutil.copy(FIX / "profile_10.3.json", tmp_path / "pruned.b1.profile.json")
-    shutil.copy(FIX / "bench_10.3.log", tmp_path / "pruned.b1.bench.log")
-    r = device_results(tmp_path)
-    pruned = r["models"]["pruned"]
-    assert pruned["sparsity"]["picked"] == ["/conv1/Conv + /relu1/Relu"] and pruned["sparse_weight_layers"] == ["/conv1/Conv + /relu1/Relu"]
-    assert pruned["batches"]["1"]["slowest_layers"][0] == ("/fc1/Gemm + /act1/Relu", 0.1)
-    assert pruned["batches"]["1"]["warnings"][0].startswith("GPU compute time is unstable")
-    dense_median = np.median([0.9, 0.7, 0.5, 0.45, 0.31, 0.33, 0.30, 0.35, 0.32, 0.34])   # 10.x files hold no warm-up
-    assert r["pruned_over_dense_median_gpu_compute"]["1"] == pytest.approx(0.245 / dense_median)
-    assert "dense.build.log" in r["missing"] and "pruned.b32.times.json" in r["missing"]

@@ -90,6 +90,7 @@ def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path,
     commands = {f"{p.model}.build": shlex.join(build_command(p)) for p in plan_list}
     for batch in plan_list[0].batch_sizes:
         commands.update({f"{p.model}.bench.b{batch}": shlex.join(bench_command(p, batch)) for p in plan_list})
+        commands[f"dense.bench.b{batch}.control"] = shlex.join(bench_command(plans["dense"], batch, control=True))
     first = plan_list[0]
     notes = list(dict.fromkeys(n for p in plan_list for n in p.notes))
 

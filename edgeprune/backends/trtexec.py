@@ -67,8 +67,9 @@ def build_command(plan: EnginePlan) -> list[str]:
     return cmd
 
 
-def bench_command(plan: EnginePlan, batch: int) -> list[str]:
-    """The trtexec command that times the built engine at `batch` and exports times and profile."""
+def bench_command(plan: EnginePlan, batch: int, *, control: bool = False) -> list[str]:
+    """The trtexec command that times the built engine at `batch` and exports times and profile;
+    ``control``: the dense engine's second run, the A/A control (`{model}.b{batch}.control.*`)."""
     gen = plan.generation
     cmd = [TRTEXEC, f"--loadEngine={plan.engine}"]
     if plan.dynamic_batch:
@@ -86,7 +87,7 @@ def bench_command(plan: EnginePlan, batch: int) -> list[str]:
         cmd += ["--useSpinWait", "--separateProfileRun"]
     elif plan.dla_core >= 0:
         cmd.append("--noCudaGraph")               # DLA work cannot be captured in a CUDA graph
-    stem = f"{plan.model}.b{batch}"
+    stem = f"{plan.model}.b{batch}" + (".control" if control else "")
     cmd += [f"--exportTimes={stem}.times.json", f"--exportProfile={stem}.profile.json"]
     return cmd
 
@@ -117,12 +118,14 @@ def build_script(plans: list[EnginePlan], python_build: bool) -> str:
 
 
 def bench_script(plans: list[EnginePlan]) -> str:
-    """`trtexec_bench.sh`: time every engine at every batch size, dense and pruned alternating."""
+    """`trtexec_bench.sh`: time every engine at every batch size, dense and pruned alternating, then
+    the dense engine again: its A/A control, which shows how far two runs of one engine drift."""
     lines = _script_head(plans, "Benchmark the built engines")
     for batch in plans[0].batch_sizes:
-        for plan in plans:
-            log = f"{plan.model}.b{batch}.bench.log"
-            lines.append(f"{shlex.join(bench_command(plan, batch))} > {shlex.quote(log)} 2>&1")
+        runs = [(plan, False) for plan in plans] + [(plan, True) for plan in plans if plan.model == "dense"]
+        for plan, control in runs:
+            log = f"{plan.model}.b{batch}{'.control' if control else ''}.bench.log"
+            lines.append(f"{shlex.join(bench_command(plan, batch, control=control))} > {shlex.quote(log)} 2>&1")
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +175,7 @@ class TimesResult:
     walltime_s: float
     throughput_qps: float
     dropped_warmup: int = 0
+    compute_samples_ms: list[float] = field(default_factory=list)   # each timed iteration's GPU compute time
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,6 +215,7 @@ def parse_trtexec_times(path: str | Path, *, warmup_ms: float = 0.0,
         walltime_s=wall_ms / 1000.0,
         throughput_qps=len(timed) / wall_ms * 1000.0 if wall_ms > 0 else math.nan,
         dropped_warmup=len(rows) - len(timed),
+        compute_samples_ms=col("computeMs"),
     )
 
 

@@ -149,8 +149,8 @@ def _push(ssh: SSHHost, board: Board, pkg_files: dict[str, Path], pkg: str, job:
 def deploy_remote(onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.ndarray, run_dir: Path,
                   stages: RunStages, board: Board, *, method: str | None, sparsity: float | None) -> Report:
     """Push, build and measure on ``board``, pull, and write the report into ``run_dir``."""
-    from edgeprune.measure.pair import PairMeasurement
     from edgeprune.profiling import report_from_measurement
+    from edgeprune.run.collect import read_result
     from edgeprune.report.write import write_report
 
     pkg_files = device_files()
@@ -170,15 +170,11 @@ def deploy_remote(onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.nd
             if "measured" not in stages:
                 _call_device(ssh, board, _device_command(board, pkg, f"run jobs/{job}"))
                 stages.mark("measured")
-            ssh.pull(job_dir, [RESULT, BUILT, "engines"], run_dir)
+            ssh.pull(job_dir, [RESULT, BUILT, JOB, "engines"], run_dir)   # job.json: `collect` reads the run too
             stages.mark("pulled")
             # The job's inputs and outputs are here now; the board keeps only its engine cache.
             ssh.run(f"rm -rf {remote_path(job_dir)}", check=False)
-    d = json.loads((run_dir / RESULT).read_text())
-    for e in d["engines"].values():
-        e["path"] = str(run_dir / e["path"])
-        e["source"] = str(run_dir / Path(e["source"]).name)
-    m = PairMeasurement.from_dict(d, target.backend, target.name)
+    m = read_result(run_dir, target)
     report = report_from_measurement(m, onnx["dense"], onnx["pruned"], target, method=method, sparsity=sparsity,
                                      host=board.host)
     report.notes.insert(0, f"Measured on {m.hostname} (reached as {board.host} over SSH); engines built there, "
