@@ -112,6 +112,7 @@ def test_collect_reads_the_device_sides_result(tmp_path, capsys, fmnist_small):
     assert doc["agreement"]["top1"] == pytest.approx(result["agreement"]["top1"])
     assert doc["device"]["hostname"] == result["hostname"] and doc["dense"]["peak_rss_mb"] > 0
     assert doc["latency"]["16"]["ratio_p50"] < 0.5       # the pruned model is the cheap one: the sides are not swapped
+    assert "power" not in result["extra"] and doc["power"] is None      # no tegrastats here: no power figures
 
 
 def test_collect_refuses_a_folder_with_nothing_to_collect(tmp_path, capsys):

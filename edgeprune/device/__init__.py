@@ -27,11 +27,13 @@ DEVICE_FILES = (
     "edgeprune/measure/accuracy.py",
     "edgeprune/measure/timing.py",
     "edgeprune/measure/pair.py",
+    "edgeprune/measure/power.py",
     "edgeprune/device/__init__.py",
     "edgeprune/device/__main__.py",
     "edgeprune/device/probe.py",
     "edgeprune/device/job.py",
     "edgeprune/device/runner.py",
+    "edgeprune/device/power.py",
 )
 
 

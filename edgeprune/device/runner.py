@@ -73,6 +73,7 @@ def run(job_dir: Path, cache: Path) -> dict[str, Any]:
 def _measure(job_dir: Path, cache: Path) -> dict[str, Any]:
     import numpy as np
 
+    from edgeprune.device.power import measure_power
     from edgeprune.device.probe import probe
     from edgeprune.measure.pair import measure_pair
 
@@ -91,6 +92,9 @@ def _measure(job_dir: Path, cache: Path) -> dict[str, Any]:
     m.engine_cache = done["engine_cache"]
     m.hostname = board["hostname"]
     m.extra = {"power_mode": board["power_mode"], "probe": board}
+    power = measure_power(backend, engines, target, x, board["power_mode"])
+    if power is not None:
+        m.extra["power"] = power
     d = m.to_dict()
     # Paths relative to the job folder: the host pulls the folder's files into its run directory.
     for e in d["engines"].values():
