@@ -228,3 +228,22 @@ def test_a_cut_connection_resumes_at_the_unfinished_stage(tmp_path, models, boar
     assert (run_dir / "dense.onnx").stat().st_mtime_ns == exported                   # not exported again
     assert not list(workdir.glob("jobs/*"))                # the job folder is cleaned up, the cache stays
     assert report.engine_cache == {"dense": "miss", "pruned": "miss"}   # built once, by the first attempt
+
+
+def test_remote_int8_is_quantised_here_and_measured_on_the_board_like_a_local_run(tmp_path, models, board, fast_target):
+    """The board has no onnx (blocked here): the host quantises the pruned model as a local INT8 deploy
+    does, pushes the Q/DQ model, and the board times it beside the pruned fp32 model and the dense one."""
+    target = target_file(tmp_path, fast_target, tmp_path / "workdir")
+    local = api.deploy(models[0], str(target), tmp_path / "local", baseline_path=models[1], data=TEST, progress=False,
+                       precision="int8")
+    remote = deploy(models, target, tmp_path / "remote", board, board_python(tmp_path), precision="int8")
+    ld, rd = local.to_dict(), json.loads((tmp_path / "remote" / "report.json").read_text())
+    assert keys(ld) == keys(rd) and rd["precision"] == "int8" == remote.precision
+    assert rd["int8"]["quantized_nodes"] == ld["int8"]["quantized_nodes"] > 0
+    assert Path(rd["int8"]["int8_onnx"]) == tmp_path / "remote" / "pruned.int8.onnx"
+    assert rd["pruned"]["size_bytes"] == (tmp_path / "remote" / "pruned.int8.onnx").stat().st_size < rd["pruned_fp32"]["size_bytes"]
+    # the same quantised network, run on the 'board': the same predictions as the local INT8 engine
+    for side in ("dense", "pruned", "pruned_fp32"):
+        assert rd[side]["accuracy"] == ld[side]["accuracy"]
+    assert rd["int8"]["agreement_with_fp32"] == ld["int8"]["agreement_with_fp32"]
+    assert set(rd["int8"]["latency_ratio_p50"]) == set(ld["int8"]["latency_ratio_p50"]) and rd["latency"]["1"]["pruned_fp32"]["n"] == 30

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.backends.base import Engine, get_backend
-from edgeprune.device.job import BUILT, JOB, MODELS, RESULT, target_of
+from edgeprune.device.job import BUILT, JOB, RESULT, target_of
 from edgeprune.errors import InputError
 from edgeprune.fileio import atomic_write
 
@@ -35,7 +35,8 @@ def build(job_dir: Path, cache: Path) -> dict[str, Any]:
         done = json.loads(built.read_text())
         if all((job_dir / e["path"]).is_file() for e in done["engines"].values()):
             return {"ok": "built", "engine_cache": done["engine_cache"], "resumed": True}
-    target = target_of(_load(job_dir))
+    job = _load(job_dir)
+    target = target_of(job)
     backend = get_backend(target.backend)
     problems = backend.host_problems(target)
     if problems:
@@ -43,7 +44,8 @@ def build(job_dir: Path, cache: Path) -> dict[str, Any]:
     from edgeprune.measure.pair import build_engines
 
     cache.mkdir(parents=True, exist_ok=True)
-    engines, status = build_engines(backend, {k: job_dir / v for k, v in MODELS.items()}, target, job_dir, cache)
+    engines, status = build_engines(backend, {k: job_dir / v for k, v in job["models"].items()}, target, job_dir,
+                                    cache, quantized=job.get("int8"))
     record = {}
     for label, e in engines.items():
         # The job's own copy (a hard link where the file system allows): pulled with the result.
@@ -54,7 +56,8 @@ def build(job_dir: Path, cache: Path) -> dict[str, Any]:
             os.link(e.path, local)
         except OSError:
             shutil.copyfile(e.path, local)
-        record[label] = {"path": str(local.relative_to(job_dir)), "build_seconds": e.build_seconds, "extra": e.extra}
+        record[label] = {"path": str(local.relative_to(job_dir)), "source": Path(e.source).name,
+                         "build_seconds": e.build_seconds, "extra": e.extra}
     atomic_write(built, json.dumps({"engines": record, "engine_cache": status}).encode(), force=True)
     return {"ok": "built", "engine_cache": status, "resumed": False}
 
@@ -83,7 +86,7 @@ def _measure(job_dir: Path, cache: Path) -> dict[str, Any]:
     backend = get_backend(target.backend)
     done = json.loads((job_dir / BUILT).read_text())
     engines = {label: Engine(path=job_dir / e["path"], backend=backend.name, target=target.name,
-                             source=job_dir / MODELS.get(label, MODELS["pruned"]),
+                             source=job_dir / e["source"],
                              build_seconds=float(e["build_seconds"]), extra=dict(e["extra"]))
                for label, e in done["engines"].items()}
     x, y = np.load(job_dir / job["data"]["x"]), np.load(job_dir / job["data"]["y"])

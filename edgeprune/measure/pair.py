@@ -107,21 +107,31 @@ def engine_key(onnx_path: Path, stack: dict[str, str], target: Target) -> str:
 
 
 def build_engines(backend: Backend, onnx: dict[str, Path], target: Target, work: Path,
-                  cache: Path | None = None) -> tuple[dict[str, Engine], dict[str, str]]:
+                  cache: Path | None = None, quantized: dict[str, str] | None = None,
+                  ) -> tuple[dict[str, Engine], dict[str, str]]:
     """Build dense and pruned (and, for INT8, the pruned model in fp32) for ``target``.
 
-    With ``cache``, an engine whose key (`engine_key`) is already there is reused ("hit"); a new one
-    is built there, into a temporary folder renamed into place, so a cut run never leaves half of one."""
+    ``onnx["pruned_int8"]``: the pruned model quantised elsewhere already (a board has no onnx to
+    quantise with): the INT8 engine is built from it as it is, and ``quantized``, how it was
+    quantised, is recorded on it. With ``cache``, an engine whose key (`engine_key`) is already there
+    is reused ("hit"); a new one is built there, into a temporary folder renamed into place, so a cut
+    run never leaves half of one."""
     fp32 = fp32_of(target)
     plan = {"dense": (onnx["dense"], fp32), "pruned": (onnx["pruned"], target)}
     if target.build.precision == "int8":
         plan["pruned_fp32"] = (onnx["pruned"], fp32)
+        if "pruned_int8" in onnx:
+            plan["pruned"] = (onnx["pruned_int8"], fp32)
     engines, status = {}, {}
     for label, (src, tgt) in plan.items():
         if cache is None:
             engines[label], status[label] = backend.build(src, tgt, work / "engines" / label.replace("_", "-")), "miss"
             continue
         engines[label], status[label] = _cached_build(backend, src, tgt, cache)
+    if "pruned_int8" in onnx and "pruned_fp32" in plan:
+        e = engines["pruned"]
+        engines["pruned"] = replace(e, extra={**e.extra, **(quantized or {}), "precision": "int8",
+                                              "int8_onnx": Path(onnx["pruned_int8"]).name})
     return engines, status
 
 

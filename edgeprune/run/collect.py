@@ -55,6 +55,8 @@ def read_result(run_dir: Path, target: Target) -> PairMeasurement:
     for e in d["engines"].values():
         e["path"] = str(run_dir / e["path"])
         e["source"] = str(run_dir / Path(e["source"]).name)
+        if "int8_onnx" in e["extra"]:       # quantised on the host: the file is in the run directory
+            e["extra"]["int8_onnx"] = str(run_dir / Path(e["extra"]["int8_onnx"]).name)
     return PairMeasurement.from_dict(d, target.backend, target.name)
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeprune.device import device_files
-from edgeprune.device.job import BUILT, DATA, JOB, MODELS, RESULT, job_dict
+from edgeprune.device.job import BUILT, DATA, JOB, RESULT, job_dict
 from edgeprune.errors import InputError, RemoteError
 from edgeprune.fileio import atomic_write
 from edgeprune.run.ssh import SSHHost, remote_path
@@ -99,9 +99,6 @@ def check_remote_target(target: Target) -> None:
     if target.backend != "onnxruntime":
         raise InputError(f"--host deploys to onnxruntime targets so far; {target.name} is a {target.backend} target "
                          "(deploy without --host prepares the files for the board)")
-    if target.build.precision == "int8":
-        raise InputError("--host deploys fp32 builds so far (INT8 is quantised with onnx, which the board side "
-                         "does without); deploy int8 without --host")
 
 
 def _package_digest(files: dict[str, Path]) -> str:
@@ -134,14 +131,22 @@ def _call_device(ssh: SSHHost, board: Board, command: str) -> dict[str, Any]:
 
 
 def _push(ssh: SSHHost, board: Board, pkg_files: dict[str, Path], pkg: str, job: str,
-          onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.ndarray) -> None:
+          onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.ndarray, run_dir: Path) -> None:
+    onnx, int8 = dict(onnx), None
+    if target.build.precision == "int8":
+        # quantised here as a local INT8 deploy quantises (the board has no onnx); the board builds it as it is
+        from edgeprune.backends.onnxruntime import OnnxRuntimeBackend
+
+        path, int8 = OnnxRuntimeBackend().quantize(onnx["pruned"], target, run_dir)
+        onnx["pruned_int8"] = path
+    spec = job_dict(target, int8)
     with tempfile.TemporaryDirectory(prefix="ep-job-") as tmp:
         t = Path(tmp)
-        (t / JOB).write_text(json.dumps(job_dict(target), indent=1))
+        (t / JOB).write_text(json.dumps(spec, indent=1))
         np.save(t / DATA["x"], np.ascontiguousarray(x, dtype=np.float32))
         np.save(t / DATA["y"], np.asarray(y, dtype=np.int64))
         files = {f"pkg/{pkg}/{name}": path for name, path in pkg_files.items()}
-        files.update({f"jobs/{job}/{MODELS[k]}": onnx[k] for k in MODELS})
+        files.update({f"jobs/{job}/{name}": onnx[k] for k, name in spec["models"].items()})
         files.update({f"jobs/{job}/{name}": t / name for name in (JOB, DATA["x"], DATA["y"])})
         ssh.push(files, board.workdir)
 
@@ -162,7 +167,7 @@ def deploy_remote(onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.nd
                 f"test -f {remote_path(job_dir)}/{JOB} && test -d {remote_path(board.workdir)}/pkg/{pkg}",
                 check=False).returncode == 0
             if not pushed:
-                _push(ssh, board, pkg_files, pkg, job, onnx, target, x, y)
+                _push(ssh, board, pkg_files, pkg, job, onnx, target, x, y, run_dir)
                 stages.mark("pushed")
             if "built" not in stages:
                 _call_device(ssh, board, _device_command(board, pkg, f"build jobs/{job}"))
