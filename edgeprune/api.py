@@ -545,9 +545,6 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     tgt = _override_build(load_target(target, targets_dir), precision, calibration)
     host = host or tgt.ssh
     if host:
-        from .run.remote import check_remote_target
-
-        check_remote_target(tgt)
         tgt = replace(tgt, ssh=host)   # the board's stack is checked there, not this machine's
     backend = get_backend(tgt.backend)
     pruned = load_model(pruned_path, consent=consent)
@@ -604,14 +601,21 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         from .profiling import check_models
         from .run.remote import Board, deploy_remote
 
-        check_models(onnx["dense"], onnx["pruned"], tgt)
+        plans = None
+        if tgt.backend == "tensorrt":    # planned (and checked) here: the board has no onnx to plan with
+            from .backends.trt_deploy import prepare_tensorrt
+
+            plans = prepare_tensorrt(onnx, tgt, out_dir, calibration=calibration).plans
+        else:
+            check_models(onnx["dense"], onnx["pruned"], tgt)
         stages.mark("exported")
         board = Board(host, ssh_config, device_python or tgt.device.python, tgt.device.workdir)
         return deploy_remote(onnx, tgt, te.x, te.y, out_dir, stages, board, method=str(meta.get("method", "dense")),
-                             sparsity=float(meta.get("sparsity", 0.0)))
+                             sparsity=float(meta.get("sparsity", 0.0)), plans=plans)
     method, sparsity = str(meta.get("method", "dense")), float(meta.get("sparsity", 0.0))
     if tgt.backend == "tensorrt":
-        from .backends.trt_deploy import build_prepared, prepare_tensorrt
+        from .backends.tensorrt import build_plans
+        from .backends.trt_deploy import prepare_tensorrt
         from .profiling import profile_pair
         from .report.write import write_report
 
@@ -619,7 +623,8 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         if backend.host_problems(tgt):
             return prepared     # nothing can be measured here: the board runs the scripts, `collect` reads them
         report = profile_pair(onnx["dense"], onnx["pruned"], tgt, te.x, te.y, out_dir, method=method,
-                              sparsity=sparsity, progress=progress, engines=build_prepared(prepared, tgt))
+                              sparsity=sparsity, progress=progress,
+                              engines=build_plans(prepared.plans, out_dir, tgt))
         write_report(report, out_dir)
         return report
     return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir, method=method, sparsity=sparsity,

@@ -335,18 +335,66 @@ def layer_info_json(onnx_path: str, precision: str, major: int) -> str:
     one layer per Gemm/MatMul/Conv of the model, a following Relu fused into it, in ``precision``."""
     import json
 
-    import onnx
-
-    nodes = list(onnx.load(onnx_path).graph.node)
+    nodes = onnx_nodes(onnx_path)
     layers = []
-    for i, node in enumerate(nodes):
-        if node.op_type in ("Gemm", "MatMul", "Conv"):
-            fused = i + 1 < len(nodes) and nodes[i + 1].op_type == "Relu"
-            layers.append({"Name": node.name + (f" + {nodes[i + 1].name}" if fused else ""),
-                           "LayerType": "CaskConvolution" if node.op_type == "Conv" else "CaskGemm",
-                           "Outputs": [{"Name": node.output[0], "Format/Datatype": f"Row major linear {precision}"}],
+    for i, (op, name, output) in enumerate(nodes):
+        if op in ("Gemm", "MatMul", "Conv"):
+            fused = i + 1 < len(nodes) and nodes[i + 1][0] == "Relu"
+            layers.append({"Name": name + (f" + {nodes[i + 1][1]}" if fused else ""),
+                           "LayerType": "CaskConvolution" if op == "Conv" else "CaskGemm",
+                           "Outputs": [{"Name": output, "Format/Datatype": f"Row major linear {precision}"}],
                            "TacticName": "fake_tactic", "HasSparseWeights": 0})
     return json.dumps({"Layers": layers, ("I/O Tensors" if major >= 11 else "Bindings"): ["input", "logits"]})
+
+
+def onnx_nodes(path: str) -> list[tuple[str, str, str]]:
+    """(op_type, name, first output) of each node of an ONNX file, read from its protobuf directly: the
+    fake also runs on a test 'board' where the onnx package is blocked, as on a real one.
+    ModelProto.graph is field 7, GraphProto.node 1; NodeProto.output 2, name 3, op_type 4."""
+    from pathlib import Path
+
+    graph = next(v for f, v in _pb_fields(Path(path).read_bytes()) if f == 7)
+    nodes = []
+    for f, v in _pb_fields(graph):
+        if f == 1:
+            fields = _pb_fields(v)
+
+            def strings(k, fields=fields):
+                return [x.decode() for g, x in fields if g == k]
+
+            nodes.append((strings(4)[0], (strings(3) or [""])[0], strings(2)[0]))
+    return nodes
+
+
+def _pb_fields(buf: bytes) -> list[tuple[int, bytes | int]]:
+    """(field number, value) of a protobuf message: bytes for length-delimited fields, ints for varints."""
+    i, out = 0, []
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            v, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            v, i = buf[i:i + n], i + n
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            v, i = buf[i:i + n], i + n
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        out.append((key >> 3, v))
+    return out
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
 
 
 class FakeCuda:

@@ -262,6 +262,16 @@ def engine_of(plan: EnginePlan, run_dir: Path, result: BuildResult, target: Targ
                          "plan": plan_file.name, "layer_info": result.layer_info})
 
 
+def build_plans(plans: dict[str, dict[str, Any]], run_dir: Path, target: Target) -> dict[str, Engine]:
+    """Build plans made elsewhere (`EnginePlan.to_dict()` per model) in ``run_dir``, where their ONNX
+    files and calibration inputs are: deploy's own engines, or the board's (it has no onnx to plan with)."""
+    engines = {}
+    for label, d in plans.items():
+        plan = EnginePlan.from_dict(d)
+        engines[label] = engine_of(plan, run_dir, build_engine(plan, run_dir), target, Path(run_dir) / plan.onnx)
+    return engines
+
+
 def device_memory_bytes(engine: Any, version: str) -> int:
     """Scratch/activation memory an execution context needs (DEPLOY §1.6): `device_memory_size`
     up to 10.0, `device_memory_size_v2` from 10.1 (the only one left in 11)."""

@@ -8,7 +8,7 @@ From the exported dense and pruned ONNX files in the run directory this writes:
 * `engine_plan.json`: one EnginePlan per model, the exact trtexec commands and the notes;
 * `trtexec_build.sh` and `trtexec_bench.sh`: build, then benchmark, on the device.
 
-Where TensorRT can run here (`TensorRTBackend.host_problems` empty), `build_prepared` builds both
+Where TensorRT can run here (`TensorRTBackend.host_problems` empty), `tensorrt.build_plans` builds both
 plans through the Python API and `deploy` measures them in the one pipeline every backend uses
 (`edgeprune.profiling.profile_pair`), writing the same report; elsewhere deploy returns this
 module's `BoardRun`: run the scripts on the board, then `edgeprune collect RUN`.
@@ -25,9 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeprune.backends.base import Engine, get_backend
-from edgeprune.backends.tensorrt import build_engine, engine_of
-from edgeprune.backends.trt_plan import CALIBRATION_INPUTS, PLAN_SCHEMA, EnginePlan, onnx_facts, plan_engine
+from edgeprune.backends.base import get_backend
+from edgeprune.backends.trt_plan import CALIBRATION_INPUTS, PLAN_SCHEMA, onnx_facts, plan_engine
 from edgeprune.backends.trtexec import bench_command, bench_script, build_command, build_script
 from edgeprune.device.job import job_dict
 from edgeprune.errors import InputError
@@ -58,8 +57,8 @@ class BoardRun:
 def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path, *,
                      calibration: str | None = None) -> BoardRun:
     """Prepare `onnx_files` ({"dense": path, "pruned": path}, already in `run_dir`) for `target`: the
-    checked plans, the scripts and the calibration inputs; `BoardRun.plans` are what `build_prepared`
-    builds where TensorRT is."""
+    checked plans, the scripts and the calibration inputs; `BoardRun.plans` are what
+    `tensorrt.build_plans` builds where TensorRT is."""
     run_dir = Path(run_dir)
     backend = get_backend(target.backend)
     for path in onnx_files.values():
@@ -116,16 +115,6 @@ def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path,
     return BoardRun(run_dir=str(run_dir), target=target.name, tensorrt=first.tensorrt, generation=first.generation,
                     precision=first.precision, files=files, commands=commands, notes=notes,
                     plans={k: p.to_dict() for k, p in plans.items()})
-
-
-def build_prepared(prepared: BoardRun, target: Target) -> dict[str, Engine]:
-    """Build the prepared plans here, in the run directory (where the calibration inputs are)."""
-    run_dir = Path(prepared.run_dir)
-    engines = {}
-    for label, d in prepared.plans.items():
-        plan = EnginePlan.from_dict(d)
-        engines[label] = engine_of(plan, run_dir, build_engine(plan, run_dir), target, run_dir / f"{label}.onnx")
-    return engines
 
 
 def _densify(path: Path) -> None:

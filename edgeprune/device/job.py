@@ -20,15 +20,21 @@ DATA = {"x": "x.npy", "y": "y.npy"}
 JOB, BUILT, RESULT = "job.json", "built.json", "result.json"
 
 
-def job_dict(target: Target, int8: dict[str, str] | None = None) -> dict[str, Any]:
-    """The job; ``int8``: how the host quantised `INT8_MODEL` (recorded on the board's INT8 engine)."""
+def job_dict(target: Target, int8: dict[str, str] | None = None,
+             plans: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The job; ``int8``: how the host quantised `INT8_MODEL` (recorded on the board's INT8 engine);
+    ``plans``: TensorRT's engine plans, made on the host (the board builds them as they are)."""
     models = {**MODELS, "pruned_int8": INT8_MODEL} if int8 is not None else dict(MODELS)
+    if plans is not None:
+        models = {label: p["onnx"] for label, p in plans.items()}
     job = {"version": JOB_VERSION, "models": models, "data": DATA,
            "target": {"name": target.name, "description": target.description, "backend": target.backend,
                       "stack": dict(target.stack), "hardware": dict(target.hardware),
                       "build": target.build.to_dict(), "run": target.run.to_dict()}}
     if int8 is not None:
         job["int8"] = int8
+    if plans is not None:
+        job["plans"] = plans
     return job
 
 

@@ -43,19 +43,30 @@ def build(job_dir: Path, cache: Path) -> dict[str, Any]:
         raise InputError(f"the board's stack does not match target {target.name}: {problems[0]}")
     from edgeprune.measure.pair import build_engines
 
-    cache.mkdir(parents=True, exist_ok=True)
-    engines, status = build_engines(backend, {k: job_dir / v for k, v in job["models"].items()}, target, job_dir,
-                                    cache, quantized=job.get("int8"))
+    if "plans" in job:
+        # TensorRT: planned on the host; built here, where the GPU is (no engine cache for plans yet)
+        from edgeprune.backends.tensorrt import build_plans
+
+        engines = build_plans(job["plans"], job_dir, target)
+        status = {label: "miss" for label in engines}
+    else:
+        cache.mkdir(parents=True, exist_ok=True)
+        engines, status = build_engines(backend, {k: job_dir / v for k, v in job["models"].items()}, target,
+                                        job_dir, cache, quantized=job.get("int8"))
     record = {}
     for label, e in engines.items():
-        # The job's own copy (a hard link where the file system allows): pulled with the result.
+        # The job's own copy (a hard link where the file system allows): pulled with the result, with
+        # the files an engine names beside it (TensorRT: its plan and layer information).
         local = job_dir / "engines" / label / Path(e.path).name
         local.parent.mkdir(parents=True, exist_ok=True)
-        local.unlink(missing_ok=True)
-        try:
-            os.link(e.path, local)
-        except OSError:
-            shutil.copyfile(e.path, local)
+        beside = [Path(e.path).parent / Path(e.extra[k]).name for k in ("plan", "layer_info") if e.extra.get(k)]
+        for src in [Path(e.path), *beside]:
+            dst = local.parent / src.name
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
         record[label] = {"path": str(local.relative_to(job_dir)), "source": Path(e.source).name,
                          "build_seconds": e.build_seconds, "extra": e.extra}
     atomic_write(built, json.dumps({"engines": record, "engine_cache": status}).encode(), force=True)
