@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -542,6 +543,8 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
 
     if calibration is not None:
         calibration = str(calibration_path(calibration))
+    if host:
+        target = _family_member(target, targets_dir, host, ssh_config, device_python)
     tgt = _override_build(load_target(target, targets_dir), precision, calibration)
     host = host or tgt.ssh
     if host:
@@ -629,6 +632,34 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         return report
     return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir, method=method, sparsity=sparsity,
                     force=True, progress=progress)
+
+
+def _family_member(target: str, targets_dir: TargetsDir, host: str, ssh_config: str | Path | None,
+                   device_python: str | None) -> str:
+    """``target`` itself, or, for a family name (``jetson``), the one member whose stack the board has
+    (probed over SSH); where several have it, the one the board's model names. A one-line error otherwise."""
+    from .run.remote import Board, probe_board, target_mismatch
+    from .targets import family_members, load_target
+
+    names = family_members(target, targets_dir)
+    if not names or str(target).endswith(".toml"):
+        return target
+    members = [load_target(n, targets_dir) for n in names]
+    first = members[0].device
+    found = probe_board(Board(host, ssh_config, device_python or first.python, first.workdir))
+    fits = [t for t in members if not target_mismatch(found, t)]
+    if len(fits) > 1:
+        # the same stack on several modules (Orin Nano and Orin NX on JetPack 6): the board's model decides
+        model = set(re.findall(r"[a-z0-9]+", str(found.get("model") or "").lower()))
+        named = [t for t in fits if model and set(t.name.lower().split("-")) <= model]
+        fits = named or fits
+    if len(fits) == 1:
+        return fits[0].name
+    if fits:
+        raise InputError(f"{host} has the stack of several members of family '{target}': "
+                         f"{', '.join(t.name for t in fits)} — pass one as --target")
+    why = "; ".join(f"{t.name}: {target_mismatch(found, t)}" for t in members)
+    raise InputError(f"no member of family '{target}' matches {host} ({found.get('hostname')}): {why}")
 
 
 def collect(run_dir: Path):

@@ -304,3 +304,25 @@ def test_remote_tensorrt_builds_on_the_board_and_reports_like_a_local_run_fake_t
     assert rd["latency"]["16"]["dense"]["n"] == 10 and remote.engine_cache == {"dense": "miss", "pruned": "miss"}
     for e in rd["run"]["engines"].values():
         assert Path(e).is_file() and Path(e).is_relative_to(tmp_path / "remote")
+
+
+def test_a_family_resolves_to_the_member_whose_stack_the_board_has(capsys, tmp_path, models, board, fast_target):
+    tdir = tmp_path / "targets"
+    target_file(tmp_path, fast_target, tmp_path / "workdir", stack="<1.0").rename(tdir / "loopback-old.toml")
+    target_file(tmp_path, fast_target, tmp_path / "workdir").rename(tdir / "loopback-cpu.toml")
+    pruned, dense = models
+    common = [str(pruned), "--baseline", str(dense), "--target", "loopback", "--targets-dir", str(tdir),
+              "--data", "fashion-mnist", "--test-limit", "100"]
+    remote = ["--host", board.alias, "--ssh-config", str(board.ssh_config), "--device-python", str(board_python(tmp_path))]
+    # without --host nothing can be probed: the members, in one line
+    one_line_error(main(["deploy", *common, "-o", str(tmp_path / "here")]), capsys.readouterr(),
+                   "target 'loopback' is a family: loopback-cpu, loopback-old — name one")
+    assert main(["deploy", *common, "-o", str(tmp_path / "run"), *remote, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["target"] == "loopback-cpu" and doc["device"]["host"] == "board"
+    # no member matches: why each does not, in one line
+    (tdir / "loopback-cpu.toml").rename(tdir / "other.toml")
+    (tdir / "loopback-new.toml").write_text((tdir / "loopback-old.toml").read_text().replace('"<1.0"', '">=99"'))
+    err = one_line_error(main(["deploy", *common, "-o", str(tmp_path / "run2"), *remote]), capsys.readouterr(),
+                         "no member of family 'loopback' matches board")
+    assert "loopback-new: onnxruntime" in err and "loopback-old: onnxruntime" in err and "outside '<1.0'" in err

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+DEVICE_MODEL = Path("/proc/device-tree/model")
 GOVERNOR = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 
 
@@ -28,6 +29,7 @@ def probe() -> dict[str, Any]:
         "onnxruntime": _onnxruntime(),
         "tensorrt": _version("tensorrt"),
         "l4t": l4t_release(_read(NV_TEGRA_RELEASE)),
+        "model": (_read(DEVICE_MODEL) or "").rstrip("\x00") or None,   # "NVIDIA Jetson Orin NX ... Developer Kit"
         "power_mode": _power_mode(),
         "jetson_clocks": _jetson_clocks(),
         "cpu_governor": _read(GOVERNOR),
