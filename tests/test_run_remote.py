@@ -137,7 +137,9 @@ def test_remote_deploy_reports_like_a_local_one_and_reuses_engines(tmp_path, mod
     assert stages(tmp_path / "remote") == ["exported", "pushed", "built", "measured", "pulled", "reported"]
     assert (tmp_path / "remote" / "report.md").is_file()
 
+    t0 = time.perf_counter()
     again = deploy(models, target, tmp_path / "remote2", board, python)
+    print(f"remote again (engine cache) {time.perf_counter() - t0:.1f} s")
     assert again.engine_cache == {"dense": "hit", "pruned": "hit"}
     assert "both reused from the board's engine cache" in again.notes[0]
     assert len(list((tmp_path / "workdir" / "engines").iterdir())) == 2       # nothing built twice
