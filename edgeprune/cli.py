@@ -491,7 +491,8 @@ def probe(
     for key, value in (("host", host), ("hostname", found["hostname"]), ("machine", found["machine"]),
                        ("python", found["python"]), ("numpy", found["numpy"]),
                        ("onnxruntime", ort.get("version")), ("providers", ", ".join(ort.get("providers", [])) or None),
-                       ("tensorrt", found["tensorrt"]), ("l4t", found["l4t"]), ("power mode", found["power_mode"]),
+                       ("tensorrt", found["tensorrt"]), ("l4t", found["l4t"]), ("model", found.get("model")),
+                       ("power mode", found["power_mode"]),
                        ("jetson_clocks", found["jetson_clocks"]), ("cpu governor", found["cpu_governor"]),
                        ("matching targets", ", ".join(found["targets"]) or "none")):
         out.print(f"{key}: {'-' if value is None else value}", markup=False, highlight=False, soft_wrap=True)

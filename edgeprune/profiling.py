@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.backends import Engine, get_backend
+from edgeprune.device.probe import power_mode
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
 from edgeprune.measure.pair import PairMeasurement, build_engines, measure_pair, stack_fingerprint
@@ -63,7 +64,7 @@ def profile_pair(
         else:
             cache = {k: "miss" for k in engines}
         tick(n_models)
-        m = measure_pair(backend, engines, target, x, y, work, tick)
+        m = measure_pair(backend, engines, target, x, y, work, tick, power_mode=power_mode())
         m.engine_cache = cache
         m.hostname = socket.gethostname()
         tick(0, "sizes, parameters, MACs")

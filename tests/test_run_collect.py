@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeprune import api
 from edgeprune.cli import main
 from edgeprune.device.job import job_dict
 from edgeprune.report.schema import LatencyStats

@@ -36,7 +36,6 @@ DEVICE_FILES = (
     "edgeprune/device/probe.py",
     "edgeprune/device/job.py",
     "edgeprune/device/runner.py",
-    "edgeprune/device/power.py",
 )
 
 

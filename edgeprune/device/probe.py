@@ -30,7 +30,7 @@ def probe() -> dict[str, Any]:
         "tensorrt": _version("tensorrt"),
         "l4t": l4t_release(_read(NV_TEGRA_RELEASE)),
         "model": (_read(DEVICE_MODEL) or "").rstrip("\x00") or None,   # "NVIDIA Jetson Orin NX ... Developer Kit"
-        "power_mode": _power_mode(),
+        "power_mode": power_mode(),
         "jetson_clocks": _jetson_clocks(),
         "cpu_governor": _read(GOVERNOR),
     }
@@ -74,7 +74,8 @@ def _run(cmd: list[str]) -> str | None:
     return p.stdout if p.returncode == 0 else None
 
 
-def _power_mode() -> str | None:
+def power_mode() -> str | None:
+    """The Jetson power mode (`nvpmodel -q`), None where there is none."""
     m = re.search(r"NV Power Mode:\s*(\S+)", _run(["nvpmodel", "-q"]) or "")
     return m.group(1) if m else None
 

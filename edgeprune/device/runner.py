@@ -87,7 +87,6 @@ def run(job_dir: Path, cache: Path) -> dict[str, Any]:
 def _measure(job_dir: Path, cache: Path) -> dict[str, Any]:
     import numpy as np
 
-    from edgeprune.device.power import measure_power
     from edgeprune.device.probe import probe
     from edgeprune.measure.pair import measure_pair
 
@@ -101,14 +100,11 @@ def _measure(job_dir: Path, cache: Path) -> dict[str, Any]:
                              build_seconds=float(e["build_seconds"]), extra=dict(e["extra"]))
                for label, e in done["engines"].items()}
     x, y = np.load(job_dir / job["data"]["x"]), np.load(job_dir / job["data"]["y"])
-    m = measure_pair(backend, engines, target, x, y, job_dir)
     board = probe()
+    m = measure_pair(backend, engines, target, x, y, job_dir, power_mode=board["power_mode"])
     m.engine_cache = done["engine_cache"]
     m.hostname = board["hostname"]
-    m.extra = {"power_mode": board["power_mode"], "probe": board}
-    power = measure_power(backend, engines, target, x, board["power_mode"])
-    if power is not None:
-        m.extra["power"] = power
+    m.extra["probe"] = board
     d = m.to_dict()
     # Paths relative to the job folder: the host pulls the folder's files into its run directory.
     for e in d["engines"].values():

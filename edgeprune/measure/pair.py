@@ -28,6 +28,7 @@ from edgeprune.backends.base import Engine
 from edgeprune.errors import InputError
 from edgeprune.fileio import file_digest
 from edgeprune.measure.accuracy import agreement, predict, top1_accuracy
+from edgeprune.measure.power import measure_power
 from edgeprune.measure.timing import static_batch, tile_rows, time_interleaved
 
 if TYPE_CHECKING:
@@ -156,8 +157,9 @@ def _cached_build(backend: Backend, src: Path, target: Target, cache: Path) -> t
 
 
 def measure_pair(backend: Backend, engines: dict[str, Engine], target: Target, x: np.ndarray, y: np.ndarray,
-                 work: Path, tick: Tick = _no_tick) -> PairMeasurement:
-    """Time, evaluate and memory-probe built engines on the test data (x, y); see the module docstring."""
+                 work: Path, tick: Tick = _no_tick, power_mode: str | None = None) -> PairMeasurement:
+    """Time, evaluate and memory-probe built engines on the test data (x, y), and on a Jetson take each
+    model's power (`edgeprune.measure.power`, in the mode ``power_mode``); see the module docstring."""
     run = target.run
     int8 = "pruned_fp32" in engines
     tick(0, "opening sessions")
@@ -193,6 +195,7 @@ def measure_pair(backend: Backend, engines: dict[str, Engine], target: Target, x
             tick(1)
     finally:
         sample.unlink(missing_ok=True)
+    power = measure_power(backend, engines, target, x, power_mode)
     return PairMeasurement(
         batch_sizes=batch_sizes, static_batch=static, times_ns=times,
         accuracy={k: top1_accuracy(v, y) for k, v in logits.items()},
@@ -200,6 +203,7 @@ def measure_pair(backend: Backend, engines: dict[str, Engine], target: Target, x
         agreement_fp32=agreement(logits["pruned_fp32"], logits["pruned"]) if int8 else None,
         memory=memory, engines=engines, engine_cache={k: "miss" for k in engines},
         stack=backend.stack(target), samples=int(len(x)),
+        extra={"power_mode": power_mode, **({"power": power} if power else {})},
     )
 
 

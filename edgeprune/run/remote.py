@@ -27,7 +27,7 @@ import numpy as np
 
 from edgeprune.device import device_files
 from edgeprune.device.job import BUILT, DATA, JOB, RESULT, job_dict
-from edgeprune.errors import InputError, RemoteError
+from edgeprune.errors import RemoteError
 from edgeprune.fileio import atomic_write
 from edgeprune.run.ssh import SSHHost, remote_path
 from edgeprune.versions import version_in_range
