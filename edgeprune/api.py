@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import time
@@ -606,9 +607,10 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     ``calibration/fmnist.npz``) override the target's build policy; without ``calibration``, INT8
     calibrates on a class-balanced sample of the run's training split (`calibration.npz` in
     ``out_dir``), whatever set the target names. Every check that can fail (the target's build policy,
-    the calibration set's shape, the opset) runs before the first export. For a TensorRT
-    target the result is a ``TrtDeployResult``: the engine plans, trtexec commands and calibration
-    inputs for the device, and the engines built and timed here when TensorRT is installed.
+    the calibration set's shape, the opset) runs before the first export. Every measured run returns
+    the one ``Report``; a TensorRT target that cannot be measured here (no TensorRT, no ``host``)
+    returns a ``BoardRun``: the engine plans, trtexec scripts and calibration inputs for the board,
+    whose outputs `collect` turns into the report.
     ``host`` (or the target's ``[device] ssh``): build and measure on that board over SSH
     (`edgeprune.run.remote`); a repeated call after a fault resumes at the first unfinished stage.
     """
@@ -620,12 +622,11 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
 
     if calibration is not None:
         calibration = str(calibration_path(calibration))
+    if host:
+        target = _family_member(target, targets_dir, host, ssh_config, device_python)
     tgt = _override_build(load_target(target, targets_dir), precision, calibration)
     host = host or tgt.ssh
     if host:
-        from .run.remote import check_remote_target
-
-        check_remote_target(tgt)
         tgt = replace(tgt, ssh=host)   # the board's stack is checked there, not this machine's
     backend = get_backend(tgt.backend)
     pruned = load_model(pruned_path, consent=consent)
@@ -682,17 +683,33 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         from .profiling import check_models
         from .run.remote import Board, deploy_remote
 
-        check_models(onnx["dense"], onnx["pruned"], tgt)
+        plans = None
+        if tgt.backend == "tensorrt":    # planned (and checked) here: the board has no onnx to plan with
+            from .backends.trt_deploy import prepare_tensorrt
+
+            plans = prepare_tensorrt(onnx, tgt, out_dir, calibration=calibration).plans
+        else:
+            check_models(onnx["dense"], onnx["pruned"], tgt)
         stages.mark("exported")
         board = Board(host, ssh_config, device_python or tgt.device.python, tgt.device.workdir)
         return deploy_remote(onnx, tgt, te.x, te.y, out_dir, stages, board, method=str(meta.get("method", "dense")),
-                             sparsity=float(meta.get("sparsity", 0.0)))
+                             sparsity=float(meta.get("sparsity", 0.0)), plans=plans)
+    method, sparsity = str(meta.get("method", "dense")), float(meta.get("sparsity", 0.0))
     if tgt.backend == "tensorrt":
+        from .backends.tensorrt import build_plans
         from .backends.trt_deploy import prepare_tensorrt
+        from .profiling import profile_pair
+        from .report.write import write_report
 
-        return prepare_tensorrt(onnx, tgt, out_dir, calibration=calibration, test=te)
-    return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir,
-                    method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
+        prepared = prepare_tensorrt(onnx, tgt, out_dir, calibration=calibration)
+        if backend.host_problems(tgt):
+            return prepared     # nothing can be measured here: the board runs the scripts, `collect` reads them
+        report = profile_pair(onnx["dense"], onnx["pruned"], tgt, te.x, te.y, out_dir, method=method,
+                              sparsity=sparsity, progress=progress, metric=te.metric,
+                              engines=build_plans(prepared.plans, out_dir, tgt))
+        write_report(report, out_dir)
+        return report
+    return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir, method=method, sparsity=sparsity,
                     force=True, progress=progress)
 
 
@@ -707,6 +724,42 @@ def _load_baseline(path: Path, pruned: LoadedModel, consent: Consent | None) -> 
         return load_model(path, consent=consent, input_shape=shape)
     return load_model(path, consent=replace(consent or Consent(), arch=arch.ref), input_shape=shape,
                       arch_kwargs=dict(arch.kwargs))
+
+
+def _family_member(target: str, targets_dir: TargetsDir, host: str, ssh_config: str | Path | None,
+                   device_python: str | None) -> str:
+    """``target`` itself, or, for a family name (``jetson``), the one member whose stack the board has
+    (probed over SSH); where several have it, the one the board's model names. A one-line error otherwise."""
+    from .run.remote import Board, probe_board, target_mismatch
+    from .targets import family_members, load_target
+
+    names = family_members(target, targets_dir)
+    if not names or str(target).endswith(".toml"):
+        return target
+    members = [load_target(n, targets_dir) for n in names]
+    first = members[0].device
+    found = probe_board(Board(host, ssh_config, device_python or first.python, first.workdir))
+    fits = [t for t in members if not target_mismatch(found, t)]
+    if len(fits) > 1:
+        # the same stack on several modules (Orin Nano and Orin NX on JetPack 6): the board's model decides
+        model = set(re.findall(r"[a-z0-9]+", str(found.get("model") or "").lower()))
+        named = [t for t in fits if model and set(t.name.lower().split("-")) <= model]
+        fits = named or fits
+    if len(fits) == 1:
+        return fits[0].name
+    if fits:
+        raise InputError(f"{host} has the stack of several members of family '{target}': "
+                         f"{', '.join(t.name for t in fits)} — pass one as --target")
+    why = "; ".join(f"{t.name}: {target_mismatch(found, t)}" for t in members)
+    raise InputError(f"no member of family '{target}' matches {host} ({found.get('hostname')}): {why}")
+
+
+def collect(run_dir: Path):
+    """The report of a run measured on a board by hand (the trtexec scripts deploy wrote, or the device
+    side's result.json), written into ``run_dir`` as a live run writes it; see `edgeprune.run.collect`."""
+    from .run.collect import collect_run
+
+    return collect_run(Path(run_dir))
 
 
 def _target_opset(ceiling: int | None, opset: int | None, target: str) -> int:

@@ -445,14 +445,14 @@ def deploy(
                         opset=opset, consent=_consent(trust_pickle, trust_code, arch), force=force,
                         progress=not as_json, precision=precision, calibration=calibration, targets_dir=targets_dir,
                         host=host, ssh_config=ssh_config, device_python=device_python)
-    from .report import Report
+    from .backends.trt_deploy import BoardRun
 
-    if not isinstance(report, Report):   # a TensorRT target: plans and commands for the device
-        return _show_trt_deploy(report, as_json)
+    if isinstance(report, BoardRun):   # nothing measurable here: plans and scripts for the board
+        return _show_board_run(report, as_json)
     _show_report(report, output, as_json)
 
 
-def _show_trt_deploy(r, as_json: bool) -> None:
+def _show_board_run(r, as_json: bool) -> None:
     if as_json:
         return _emit_json(r)
     out.print(f"{r.target}: TensorRT {r.tensorrt} (API generation {r.generation}), {r.precision}; run directory {r.run_dir}",
@@ -462,6 +462,19 @@ def _show_trt_deploy(r, as_json: bool) -> None:
     for note in r.notes:
         out.print(f"- {note}", soft_wrap=True)
     out.print(f"files: {', '.join(r.files)}", soft_wrap=True)
+
+
+@app.command()
+def collect(
+    run_dir: Path = typer.Argument(..., help="Run directory whose scripts ran on the board (trtexec outputs), or a "
+                                   "job folder holding the device side's result.json."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Turn what a board wrote into the run's report (report.json, report.md, plots), as a live run writes it.
+
+    Example: edgeprune collect runs/orin
+    """
+    _show_report(api.collect(run_dir), run_dir, as_json)
 
 
 @app.command()
@@ -486,7 +499,8 @@ def probe(
     for key, value in (("host", host), ("hostname", found["hostname"]), ("machine", found["machine"]),
                        ("python", found["python"]), ("numpy", found["numpy"]),
                        ("onnxruntime", ort.get("version")), ("providers", ", ".join(ort.get("providers", [])) or None),
-                       ("tensorrt", found["tensorrt"]), ("l4t", found["l4t"]), ("power mode", found["power_mode"]),
+                       ("tensorrt", found["tensorrt"]), ("l4t", found["l4t"]), ("model", found.get("model")),
+                       ("power mode", found["power_mode"]),
                        ("jetson_clocks", found["jetson_clocks"]), ("cpu governor", found["cpu_governor"]),
                        ("matching targets", ", ".join(found["targets"]) or "none")):
         out.print(f"{key}: {'-' if value is None else value}", markup=False, highlight=False, soft_wrap=True)

@@ -102,7 +102,7 @@ def explain_run(run_dir: str | Path, target: str | Path | None = None, targets_d
         tgt = f"target '{name}' could not be loaded ({e})"
     widths, off = _widths(layers, tgt)
     zeros = _zeros(report, layers, checks)
-    findings = [_compaction(layers), zeros, int8, uninspected, _two_four(checks, tgt), widths]
+    findings = [_compaction(layers), zeros, int8, uninspected, _two_four(checks, tgt), widths, _engines(report)]
     findings = [f for f in findings if f is not None]
     findings += _speed(report, off, quantized, zeros is not None)
     return Explanation(str(run), report.target, report.backend, findings, layers, checks)
@@ -256,6 +256,25 @@ def _widths(layers: list[LayerChange], tgt: Target | str) -> tuple[Finding | Non
         return Finding("widths", f"all compacted widths are multiples of {wants}",
                        "they stay on the target's full SIMD blocks and tensor-core tiles"), off
     return None, off
+
+
+def _engines(report: Report) -> Finding | None:
+    """What TensorRT built (a run whose report records its engines): layers after fusion, their
+    precisions and the engines' device memory."""
+    f = report.engine_facts or {}
+    d, p = f.get("dense") or {}, f.get("pruned") or {}
+    if not d or not p:
+        return None
+
+    def side(e: dict) -> str:
+        prec = ", ".join(f"{n} {k}" for k, n in sorted((e.get("precisions") or {}).items())) or "precisions unknown"
+        mem = e.get("device_memory_bytes")
+        layers = "? layers" if e.get("layers") is None else f"{e['layers']} layers"
+        return f"{layers} ({prec})" + ("" if mem is None else f", {mem / 2**20:.2f} MiB device memory")
+
+    return Finding("engine", f"TensorRT engines: dense {side(d)}; pruned {side(p)}",
+                   "layers are counted after TensorRT's fusion; a pruned network keeps its layer count unless "
+                   "whole layers were removed, so its gain is in each layer's width")
 
 
 def _speed(report: Report, widths: list[str], int8: bool, zeros: bool) -> list[Finding]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.backends import Engine, get_backend
+from edgeprune.device.probe import power_mode
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
 from edgeprune.measure.pair import PairMeasurement, build_engines, measure_pair, stack_fingerprint
@@ -44,21 +45,29 @@ def profile_pair(
     sparsity: float | None = None,
     progress: bool = True,
     metric: Callable | None = None,
+    engines: dict[str, Engine] | None = None,
 ) -> Report:
     """Build both models for `target`, measure them side by side on real data (x, y), and return
     the report (not yet written: see `edgeprune.report.write_report`). `metric`: the task's own
-    score (--metric, recorded in a checkpoint) in place of top-1 accuracy."""
+    score (--metric, recorded in a checkpoint) in place of top-1 accuracy.
+
+    ``engines``: built already (deploy builds TensorRT plans it prepared and checked itself); without
+    them the models are checked against the target here, then built."""
     dense_onnx, pruned_onnx, work = Path(dense_onnx), Path(pruned_onnx), Path(work_dir)
     backend = get_backend(target.backend)
-    check_models(dense_onnx, pruned_onnx, target)
+    if engines is None:
+        check_models(dense_onnx, pruned_onnx, target)
     x, y = _check_data(x, y)
     work.mkdir(parents=True, exist_ok=True)
     n_models = 3 if target.build.precision == "int8" else 2
     steps = n_models + len(target.run.batch_sizes) * target.run.iterations + 2 * n_models + 1
     with progress_bar("building engines", total=steps, enabled=progress) as tick:
-        engines, cache = build_engines(backend, {"dense": dense_onnx, "pruned": pruned_onnx}, target, work)
+        if engines is None:
+            engines, cache = build_engines(backend, {"dense": dense_onnx, "pruned": pruned_onnx}, target, work)
+        else:
+            cache = {k: "miss" for k in engines}
         tick(n_models)
-        m = measure_pair(backend, engines, target, x, y, work, tick, metric)
+        m = measure_pair(backend, engines, target, x, y, work, tick, metric, power_mode=power_mode())
         m.engine_cache = cache
         m.hostname = socket.gethostname()
         tick(0, "sizes, parameters, MACs")
@@ -124,7 +133,7 @@ def report_from_measurement(m: PairMeasurement, dense_onnx: Path, pruned_onnx: P
         dense=_side(dense_onnx, dense_engine, latency[ref].dense, mem_d, acc["dense"], st_d),
         pruned=_side(pruned_src, pruned_engine, latency[ref].pruned, mem_p, acc["pruned"], pruned_stats),
         latency=latency,
-        agreement=Agreement.from_dict(m.agreement),
+        agreement=Agreement.from_dict(m.agreement) if m.agreement else None,
         latency_batch=ref,
         granularity=meta.get("edgeprune.granularity"),
         target_description=target.description,
@@ -146,6 +155,10 @@ def report_from_measurement(m: PairMeasurement, dense_onnx: Path, pruned_onnx: P
     report.device = {"host": host, "hostname": m.hostname, "stack": stack_fingerprint(m.stack),
                      "power_mode": m.extra.get("power_mode")}
     report.engine_cache = {k: m.engine_cache[k] for k in ("dense", "pruned")}
+    if target.backend == "tensorrt":
+        report.engine_facts = {k: _engine_facts(m.engines[k], m.memory[k]) for k in ("dense", "pruned")}
+    if m.extra.get("power"):
+        report.power = m.extra["power"]
     if int8:
         report.pruned_fp32 = _side(pruned_onnx, fp32_engine, latency[ref].pruned_fp32, mem_f, acc["pruned_fp32"], st_p)
         report.int8 = {**_quantization(pruned_engine), "agreement_with_fp32": m.agreement_fp32}
@@ -161,6 +174,13 @@ def report_from_measurement(m: PairMeasurement, dense_onnx: Path, pruned_onnx: P
             f"(the target asks for {', '.join(map(str, run.batch_sizes))})."
         )
     return report
+
+
+def _engine_facts(engine: Engine, memory: dict) -> dict:
+    from edgeprune.backends.trtexec import engine_facts
+
+    info = engine.extra.get("layer_info")
+    return engine_facts(Path(engine.path).parent / Path(info).name if info else None, memory.get("device_memory_bytes"))
 
 
 def uncounted_notes(sides: dict[str, tuple[Path, ModelStats]]) -> list[str]:
@@ -211,10 +231,29 @@ def explain(report: Report) -> list[str]:
         notes.append(text + ".")
     if report.pruned_fp32 is not None:
         notes += _int8_notes(report)
-    notes.append(
-        "Peak memory was measured in a separate process per model with the CPU memory arena off; model RSS is the "
-        "rise above that process's RSS just before the session was created."
-    )
+    if report.backend == "tensorrt":
+        notes += _engine_notes(report)
+    else:
+        notes.append(
+            "Peak memory was measured in a separate process per model with the CPU memory arena off; model RSS is "
+            "the rise above that process's RSS just before the session was created."
+        )
+    return notes
+
+
+def _engine_notes(report: Report) -> list[str]:
+    """What TensorRT made of each network, and what its memory figure is."""
+    f = report.engine_facts or {}
+    notes = ["Latency is GPU time per execution (CUDA events around each execution); engine memory is the device "
+             "memory each engine's execution context needs (TensorRT's own figure), host RSS was not measured."]
+    sides = []
+    for label in ("dense", "pruned"):
+        e = f.get(label) or {}
+        if e.get("layers") is not None:
+            prec = ", ".join(f"{n} {k}" for k, n in sorted((e.get("precisions") or {}).items())) or "precisions unknown"
+            sides.append(f"the {label} engine has {e['layers']} layers ({prec})")
+    if sides:
+        notes.append("After fusion " + " and ".join(sides) + ".")
     return notes
 
 
@@ -267,8 +306,8 @@ def _side(src: Path, engine: Engine, lat: LatencyStats, mem: dict, acc: float | 
         path=str(src),
         sha256=file_digest(src),
         latency_ms=lat,
-        peak_rss_mb=float(mem["peak_rss_mb"]),
-        model_rss_mb=float(mem["model_rss_mb"]),
+        peak_rss_mb=None if mem.get("peak_rss_mb") is None else float(mem["peak_rss_mb"]),
+        model_rss_mb=None if mem.get("model_rss_mb") is None else float(mem["model_rss_mb"]),
         accuracy=acc,
         size_bytes=st.size_bytes,
         size_xz_bytes=st.size_xz_bytes,

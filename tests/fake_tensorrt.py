@@ -14,8 +14,11 @@ two models, and a dense/pruned mix-up shows.
 
 from __future__ import annotations
 
+import ctypes
 import enum
+import importlib.machinery
 import re
+import sys
 import time
 import types
 
@@ -200,12 +203,27 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
                         n += 1
                     rec("calibrated_batches", n)
                     cal.write_calibration_cache(f"TRT-{version}-EntropyCalibration2\ninput: 3c010a14\n".encode())
-            # the plan names the model it runs, as a real plan holds its weights
-            return bytearray(b"fake-plan-" + version.encode() + b"\n" + str(network._onnx).encode())
+            # the plan names the model it runs, as a real plan holds its weights, and the precision it was built in
+            precision = next((f for f in ("INT8", "FP16") if f in config.flags), "FP32")
+            return bytearray(f"fake-plan-{version} {precision}\n{network._onnx}".encode())
+
+    class EngineInspector:
+        """The engine's layers as `--exportLayerInfo` writes them (detailed verbosity): one layer per
+        Gemm/MatMul/Conv of the model, a following Relu fused into it, in the precision built."""
+
+        def __init__(self, engine):
+            self._engine = engine
+
+        def get_engine_information(self, format):
+            rec("inspector.get_engine_information", format)
+            return layer_info_json(self._engine._onnx, self._engine._precision, major)
+
+    m.LayerInformationFormat = enum.Enum("LayerInformationFormat", ["ONELINE", "JSON"])
 
     class Engine:
-        def __init__(self, onnx_path):
+        def __init__(self, onnx_path, precision="FP32"):
             self._onnx = onnx_path
+            self._precision = precision
             self.num_io_tensors = 2
             so = ort.SessionOptions()
             so.intra_op_num_threads = 1
@@ -214,6 +232,9 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
 
         def create_execution_context(self):
             return Context(self)
+
+        def create_engine_inspector(self):
+            return EngineInspector(self)
 
     def memory_v1(self):
         rec("engine.device_memory_size")
@@ -250,7 +271,9 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
             rec("engine.execute", self.engine._onnx)
             sess = self.engine._session
             t0 = time.perf_counter_ns()
-            y = sess.run(None, {sess.get_inputs()[0].name: device.memory[addresses["input"]]})[0]
+            # copied in through cudaMemcpyAsync the device holds flat bytes: the context's shape says what they are
+            x = device.memory[addresses["input"]].reshape((self.batch, *shapes["input"][1:]))
+            y = sess.run(None, {sess.get_inputs()[0].name: x})[0]
             device.clock_ms += (time.perf_counter_ns() - t0) / 1e6
             device.memory[addresses["logits"]] = y
 
@@ -298,10 +321,80 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
             data = bytes(serialized_engine)
             rec("runtime.deserialize_cuda_engine", data, self.DLA_core)
             head, _, onnx_path = data.partition(b"\n")
-            return Engine(onnx_path.decode()) if head.startswith(b"fake-plan") else None
+            if not head.startswith(b"fake-plan"):
+                return None
+            _, _, precision = head.decode().partition(" ")
+            return Engine(onnx_path.decode(), precision or "FP32")
 
     m.Builder, m.OnnxParser, m.Runtime = Builder, OnnxParser, Runtime
     return m
+
+
+def layer_info_json(onnx_path: str, precision: str, major: int) -> str:
+    """A fake engine's layers as the inspector (and trtexec's --exportLayerInfo, detailed) write them:
+    one layer per Gemm/MatMul/Conv of the model, a following Relu fused into it, in ``precision``."""
+    import json
+
+    nodes = onnx_nodes(onnx_path)
+    layers = []
+    for i, (op, name, output) in enumerate(nodes):
+        if op in ("Gemm", "MatMul", "Conv"):
+            fused = i + 1 < len(nodes) and nodes[i + 1][0] == "Relu"
+            layers.append({"Name": name + (f" + {nodes[i + 1][1]}" if fused else ""),
+                           "LayerType": "CaskConvolution" if op == "Conv" else "CaskGemm",
+                           "Outputs": [{"Name": output, "Format/Datatype": f"Row major linear {precision}"}],
+                           "TacticName": "fake_tactic", "HasSparseWeights": 0})
+    return json.dumps({"Layers": layers, ("I/O Tensors" if major >= 11 else "Bindings"): ["input", "logits"]})
+
+
+def onnx_nodes(path: str) -> list[tuple[str, str, str]]:
+    """(op_type, name, first output) of each node of an ONNX file, read from its protobuf directly: the
+    fake also runs on a test 'board' where the onnx package is blocked, as on a real one.
+    ModelProto.graph is field 7, GraphProto.node 1; NodeProto.output 2, name 3, op_type 4."""
+    from pathlib import Path
+
+    graph = next(v for f, v in _pb_fields(Path(path).read_bytes()) if f == 7)
+    nodes = []
+    for f, v in _pb_fields(graph):
+        if f == 1:
+            fields = _pb_fields(v)
+
+            def strings(k, fields=fields):
+                return [x.decode() for g, x in fields if g == k]
+
+            nodes.append((strings(4)[0], (strings(3) or [""])[0], strings(2)[0]))
+    return nodes
+
+
+def _pb_fields(buf: bytes) -> list[tuple[int, bytes | int]]:
+    """(field number, value) of a protobuf message: bytes for length-delimited fields, ints for varints."""
+    i, out = 0, []
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        wire = key & 7
+        if wire == 0:
+            v, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            v, i = buf[i:i + n], i + n
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            v, i = buf[i:i + n], i + n
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        out.append((key >> 3, v))
+    return out
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return value, i
 
 
 class FakeCuda:
@@ -345,3 +438,74 @@ class FakeCuda:
 
     def elapsed_ms(self, start, end):
         return self.stamps[end] - self.stamps[start]
+
+
+class FakeCudart:
+    """cuda-python's runtime module (`cuda.bindings.runtime`) over a `FakeCuda`: what
+    `edgeprune.backends.tensorrt.Cuda()` imports where there is no GPU. Copies read and write the real
+    host addresses they are given, as `cudaMemcpyAsync` does; every call returns `(err, *values)`."""
+
+    class cudaMemcpyKind(enum.Enum):
+        cudaMemcpyHostToDevice = 1
+        cudaMemcpyDeviceToHost = 2
+
+    def __init__(self, device: FakeCuda):
+        self.device = device
+
+    def cudaMalloc(self, size):
+        return 0, self.device.malloc(size)
+
+    def cudaFree(self, devPtr):
+        self.device.free(devPtr)
+        return (0,)
+
+    def cudaMemcpyAsync(self, dst, src, count, kind, stream):
+        if kind is self.cudaMemcpyKind.cudaMemcpyHostToDevice:
+            self.device.to_device(dst, np.frombuffer(ctypes.string_at(src, count), dtype=np.float32))
+        else:
+            data = np.ascontiguousarray(self.device.memory[src], dtype=np.float32)
+            ctypes.memmove(dst, data.ctypes.data, min(count, data.nbytes))
+        return (0,)
+
+    def cudaStreamCreate(self):
+        return 0, self.device.stream()
+
+    def cudaStreamSynchronize(self, stream):
+        return (0,)
+
+    def cudaEventCreate(self):
+        return 0, self.device.event()
+
+    def cudaEventRecord(self, event, stream):
+        self.device.record(event, stream)
+        return (0,)
+
+    def cudaEventSynchronize(self, event):
+        return (0,)
+
+    def cudaEventElapsedTime(self, start, end):
+        return 0, self.device.elapsed_ms(start, end)
+
+    def cudaGetErrorName(self, error):
+        return 0, b"cudaErrorFake"
+
+
+def fake_gpu_modules(version: str, cuda: FakeCuda | None = None) -> dict[str, types.ModuleType]:
+    """`sys.modules` entries that make a fake TensorRT `version` and cuda-python importable, as on a
+    Jetson: `tensorrt` and `cuda.bindings.runtime` over one fake device."""
+    trt = make_fake_tensorrt(version, cuda=cuda)
+    mods = {"tensorrt": trt, "cuda": types.ModuleType("cuda"), "cuda.bindings": types.ModuleType("cuda.bindings")}
+    for name, mod in mods.items():
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None, is_package=name != "tensorrt")
+    mods["cuda"].__path__, mods["cuda.bindings"].__path__ = [], []
+    mods["cuda.bindings"].runtime = mods["cuda.bindings.runtime"] = FakeCudart(trt.cuda)
+    mods["cuda"].bindings = mods["cuda.bindings"]
+    return mods
+
+
+def install_fake_gpu(monkeypatch, version: str, cuda: FakeCuda | None = None) -> types.ModuleType:
+    """Make the fake TensorRT and cuda-python importable for one test; returns the fake `tensorrt`."""
+    mods = fake_gpu_modules(version, cuda)
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    return mods["tensorrt"]

@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from edgeprune.api import DataOptions
 from edgeprune.backends import get_backend
 from edgeprune.backends.tensorrt import NOT_INSTALLED, TrtSession, build_engine, make_calibrator
 from edgeprune.backends.trt_plan import (EnginePlan, OnnxFacts, onnx_facts, plan_engine,
@@ -25,11 +26,12 @@ from edgeprune.cli import main
 from edgeprune.backends.trt_versions import trt_generation
 from edgeprune.data import load_npz
 from edgeprune.errors import InputError
+from edgeprune.report.schema import LatencyStats
 from edgeprune.targets import BuildPolicy, RunPolicy, Target
 
 from .conftest import CALIBRATION
 from .cost_models import BIG, SMALL, macs, mlp_onnx
-from .fake_tensorrt import FakeCuda, make_fake_tensorrt
+from .fake_tensorrt import FakeCuda, install_fake_gpu, make_fake_tensorrt
 
 FIX = Path(__file__).parent / "fixtures" / "trtexec"
 DYNAMIC = OnnxFacts("input", (None, 1, 28, 28), 17, 0, 0)
@@ -282,7 +284,7 @@ def test_build_8_2_fake_tensorrt(tmp_path):
     assert _calls(trt, "config.set_flag") == [("FP16",)]
     assert _calls(trt, "engine.device_memory_size") and not _calls(trt, "engine.device_memory_size_v2")
     plan_bytes = (tmp_path / "pruned.plan").read_bytes()
-    assert plan_bytes == b"fake-plan-8.2.1\n" + str(tmp_path / "pruned.onnx").encode() and r.engine_bytes == len(plan_bytes)
+    assert plan_bytes == b"fake-plan-8.2.1 FP16\n" + str(tmp_path / "pruned.onnx").encode() and r.engine_bytes == len(plan_bytes)
     assert (tmp_path / plan.timing_cache).read_bytes() == b"timing-cache:"
 
 
@@ -495,64 +497,47 @@ def test_device_entry_keeps_user_errors_one_line_and_bugs_tracebacks_fake_tensor
         backend_module.main(["build", str(tmp_path / "engine_plan.json"), "--model", "pruned"])
 
 
-def test_build_and_time_interleaves_dense_control_and_pruned_fake_tensorrt(tmp_path, fmnist_small):
-    from edgeprune.backends.trt_profile import build_and_time
-
-    target = replace(ORIN, run=replace(RUN, iterations=7, warmup=2))     # INT8: the builds calibrate on the device
-    plans = _prepared_run(tmp_path, target)
-    test = fmnist_small.test().head(40)
-    trt = make_fake_tensorrt("10.3.0")
-    r = build_and_time(plans, tmp_path, target, test, trt=trt, cuda=trt.cuda)
-    assert _calls(trt, "calibrated_batches") == [(2,), (2,)] and len(trt.cuda.copies_in) > 4
-    assert set(r["latency_ms"]) == {"1", "32"}
-    assert r["latency_ms"]["1"]["dense"]["n"] == r["latency_ms"]["1"]["control"]["n"] == r["latency_ms"]["1"]["pruned"]["n"] == 7
-    # the rotation itself is the shared loop's (measure.timing, tests/test_profiling.py); here: both
-    # engines ran, the dense one twice as often in the loop (A and the A' control): 2 batch sizes x
-    # (1 load + 2 warm-up + 7 timed), then 2 accuracy batches each
+def test_cli_deploy_measures_and_reports_like_onnxruntime_fake_tensorrt(capsys, tmp_path, monkeypatch, pruned_ckpt,
+                                                                          lenet300_ckpt):
+    """With TensorRT importable, deploy builds both plans and measures them in the pipeline every backend
+    uses: the same report.json as ONNX Runtime, plus the engines' device memory and layers."""
+    trt = install_fake_gpu(monkeypatch, "10.3.0")
+    target = tmp_path / "jetson-orin-nano-test.toml"
+    target.write_text(JETSON_TOML.format(trt="10.3.0").replace("iterations = 100", "iterations = 7\nwarmup = 2"))
+    run = tmp_path / "run"
+    code = main(["deploy", str(pruned_ckpt), "--baseline", str(lenet300_ckpt), "--target", str(target),
+                 "--test-limit", "40", "-o", str(run), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc == json.loads((run / "report.json").read_text()) and (run / "report.md").is_file()
+    assert doc["backend"] == "tensorrt" and doc["precision"] == "fp16" and set(doc["latency"]) == {"1", "16"}
+    assert doc["latency"]["1"]["dense"]["n"] == doc["latency"]["1"]["control"]["n"] == doc["latency"]["1"]["pruned"]["n"] == 7
+    # both engines ran in the loop, the dense one twice as often (A and the A' control): 2 batch sizes x
+    # (1 load + 2 warm-up + 7 timed), then the accuracy batches
     ran = [Path(args[0]).stem for args in _calls(trt, "engine.execute")]
-    assert (ran.count("dense"), ran.count("pruned")) == (2 * 2 * 10 + 2, 2 * 10 + 2)
-    # per session and batch size: one run to load the batch, 2 warm-up and 7 timed executions;
-    # then 2 accuracy batches of 32 for dense and pruned
-    assert len(_calls(trt, "ctx.execute_async_v3")) == 3 * 2 * (1 + 2 + 7) + 2 * 2
+    assert ran.count("dense") >= 2 * 2 * 10 and ran.count("pruned") >= 2 * 10
     # accuracy through the engines is the ONNX models' own, on the same images
-    predicted = {}
+    test = DataOptions("fashion-mnist", test_limit=40).test()     # what deploy read for --test-limit 40
     for k in ("dense", "pruned"):
-        predicted[k] = ort.InferenceSession(str(tmp_path / f"{k}.onnx")).run(None, {"input": test.x})[0].argmax(1)
-        assert r["accuracy"][k] == pytest.approx(100 * np.mean(predicted[k] == test.y))
-    assert r["accuracy"]["agreement"] == pytest.approx(np.mean(predicted["dense"] == predicted["pruned"]))
-    assert r["builds"]["pruned"]["sparsity"]["eligible"] == ["/fc1/Gemm + /act1/Relu", "/fc2/Gemm"]
-    # without test data: the builds only
-    trt = make_fake_tensorrt("10.3.0")
-    bare = build_and_time(plans, tmp_path, target, None, trt=trt, cuda=trt.cuda)
-    assert bare["latency_ms"] == {} and bare["accuracy"] is None and set(bare["builds"]) == {"dense", "pruned"}
+        predicted = ort.InferenceSession(str(run / f"{k}.onnx")).run(None, {"input": test.x})[0].argmax(1)
+        assert doc[k]["accuracy"] == pytest.approx(100 * np.mean(predicted == test.y))
+        assert doc[k]["peak_rss_mb"] is None      # host RSS is not a GPU engine's memory
+        gemms = sum(n.op_type == "Gemm" for n in onnx.load(str(run / f"{k}.onnx")).graph.node)
+        facts = doc["engine_facts"][k]
+        assert facts["device_memory_bytes"] == 1 << 20 and facts["layers"] == gemms and facts["precisions"] == {"FP16": gemms}
+        assert (run / f"{k}.layers.json").is_file() and (run / f"{k}.plan").is_file()
+    assert any("the pruned engine has" in n for n in doc["notes"])
+    assert "engine device memory" in (run / "report.md").read_text()
+    assert main(["explain", str(run)]) == 0
+    assert "TensorRT engines: dense 3 layers (3 FP16" in " ".join(capsys.readouterr().out.split())
 
 
-def test_device_results_reads_what_the_scripts_wrote(tmp_path):
-    import shutil
-
-    from edgeprune.backends.trt_profile import device_results
-
-    _prepared_run(tmp_path, replace(ORIN, build=replace(ORIN.build, precision="fp16")))
-    shutil.copy(FIX / "build_10.3.log", tmp_path / "pruned.build.log")
-    shutil.copy(FIX / "layers_10.3.json", tmp_path / "pruned.layers.json")
-    shutil.copy(FIX / "times_8.2.json", tmp_path / "dense.b1.times.json")     # slower, 8.2-like numbers
-    shutil.copy(FIX / "times_10.3.json", tmp_path / "pruned.b1.times.json")
-    shutil.copy(FIX / "profile_10.3.json", tmp_path / "pruned.b1.profile.json")
-    shutil.copy(FIX / "bench_10.3.log", tmp_path / "pruned.b1.bench.log")
-    r = device_results(tmp_path)
-    pruned = r["models"]["pruned"]
-    assert pruned["sparsity"]["picked"] == ["/conv1/Conv + /relu1/Relu"] and pruned["sparse_weight_layers"] == ["/conv1/Conv + /relu1/Relu"]
-    assert pruned["batches"]["1"]["slowest_layers"][0] == ("/fc1/Gemm + /act1/Relu", 0.1)
-    assert pruned["batches"]["1"]["warnings"][0].startswith("GPU compute time is unstable")
-    dense_median = np.median([0.9, 0.7, 0.5, 0.45, 0.31, 0.33, 0.30, 0.35, 0.32, 0.34])   # 10.x files hold no warm-up
-    assert r["pruned_over_dense_median_gpu_compute"]["1"] == pytest.approx(0.245 / dense_median)
-    assert "dense.build.log" in r["missing"] and "pruned.b32.times.json" in r["missing"]
-
-
-def test_build_and_time_ratio_follows_engine_cost_and_catches_a_swap_fake_tensorrt(tmp_path, fmnist_small):
+def test_measure_pair_ratio_follows_engine_cost_and_catches_a_swap_fake_tensorrt(tmp_path, monkeypatch, fmnist_small):
     # The fake engines run their ONNX models, so GPU time here is the models' real cost: the dense
     # model has 30x the MACs of the pruned one.
-    from edgeprune.backends.trt_profile import build_and_time
+    from edgeprune.backends.tensorrt import TensorRTBackend, engine_of
+    from edgeprune.measure.pair import measure_pair
 
     target = replace(ORIN, build=replace(ORIN.build, precision="fp16"),
                      run=replace(RUN, iterations=30, warmup=3, batch_sizes=(1, 64), percentiles=(50.0, 99.9)))
@@ -561,22 +546,24 @@ def test_build_and_time_ratio_follows_engine_cost_and_catches_a_swap_fake_tensor
     want = macs(SMALL) / macs(BIG)
 
     def timed(dense, pruned, cuda=None):
-        trt = make_fake_tensorrt("10.3.0", cuda=cuda)
-        return build_and_time({"dense": dense, "pruned": pruned}, tmp_path, target, test, trt=trt, cuda=trt.cuda)
+        install_fake_gpu(monkeypatch, "10.3.0", cuda)
+        engines = {label: engine_of(p, tmp_path, build_engine(p, tmp_path), target, tmp_path / p.onnx)
+                   for label, p in (("dense", dense), ("pruned", pruned))}
+        m = measure_pair(TensorRTBackend(), engines, target, test.x, test.y, tmp_path)
+        a, a2, b = (LatencyStats.from_ns(t, target.run.percentiles) for t in m.times_ns[64])
+        return a, a2, b
 
     def follows_cost(ratio, want):      # within 3x of the MAC ratio, and 3.3x away from 1 on its side
         return want / 3 < ratio < 0.3 if want < 1 else 1 / 0.3 < ratio < want * 3
 
-    lat = timed(plans["dense"], plans["pruned"])["latency_ms"]["64"]
-    assert follows_cost(lat["ratio_p50"], want) and 0.5 < lat["aa_ratio_p50"] < 2.0
-    assert lat["ratio_p50"] == pytest.approx(lat["pruned"]["p50"] / lat["dense"]["p50"])
-    assert lat["aa_ratio_p50"] == pytest.approx(lat["control"]["p50"] / lat["dense"]["p50"])
-    swapped = timed(plans["pruned"], plans["dense"])["latency_ms"]["64"]["ratio_p50"]
-    assert follows_cost(swapped, 1 / want) and not follows_cost(swapped, want)
+    a, a2, b = timed(plans["dense"], plans["pruned"])
+    assert follows_cost(b.p50 / a.p50, want) and 0.5 < a2.p50 / a.p50 < 2.0
+    a, _, b = timed(plans["pruned"], plans["dense"])
+    assert follows_cost(b.p50 / a.p50, 1 / want) and not follows_cost(b.p50 / a.p50, want)
     # A device clock that reads the same for every execution, as this fake's once did, gives 1.0.
     constant = FakeCuda()
     constant.elapsed_ms = lambda start, end: 0.25
-    flat = timed(plans["dense"], plans["pruned"], constant)["latency_ms"]["64"]
-    assert flat["ratio_p50"] == 1.0 and not follows_cost(flat["ratio_p50"], want)
+    a, a2, b = timed(plans["dense"], plans["pruned"], constant)
+    assert b.p50 / a.p50 == 1.0 and not follows_cost(b.p50 / a.p50, want)
     # ... and the figures are in the clock's milliseconds
-    assert flat["dense"]["p50"] == flat["control"]["max"] == flat["pruned"]["p99.9"] == 0.25
+    assert a.p50 == a2.max == b.extra["p99.9"] == 0.25

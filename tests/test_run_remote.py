@@ -21,6 +21,7 @@ from edgeprune.device import DEVICE_FILES
 from edgeprune.errors import RemoteError
 
 from . import sshd as sshd_mod
+from .fake_tensorrt import install_fake_gpu
 
 pytestmark = pytest.mark.skipif(not sshd_mod.available(), reason="openssh-server not installed (.ci/run installs it)")
 
@@ -43,14 +44,16 @@ def board(tmp_path):
     server.stop()
 
 
-def board_python(tmp_path: Path, also_block: tuple[str, ...] = ()) -> Path:
-    """A python for the 'board': this venv's, with the modules a board lacks made unimportable."""
+def board_python(tmp_path: Path, also_block: tuple[str, ...] = (), path: tuple[Path, ...] = ()) -> Path:
+    """A python for the 'board': this venv's, with the modules a board lacks made unimportable (and
+    ``path`` searched too: the fake GPU's modules)."""
     site = tmp_path / "board-site"
     site.mkdir(parents=True, exist_ok=True)
     (site / "sitecustomize.py").write_text(
         f"import sys\nfor m in {BLOCKED + also_block!r}:\n    sys.modules[m] = None   # import m -> ImportError\n")
     exe = tmp_path / "board-python"
-    exe.write_text(f'#!/bin/sh\nPYTHONPATH="$PYTHONPATH:{site}" exec {sys.executable} "$@"\n')
+    more = "".join(f":{p}" for p in path)
+    exe.write_text(f'#!/bin/sh\nPYTHONPATH="$PYTHONPATH:{site}{more}" exec {sys.executable} "$@"\n')
     exe.chmod(0o755)
     return exe
 
@@ -134,7 +137,9 @@ def test_remote_deploy_reports_like_a_local_one_and_reuses_engines(tmp_path, mod
     assert stages(tmp_path / "remote") == ["exported", "pushed", "built", "measured", "pulled", "reported"]
     assert (tmp_path / "remote" / "report.md").is_file()
 
+    t0 = time.perf_counter()
     again = deploy(models, target, tmp_path / "remote2", board, python)
+    print(f"remote again (engine cache) {time.perf_counter() - t0:.1f} s")
     assert again.engine_cache == {"dense": "hit", "pruned": "hit"}
     assert "both reused from the board's engine cache" in again.notes[0]
     assert len(list((tmp_path / "workdir" / "engines").iterdir())) == 2       # nothing built twice
@@ -228,3 +233,98 @@ def test_a_cut_connection_resumes_at_the_unfinished_stage(tmp_path, models, boar
     assert (run_dir / "dense.onnx").stat().st_mtime_ns == exported                   # not exported again
     assert not list(workdir.glob("jobs/*"))                # the job folder is cleaned up, the cache stays
     assert report.engine_cache == {"dense": "miss", "pruned": "miss"}   # built once, by the first attempt
+
+
+def test_remote_int8_is_quantised_here_and_measured_on_the_board_like_a_local_run(tmp_path, models, board, fast_target):
+    """The board has no onnx (blocked here): the host quantises the pruned model as a local INT8 deploy
+    does, pushes the Q/DQ model, and the board times it beside the pruned fp32 model and the dense one."""
+    target = target_file(tmp_path, fast_target, tmp_path / "workdir")
+    local = api.deploy(models[0], str(target), tmp_path / "local", baseline_path=models[1], data=TEST, progress=False,
+                       precision="int8")
+    remote = deploy(models, target, tmp_path / "remote", board, board_python(tmp_path), precision="int8")
+    ld, rd = local.to_dict(), json.loads((tmp_path / "remote" / "report.json").read_text())
+    assert keys(ld) == keys(rd) and rd["precision"] == "int8" == remote.precision
+    assert rd["int8"]["quantized_nodes"] == ld["int8"]["quantized_nodes"] > 0
+    assert Path(rd["int8"]["int8_onnx"]) == tmp_path / "remote" / "pruned.int8.onnx"
+    assert rd["pruned"]["size_bytes"] == (tmp_path / "remote" / "pruned.int8.onnx").stat().st_size < rd["pruned_fp32"]["size_bytes"]
+    # the same quantised network, run on the 'board': the same predictions as the local INT8 engine
+    for side in ("dense", "pruned", "pruned_fp32"):
+        assert rd[side]["accuracy"] == ld[side]["accuracy"]
+    assert rd["int8"]["agreement_with_fp32"] == ld["int8"]["agreement_with_fp32"]
+    assert set(rd["int8"]["latency_ratio_p50"]) == set(ld["int8"]["latency_ratio_p50"]) and rd["latency"]["1"]["pruned_fp32"]["n"] == 30
+
+
+JETSON = """description = "a Jetson reached over loopback, with the fake TensorRT"
+backend = "tensorrt"
+[stack]
+tensorrt = "10.3.0"
+[hardware]
+module = "jetson-orin-nano-8gb"
+dla_cores = 0
+sparse_tensor_cores = true
+[build]
+precision = "fp16"
+[run]
+warmup = 2
+iterations = 10
+batch_sizes = [1, 16]
+min_seconds = 0.0
+[device]
+workdir = "{workdir}"
+"""
+
+
+def fake_gpu_dir(tmp_path: Path) -> Path:
+    """`tensorrt` and `cuda` for the board's python: the fake TensorRT 10.3 and cuda-python over one fake device."""
+    d = tmp_path / "fake-gpu"
+    (d / "cuda").mkdir(parents=True)
+    root = Path(__file__).resolve().parents[1]
+    (d / "tensorrt.py").write_text(f"import sys\nsys.path.append({str(root)!r})\n"
+                                   "from tests.fake_tensorrt import fake_gpu_modules\n"
+                                   "sys.modules.update(fake_gpu_modules('10.3.0'))   # this module, cuda's too\n")
+    (d / "cuda" / "__init__.py").write_text("import tensorrt  # noqa: F401 -- installs the fake's cuda modules\n")
+    return d
+
+
+def test_remote_tensorrt_builds_on_the_board_and_reports_like_a_local_run_fake_tensorrt(tmp_path, models, board,
+                                                                                         monkeypatch):
+    """Planned here, built and timed on the board through its TensorRT Python API (the fake one, on the
+    board's python path): the same report as a deploy where TensorRT is installed."""
+    target = tmp_path / "targets" / "jetson-loopback.toml"
+    target.parent.mkdir()
+    target.write_text(JETSON.format(workdir=tmp_path / "workdir"))
+    python = board_python(tmp_path, path=(fake_gpu_dir(tmp_path),))
+    remote = deploy(models, target, tmp_path / "remote", board, python)
+    rd = json.loads((tmp_path / "remote" / "report.json").read_text())
+    install_fake_gpu(monkeypatch, "10.3.0")
+    ld = api.deploy(models[0], str(target), tmp_path / "local", baseline_path=models[1], data=TEST, progress=False,
+                    host=None).to_dict()
+    assert keys(ld) == keys(rd) and rd["backend"] == "tensorrt" and rd["device"]["host"] == "board"
+    assert rd["engine_facts"] == ld["engine_facts"] and rd["engine_facts"]["pruned"]["precisions"] == {"FP16": 3}
+    for side in ("dense", "pruned"):
+        assert rd[side]["accuracy"] == ld[side]["accuracy"]       # the same engines' predictions, there and here
+    assert rd["latency"]["16"]["dense"]["n"] == 10 and remote.engine_cache == {"dense": "miss", "pruned": "miss"}
+    for e in rd["run"]["engines"].values():
+        assert Path(e).is_file() and Path(e).is_relative_to(tmp_path / "remote")
+
+
+def test_a_family_resolves_to_the_member_whose_stack_the_board_has(capsys, tmp_path, models, board, fast_target):
+    tdir = tmp_path / "targets"
+    target_file(tmp_path, fast_target, tmp_path / "workdir", stack="<1.0").rename(tdir / "loopback-old.toml")
+    target_file(tmp_path, fast_target, tmp_path / "workdir").rename(tdir / "loopback-cpu.toml")
+    pruned, dense = models
+    common = [str(pruned), "--baseline", str(dense), "--target", "loopback", "--targets-dir", str(tdir),
+              "--data", "fashion-mnist", "--test-limit", "100"]
+    remote = ["--host", board.alias, "--ssh-config", str(board.ssh_config), "--device-python", str(board_python(tmp_path))]
+    # without --host nothing can be probed: the members, in one line
+    one_line_error(main(["deploy", *common, "-o", str(tmp_path / "here")]), capsys.readouterr(),
+                   "target 'loopback' is a family: loopback-cpu, loopback-old — name one")
+    assert main(["deploy", *common, "-o", str(tmp_path / "run"), *remote, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["target"] == "loopback-cpu" and doc["device"]["host"] == "board"
+    # no member matches: why each does not, in one line
+    (tdir / "loopback-cpu.toml").rename(tdir / "other.toml")
+    (tdir / "loopback-new.toml").write_text((tdir / "loopback-old.toml").read_text().replace('"<1.0"', '">=99"'))
+    err = one_line_error(main(["deploy", *common, "-o", str(tmp_path / "run2"), *remote]), capsys.readouterr(),
+                         "no member of family 'loopback' matches board")
+    assert "loopback-new: onnxruntime" in err and "loopback-old: onnxruntime" in err and "outside '<1.0'" in err

@@ -376,3 +376,26 @@ def test_a_bad_round_to_names_the_key_and_the_file(tmp_path, value):
 
 def test_a_file_without_round_to_keeps_multiples_of_8(tmp_path):
     assert load_target(str(write(tmp_path, GOOD))).build.round_to == 8
+
+
+@pytest.mark.parametrize("l4t, trt, model, member", [
+    ("36.4.3", "10.3.0.30", "NVIDIA Jetson Orin NX Engineering Reference Developer Kit", "jetson-orin-nx"),
+    ("36.4.3", "10.3.0.30", "NVIDIA Jetson AGX Orin Developer Kit", "jetson-agx-orin"),
+    ("36.4.3", "10.3.0.30", "NVIDIA Jetson Orin Nano Engineering Reference Developer Kit Super", "jetson-orin-nano"),
+    ("35.5.0", "8.5.2.2", "NVIDIA Jetson Xavier NX Developer Kit", "jetson-xavier-nx"),
+    ("32.7.1", "8.2.1.8", "NVIDIA Jetson Nano Developer Kit", "jetson-nano"),
+])
+def test_family_resolves_to_the_member_the_probed_board_is(monkeypatch, l4t, trt, model, member):
+    """`deploy --target jetson --host H`: the stack narrows the family, the board's device-tree model
+    (recorded strings of each module; a board is the boundary here) picks among modules of one JetPack."""
+    from edgeprune import api
+    from edgeprune.run import remote
+
+    probe = {"hostname": "board", "machine": "aarch64", "tensorrt": trt, "onnxruntime": None, "l4t": l4t, "model": model}
+    monkeypatch.setattr(remote, "probe_board", lambda board: probe)
+    assert api._family_member("jetson", None, "orin", None, None) == member
+    probe["model"] = None        # the same stack on three modules, nothing to tell them apart: one line naming them
+    if l4t == "36.4.3":
+        with pytest.raises(InputError, match="several members of family 'jetson': jetson-agx-orin, jetson-orin-nano, "
+                                             "jetson-orin-nx — pass one as --target"):
+            api._family_member("jetson", None, "orin", None, None)

@@ -139,7 +139,7 @@ class OnnxRuntimeBackend:
                  "ort_target_platform": b.ort_target_platform or "host"}
         model = src
         if b.precision == "int8":
-            model, quant = self._quantize(src, target, out)
+            model, quant = self.quantize(src, target, out)
             extra.update(quant)
         suffix = ".ort" if b.model_format == "ort" else ".onnx"
         final = out / f"{model.stem}.{target.name}{suffix}"
@@ -155,7 +155,7 @@ class OnnxRuntimeBackend:
         return Engine(path=final, backend=self.name, target=target.name, source=src,
                       build_seconds=time.perf_counter() - t0, extra=extra)
 
-    def _quantize(self, src: Path, target: Target, out: Path) -> tuple[Path, dict[str, str]]:
+    def quantize(self, src: Path, target: Target, out: Path) -> tuple[Path, dict[str, str]]:
         """The static INT8 Q/DQ model of `src` (next to the engine), calibrated on the target's set."""
         from edgeprune.quantize import calibration_path, calibration_problems, load_calibration, quantize_qdq
 

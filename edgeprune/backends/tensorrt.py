@@ -167,6 +167,7 @@ class BuildResult:
     sparsity: SparsityResult
     build_log: str
     tensorrt: str
+    layer_info: str = ""     # the engine inspector's JSON, beside the engine
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,9 +242,34 @@ def build_engine(plan: EnginePlan, run_dir: Path, *, trt: Any = None, cuda: Cuda
 
     runtime = trt.Runtime(logger)
     engine = _deserialize(runtime, data, plan)
+    if plan.layer_info:
+        # the engine inspector's JSON is what trtexec's --exportLayerInfo writes: one parser reads both
+        info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+        atomic_write(run_dir / plan.layer_info, str(info).encode(), force=True)
     return BuildResult(engine=plan.engine, seconds=seconds, engine_bytes=len(data),
                        device_memory_bytes=device_memory_bytes(engine, installed),
-                       sparsity=parse_sparsity("\n".join(lines)), build_log=plan.build_log, tensorrt=installed)
+                       sparsity=parse_sparsity("\n".join(lines)), build_log=plan.build_log, tensorrt=installed,
+                       layer_info=plan.layer_info)
+
+
+def engine_of(plan: EnginePlan, run_dir: Path, result: BuildResult, target: Target, source: Path) -> Engine:
+    """The built plan as the pipeline's `Engine`; its plan is written beside it for `TensorRTBackend.open`."""
+    plan_file = Path(run_dir) / f"{plan.model}.engine_plan.json"
+    atomic_write(plan_file, json.dumps(plan.to_dict(), indent=2).encode(), force=True)
+    return Engine(path=Path(run_dir) / plan.engine, backend="tensorrt", target=target.name, source=Path(source),
+                  build_seconds=result.seconds,
+                  extra={"tensorrt": result.tensorrt, "device_memory_bytes": str(result.device_memory_bytes),
+                         "plan": plan_file.name, "layer_info": result.layer_info})
+
+
+def build_plans(plans: dict[str, dict[str, Any]], run_dir: Path, target: Target) -> dict[str, Engine]:
+    """Build plans made elsewhere (`EnginePlan.to_dict()` per model) in ``run_dir``, where their ONNX
+    files and calibration inputs are: deploy's own engines, or the board's (it has no onnx to plan with)."""
+    engines = {}
+    for label, d in plans.items():
+        plan = EnginePlan.from_dict(d)
+        engines[label] = engine_of(plan, run_dir, build_engine(plan, run_dir), target, Path(run_dir) / plan.onnx)
+    return engines
 
 
 def device_memory_bytes(engine: Any, version: str) -> int:
@@ -369,21 +395,6 @@ class TrtSession:
         return out
 
 
-def build_here_problem(plan: EnginePlan) -> str | None:
-    """Why this machine cannot build and time `plan` (None = it can): TensorRT and cuda-python
-    installed, and TensorRT of the plan's API generation. A different version of the same
-    generation builds fine, for this machine's GPU."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return NOT_INSTALLED
-    if importlib.util.find_spec("cuda") is None:
-        return CUDA_NOT_INSTALLED
-    installed = _import_trt().__version__
-    if trt_generation(installed) != plan.generation:
-        return (f"this machine's TensorRT {installed} is of another API generation than the target's "
-                f"{plan.tensorrt} ({plan.generation})")
-    return None
-
-
 class TensorRTBackend:
     """The `tensorrt` backend: validation and planning anywhere, building and running where
     TensorRT and a CUDA device are."""
@@ -442,15 +453,11 @@ class TensorRTBackend:
         plan = plan_engine(target, onnx_facts(src), model=src.stem, onnx_file=src.name)
         if plan.int8_mode:
             raise InputError("INT8 engines are built through `edgeprune deploy` (it prepares the calibration data)")
-        result = build_engine(plan, out)
-        atomic_write(out / f"{plan.model}.engine_plan.json", json.dumps(plan.to_dict(), indent=2).encode(), force=True)
-        return Engine(path=out / plan.engine, backend=self.name, target=target.name, source=src,
-                      build_seconds=result.seconds,
-                      extra={"tensorrt": result.tensorrt, "device_memory_bytes": str(result.device_memory_bytes),
-                             "plan": str(out / f"{plan.model}.engine_plan.json")})
+        return engine_of(plan, out, build_engine(plan, out), target, src)
 
     def open(self, engine: Engine, target: Target) -> TrtSession:
-        plan = EnginePlan.from_dict(json.loads(Path(engine.extra["plan"]).read_text()))
+        # the plan file lies beside the engine (a name, so a run directory pulled from a board still reads)
+        plan = EnginePlan.from_dict(json.loads((Path(engine.path).parent / Path(engine.extra["plan"]).name).read_text()))
         return TrtSession(plan, Path(engine.path).parent)
 
     def measured_elsewhere(self, target: Target) -> str | None:

@@ -8,9 +8,10 @@ From the exported dense and pruned ONNX files in the run directory this writes:
 * `engine_plan.json`: one EnginePlan per model, the exact trtexec commands and the notes;
 * `trtexec_build.sh` and `trtexec_bench.sh`: build, then benchmark, on the device.
 
-Where TensorRT and a CUDA device are present, it also builds both engines through the Python API
-and times them side by side with CUDA events (`trt_results.json`); elsewhere it says, in one line,
-that the build must run on the device.
+Where TensorRT can run here (`TensorRTBackend.host_problems` empty), `tensorrt.build_plans` builds both
+plans through the Python API and `deploy` measures them in the one pipeline every backend uses
+(`edgeprune.profiling.profile_pair`), writing the same report; elsewhere deploy returns this
+module's `BoardRun`: run the scripts on the board, then `edgeprune collect RUN`.
 """
 
 from __future__ import annotations
@@ -24,43 +25,40 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeprune.backends.tensorrt import build_here_problem
+from edgeprune.backends.base import get_backend
 from edgeprune.backends.trt_plan import CALIBRATION_INPUTS, PLAN_SCHEMA, onnx_facts, plan_engine
 from edgeprune.backends.trtexec import bench_command, bench_script, build_command, build_script
+from edgeprune.device.job import job_dict
 from edgeprune.errors import InputError
 from edgeprune.fileio import atomic_write
 
 if TYPE_CHECKING:
-    from edgeprune.data import ArrayDataset
     from edgeprune.targets import Target
 
 @dataclass
-class TrtDeployResult:
-    """What `deploy` did for a TensorRT target. `built_here` is False when the engines must be
-    built on the device; `results` holds the engines' timings when they were built here."""
+class BoardRun:
+    """A TensorRT deploy that could not be measured here: the run directory holds the plans and the
+    scripts; run them on the board, copy the directory back, then `edgeprune collect RUN`."""
 
     run_dir: str
     target: str
     tensorrt: str
     generation: str
     precision: str
-    built_here: bool
     files: list[str]
     commands: dict[str, str]
     notes: list[str]
-    results: dict[str, Any] | None = None
     plans: dict[str, dict] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path, *, calibration: str | None = None,
-                     test: ArrayDataset | None = None) -> TrtDeployResult:
-    """Prepare (and where possible build and time) `onnx_files` ({"dense": path, "pruned": path},
-    already in `run_dir`) for `target`."""
-    from edgeprune.backends import get_backend
-
+def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path, *,
+                     calibration: str | None = None) -> BoardRun:
+    """Prepare `onnx_files` ({"dense": path, "pruned": path}, already in `run_dir`) for `target`: the
+    checked plans, the scripts and the calibration inputs; `BoardRun.plans` are what
+    `tensorrt.build_plans` builds where TensorRT is."""
     run_dir = Path(run_dir)
     backend = get_backend(target.backend)
     for path in onnx_files.values():
@@ -91,42 +89,32 @@ def prepare_tensorrt(onnx_files: dict[str, Path], target: Target, run_dir: Path,
     commands = {f"{p.model}.build": shlex.join(build_command(p)) for p in plan_list}
     for batch in plan_list[0].batch_sizes:
         commands.update({f"{p.model}.bench.b{batch}": shlex.join(bench_command(p, batch)) for p in plan_list})
+        commands[f"dense.bench.b{batch}.control"] = shlex.join(bench_command(plans["dense"], batch, control=True))
     first = plan_list[0]
     notes = list(dict.fromkeys(n for p in plan_list for n in p.notes))
 
     device = f"{target.hardware.get('module', target.name)}, TensorRT {first.tensorrt}"
-    cannot = build_here_problem(first)
-    built_here = cannot is None
-    if built_here:
-        notes.append(f"TensorRT is installed here: the engines were built and timed on this machine's GPU "
-                     f"(trt_results.json); for the device's own numbers ({device}) run the scripts there.")
-    else:
-        notes.append(f"{cannot}: the engines must be built on the device ({device}): copy {run_dir} there and run "
-                     f"`bash trtexec_build.sh && bash trtexec_bench.sh`.")
     if needs_python:
         notes.append("INT8 calibration on TensorRT <= 10 needs real images, which trtexec cannot read: "
                      "trtexec_build.sh first builds through `python3 -m edgeprune.backends.tensorrt` "
                      "(edgeprune and cuda-python on the device) to write the calibration cache trtexec then uses.")
+    cannot = get_backend("tensorrt").host_problems(target)
+    if cannot:
+        notes.append(f"{cannot[0]}: the engines must be built on the device ({device}): copy {run_dir} there, run "
+                     f"`bash trtexec_build.sh && bash trtexec_bench.sh`, copy it back, then `edgeprune collect {run_dir}`.")
 
     doc = {"schema": PLAN_SCHEMA, "target": target.name, "tensorrt": first.tensorrt, "generation": first.generation,
-           "models": {k: p.to_dict() for k, p in plans.items()}, "commands": commands, "notes": notes}
+           "models": {k: p.to_dict() for k, p in plans.items()}, "commands": commands, "notes": notes,
+           "target_spec": job_dict(target)["target"]}   # what `collect` reads the run back with
     atomic_write(run_dir / "engine_plan.json", json.dumps(doc, indent=2).encode(), force=True)
     for name, text in (("trtexec_build.sh", build_script(plan_list, needs_python)),
                        ("trtexec_bench.sh", bench_script(plan_list))):
         atomic_write(run_dir / name, text.encode(), force=True)
         os.chmod(run_dir / name, 0o755)
-
-    results = None
-    if built_here:
-        from edgeprune.backends.trt_profile import build_and_time
-
-        results = build_and_time(plans, run_dir, target, test)
-        atomic_write(run_dir / "trt_results.json", json.dumps(results, indent=2).encode(), force=True)
     files = sorted(p.name for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-    return TrtDeployResult(run_dir=str(run_dir), target=target.name, tensorrt=first.tensorrt,
-                           generation=first.generation, precision=first.precision, built_here=built_here,
-                           files=files, commands=commands, notes=notes, results=results,
-                           plans={k: p.to_dict() for k, p in plans.items()})
+    return BoardRun(run_dir=str(run_dir), target=target.name, tensorrt=first.tensorrt, generation=first.generation,
+                    precision=first.precision, files=files, commands=commands, notes=notes,
+                    plans={k: p.to_dict() for k, p in plans.items()})
 
 
 def _densify(path: Path) -> None:

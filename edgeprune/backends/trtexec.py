@@ -67,8 +67,9 @@ def build_command(plan: EnginePlan) -> list[str]:
     return cmd
 
 
-def bench_command(plan: EnginePlan, batch: int) -> list[str]:
-    """The trtexec command that times the built engine at `batch` and exports times and profile."""
+def bench_command(plan: EnginePlan, batch: int, *, control: bool = False) -> list[str]:
+    """The trtexec command that times the built engine at `batch` and exports times and profile;
+    ``control``: the dense engine's second run, the A/A control (`{model}.b{batch}.control.*`)."""
     gen = plan.generation
     cmd = [TRTEXEC, f"--loadEngine={plan.engine}"]
     if plan.dynamic_batch:
@@ -86,7 +87,7 @@ def bench_command(plan: EnginePlan, batch: int) -> list[str]:
         cmd += ["--useSpinWait", "--separateProfileRun"]
     elif plan.dla_core >= 0:
         cmd.append("--noCudaGraph")               # DLA work cannot be captured in a CUDA graph
-    stem = f"{plan.model}.b{batch}"
+    stem = f"{plan.model}.b{batch}" + (".control" if control else "")
     cmd += [f"--exportTimes={stem}.times.json", f"--exportProfile={stem}.profile.json"]
     return cmd
 
@@ -117,12 +118,14 @@ def build_script(plans: list[EnginePlan], python_build: bool) -> str:
 
 
 def bench_script(plans: list[EnginePlan]) -> str:
-    """`trtexec_bench.sh`: time every engine at every batch size, dense and pruned alternating."""
+    """`trtexec_bench.sh`: time every engine at every batch size, dense and pruned alternating, then
+    the dense engine again: its A/A control, which shows how far two runs of one engine drift."""
     lines = _script_head(plans, "Benchmark the built engines")
     for batch in plans[0].batch_sizes:
-        for plan in plans:
-            log = f"{plan.model}.b{batch}.bench.log"
-            lines.append(f"{shlex.join(bench_command(plan, batch))} > {shlex.quote(log)} 2>&1")
+        runs = [(plan, False) for plan in plans] + [(plan, True) for plan in plans if plan.model == "dense"]
+        for plan, control in runs:
+            log = f"{plan.model}.b{batch}{'.control' if control else ''}.bench.log"
+            lines.append(f"{shlex.join(bench_command(plan, batch, control=control))} > {shlex.quote(log)} 2>&1")
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +175,7 @@ class TimesResult:
     walltime_s: float
     throughput_qps: float
     dropped_warmup: int = 0
+    compute_samples_ms: list[float] = field(default_factory=list)   # each timed iteration's GPU compute time
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,6 +215,7 @@ def parse_trtexec_times(path: str | Path, *, warmup_ms: float = 0.0,
         walltime_s=wall_ms / 1000.0,
         throughput_qps=len(timed) / wall_ms * 1000.0 if wall_ms > 0 else math.nan,
         dropped_warmup=len(rows) - len(timed),
+        compute_samples_ms=col("computeMs"),
     )
 
 
@@ -307,8 +312,35 @@ class LayerInfoResult:
             out[layer.layer_type] = out.get(layer.layer_type, 0) + 1
         return out
 
+    def precisions(self) -> dict[str, int]:
+        """Layers per output precision (FP32, FP16, INT8, ...): what the builder chose for each layer."""
+        out: dict[str, int] = {}
+        for layer in self.layers:
+            m = _PRECISION.search(layer.output_format or "")
+            if m:
+                name = _PRECISION_NAMES.get(m.group(1).lower(), m.group(1).upper())
+                out[name] = out.get(name, 0) + 1
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The data type inside a layer's "Format/Datatype" ("Row major linear FP32", "Channel major FP16 format ...").
+_PRECISION = re.compile(r"\b(FP32|FP16|BF16|FP8|INT8|INT4|Float|Half)\b", re.IGNORECASE)
+_PRECISION_NAMES = {"float": "FP32", "half": "FP16"}
+
+
+def engine_facts(layer_info: str | Path | None, device_memory_bytes: int | None) -> dict[str, Any]:
+    """The report's `engine_facts` entry of one engine: its device memory and its layers (count, per
+    output precision, per type), from the engine inspector's JSON (Python API or `--exportLayerInfo`)."""
+    facts: dict[str, Any] = {"device_memory_bytes": device_memory_bytes, "layers": None, "precisions": None,
+                             "layer_types": None}
+    if layer_info is not None and Path(layer_info).is_file():
+        info = parse_trtexec_layer_info(layer_info)
+        facts.update(layers=len(info.layers), precisions=info.precisions() or None,
+                     layer_types=info.layer_types() if info.detailed else None)
+    return facts
 
 
 def parse_trtexec_layer_info(path: str | Path) -> LayerInfoResult:

@@ -40,7 +40,7 @@ An improvement (the same rules, the other way) is flagged "improvement" and neve
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from rich.table import Table

@@ -1,7 +1,7 @@
 """The board's side of a remote deploy: `python3 -m edgeprune.device probe | build JOB | run JOB`.
 
 Pushed with every run as plain files (`DEVICE_FILES`) and run by the board's own python: it needs
-the standard library, numpy and the runtime the board has (onnxruntime; TensorRT later), never
+the standard library, numpy and the runtime the board has (onnxruntime, or TensorRT with cuda-python), never
 torch, onnx, typer or rich. It measures with the same code a local deploy does
 (`edgeprune.measure.pair`), so a board's numbers and this machine's are made the same way.
 """
@@ -22,11 +22,15 @@ DEVICE_FILES = (
     "edgeprune/backends/__init__.py",
     "edgeprune/backends/base.py",
     "edgeprune/backends/onnxruntime.py",
+    "edgeprune/backends/tensorrt.py",
+    "edgeprune/backends/trt_plan.py",
+    "edgeprune/backends/trtexec.py",
     "edgeprune/backends/trt_versions.py",
     "edgeprune/measure/__init__.py",
     "edgeprune/measure/accuracy.py",
     "edgeprune/measure/timing.py",
     "edgeprune/measure/pair.py",
+    "edgeprune/measure/power.py",
     "edgeprune/device/__init__.py",
     "edgeprune/device/__main__.py",
     "edgeprune/device/probe.py",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+DEVICE_MODEL = Path("/proc/device-tree/model")
 GOVERNOR = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 
 
@@ -28,7 +29,8 @@ def probe() -> dict[str, Any]:
         "onnxruntime": _onnxruntime(),
         "tensorrt": _version("tensorrt"),
         "l4t": l4t_release(_read(NV_TEGRA_RELEASE)),
-        "power_mode": _power_mode(),
+        "model": (_read(DEVICE_MODEL) or "").rstrip("\x00") or None,   # "NVIDIA Jetson Orin NX ... Developer Kit"
+        "power_mode": power_mode(),
         "jetson_clocks": _jetson_clocks(),
         "cpu_governor": _read(GOVERNOR),
     }
@@ -72,7 +74,8 @@ def _run(cmd: list[str]) -> str | None:
     return p.stdout if p.returncode == 0 else None
 
 
-def _power_mode() -> str | None:
+def power_mode() -> str | None:
+    """The Jetson power mode (`nvpmodel -q`), None where there is none."""
     m = re.search(r"NV Power Mode:\s*(\S+)", _run(["nvpmodel", "-q"]) or "")
     return m.group(1) if m else None
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.backends.base import Engine, get_backend
-from edgeprune.device.job import BUILT, JOB, MODELS, RESULT, target_of
+from edgeprune.device.job import BUILT, JOB, RESULT, target_of
 from edgeprune.errors import InputError
 from edgeprune.fileio import atomic_write
 
@@ -35,26 +35,40 @@ def build(job_dir: Path, cache: Path) -> dict[str, Any]:
         done = json.loads(built.read_text())
         if all((job_dir / e["path"]).is_file() for e in done["engines"].values()):
             return {"ok": "built", "engine_cache": done["engine_cache"], "resumed": True}
-    target = target_of(_load(job_dir))
+    job = _load(job_dir)
+    target = target_of(job)
     backend = get_backend(target.backend)
     problems = backend.host_problems(target)
     if problems:
         raise InputError(f"the board's stack does not match target {target.name}: {problems[0]}")
     from edgeprune.measure.pair import build_engines
 
-    cache.mkdir(parents=True, exist_ok=True)
-    engines, status = build_engines(backend, {k: job_dir / v for k, v in MODELS.items()}, target, job_dir, cache)
+    if "plans" in job:
+        # TensorRT: planned on the host; built here, where the GPU is (no engine cache for plans yet)
+        from edgeprune.backends.tensorrt import build_plans
+
+        engines = build_plans(job["plans"], job_dir, target)
+        status = {label: "miss" for label in engines}
+    else:
+        cache.mkdir(parents=True, exist_ok=True)
+        engines, status = build_engines(backend, {k: job_dir / v for k, v in job["models"].items()}, target,
+                                        job_dir, cache, quantized=job.get("int8"))
     record = {}
     for label, e in engines.items():
-        # The job's own copy (a hard link where the file system allows): pulled with the result.
+        # The job's own copy (a hard link where the file system allows): pulled with the result, with
+        # the files an engine names beside it (TensorRT: its plan and layer information).
         local = job_dir / "engines" / label / Path(e.path).name
         local.parent.mkdir(parents=True, exist_ok=True)
-        local.unlink(missing_ok=True)
-        try:
-            os.link(e.path, local)
-        except OSError:
-            shutil.copyfile(e.path, local)
-        record[label] = {"path": str(local.relative_to(job_dir)), "build_seconds": e.build_seconds, "extra": e.extra}
+        beside = [Path(e.path).parent / Path(e.extra[k]).name for k in ("plan", "layer_info") if e.extra.get(k)]
+        for src in [Path(e.path), *beside]:
+            dst = local.parent / src.name
+            dst.unlink(missing_ok=True)
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+        record[label] = {"path": str(local.relative_to(job_dir)), "source": Path(e.source).name,
+                         "build_seconds": e.build_seconds, "extra": e.extra}
     atomic_write(built, json.dumps({"engines": record, "engine_cache": status}).encode(), force=True)
     return {"ok": "built", "engine_cache": status, "resumed": False}
 
@@ -82,15 +96,15 @@ def _measure(job_dir: Path, cache: Path) -> dict[str, Any]:
     backend = get_backend(target.backend)
     done = json.loads((job_dir / BUILT).read_text())
     engines = {label: Engine(path=job_dir / e["path"], backend=backend.name, target=target.name,
-                             source=job_dir / MODELS.get(label, MODELS["pruned"]),
+                             source=job_dir / e["source"],
                              build_seconds=float(e["build_seconds"]), extra=dict(e["extra"]))
                for label, e in done["engines"].items()}
     x, y = np.load(job_dir / job["data"]["x"]), np.load(job_dir / job["data"]["y"])
-    m = measure_pair(backend, engines, target, x, y, job_dir)
     board = probe()
+    m = measure_pair(backend, engines, target, x, y, job_dir, power_mode=board["power_mode"])
     m.engine_cache = done["engine_cache"]
     m.hostname = board["hostname"]
-    m.extra = {"power_mode": board["power_mode"], "probe": board}
+    m.extra["probe"] = board
     d = m.to_dict()
     # Paths relative to the job folder: the host pulls the folder's files into its run directory.
     for e in d["engines"].values():

@@ -28,6 +28,7 @@ from edgeprune.backends.base import Engine
 from edgeprune.errors import InputError
 from edgeprune.fileio import file_digest
 from edgeprune.measure.accuracy import agreement, predict, score
+from edgeprune.measure.power import measure_power
 from edgeprune.measure.timing import static_batch, tile_rows, time_interleaved
 
 if TYPE_CHECKING:
@@ -107,21 +108,31 @@ def engine_key(onnx_path: Path, stack: dict[str, str], target: Target) -> str:
 
 
 def build_engines(backend: Backend, onnx: dict[str, Path], target: Target, work: Path,
-                  cache: Path | None = None) -> tuple[dict[str, Engine], dict[str, str]]:
+                  cache: Path | None = None, quantized: dict[str, str] | None = None,
+                  ) -> tuple[dict[str, Engine], dict[str, str]]:
     """Build dense and pruned (and, for INT8, the pruned model in fp32) for ``target``.
 
-    With ``cache``, an engine whose key (`engine_key`) is already there is reused ("hit"); a new one
-    is built there, into a temporary folder renamed into place, so a cut run never leaves half of one."""
+    ``onnx["pruned_int8"]``: the pruned model quantised elsewhere already (a board has no onnx to
+    quantise with): the INT8 engine is built from it as it is, and ``quantized``, how it was
+    quantised, is recorded on it. With ``cache``, an engine whose key (`engine_key`) is already there
+    is reused ("hit"); a new one is built there, into a temporary folder renamed into place, so a cut
+    run never leaves half of one."""
     fp32 = fp32_of(target)
     plan = {"dense": (onnx["dense"], fp32), "pruned": (onnx["pruned"], target)}
     if target.build.precision == "int8":
         plan["pruned_fp32"] = (onnx["pruned"], fp32)
+        if "pruned_int8" in onnx:
+            plan["pruned"] = (onnx["pruned_int8"], fp32)
     engines, status = {}, {}
     for label, (src, tgt) in plan.items():
         if cache is None:
             engines[label], status[label] = backend.build(src, tgt, work / "engines" / label.replace("_", "-")), "miss"
             continue
         engines[label], status[label] = _cached_build(backend, src, tgt, cache)
+    if "pruned_int8" in onnx and "pruned_fp32" in plan:
+        e = engines["pruned"]
+        engines["pruned"] = replace(e, extra={**e.extra, **(quantized or {}), "precision": "int8",
+                                              "int8_onnx": Path(onnx["pruned_int8"]).name})
     return engines, status
 
 
@@ -146,8 +157,10 @@ def _cached_build(backend: Backend, src: Path, target: Target, cache: Path) -> t
 
 
 def measure_pair(backend: Backend, engines: dict[str, Engine], target: Target, x: np.ndarray, y: np.ndarray,
-                 work: Path, tick: Tick = _no_tick, metric: Callable | None = None) -> PairMeasurement:
-    """Time, evaluate and memory-probe built engines on the test data (x, y); see the module docstring.
+                 work: Path, tick: Tick = _no_tick, metric: Callable | None = None,
+                 power_mode: str | None = None) -> PairMeasurement:
+    """Time, evaluate and memory-probe built engines on the test data (x, y), and on a Jetson take each
+    model's power (`edgeprune.measure.power`, in the mode ``power_mode``); see the module docstring.
     ``metric``: the task's own score (--metric) in place of top-1."""
     run = target.run
     int8 = "pruned_fp32" in engines
@@ -184,6 +197,7 @@ def measure_pair(backend: Backend, engines: dict[str, Engine], target: Target, x
             tick(1)
     finally:
         sample.unlink(missing_ok=True)
+    power = measure_power(backend, engines, target, x, power_mode)
     return PairMeasurement(
         batch_sizes=batch_sizes, static_batch=static, times_ns=times,
         accuracy={k: score(v, y, metric) for k, v in logits.items()},
@@ -191,13 +205,19 @@ def measure_pair(backend: Backend, engines: dict[str, Engine], target: Target, x
         agreement_fp32=agreement(logits["pruned_fp32"], logits["pruned"]) if int8 else None,
         memory=memory, engines=engines, engine_cache={k: "miss" for k in engines},
         stack=backend.stack(target), samples=int(len(x)),
+        extra={"power_mode": power_mode, **({"power": power} if power else {})},
     )
 
 
 def measure_memory(engine: Engine, target: Target, sample_npy: Path | None = None, timeout: float = 300) -> dict:
-    """Run `python -m edgeprune.memprobe` on the engine in a fresh process; return its JSON."""
+    """Run `python -m edgeprune.memprobe` on the engine in a fresh process; return its JSON. A TensorRT
+    engine's memory is on the GPU: its device memory as the engine states it, and no host RSS, which
+    would measure the CUDA runtime rather than the model."""
+    if target.backend == "tensorrt":
+        return {"peak_rss_mb": None, "model_rss_mb": None,
+                "device_memory_bytes": int(engine.extra["device_memory_bytes"])}
     if target.backend != "onnxruntime":
-        raise InputError(f"peak memory is only measured for onnxruntime targets so far, not '{target.backend}'")
+        raise InputError(f"peak memory is only measured for onnxruntime and tensorrt targets, not '{target.backend}'")
     cmd = [
         sys.executable, "-m", "edgeprune.memprobe", str(engine.path),
         "--threads", str(target.build.threads), "--batch", "1",

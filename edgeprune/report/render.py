@@ -115,14 +115,41 @@ def summary_rows(report: Report) -> list[tuple[str, str, str, str]]:
                      f"max abs. logit diff {r.agreement.max_abs_logit_diff:.3g}"
                      + (f", cosine {r.agreement.cosine:.4f}" if r.agreement.cosine is not None else "")))
     rows += [
-        ("peak RSS (MB)", f"{d.peak_rss_mb:.1f}", f"{p.peak_rss_mb:.1f}", _x(q.peak_rss)),
-        ("model RSS above baseline (MB)", f"{d.model_rss_mb:.2f}", f"{p.model_rss_mb:.2f}", _x(q.model_rss)),
+    ]
+    if d.peak_rss_mb is not None and p.peak_rss_mb is not None:
+        rows += [("peak RSS (MB)", f"{d.peak_rss_mb:.1f}", f"{p.peak_rss_mb:.1f}", _x(q.peak_rss)),
+                 ("model RSS above baseline (MB)", f"{d.model_rss_mb:.2f}", f"{p.model_rss_mb:.2f}", _x(q.model_rss))]
+    rows += engine_rows(r)
+    rows += [
         ("file size", format_bytes(d.size_bytes), format_bytes(p.size_bytes), _x(q.size)),
         ("file size, xz", format_bytes(d.size_xz_bytes), format_bytes(p.size_xz_bytes), _x(q.size_xz)),
         ("params, nonzero", _count(d.params), _count(p.params), _x(q.params)),
         ("MACs executed, batch 1", _count(d.macs), _count(p.macs), _x(q.macs)),
     ]
     return rows
+
+
+def engine_rows(r: Report) -> list[tuple[str, str, str, str]]:
+    """TensorRT's engine memory and layers, and the power measured on the board, where the run has them."""
+    rows = []
+    f = r.engine_facts or {}
+    d, p = f.get("dense", {}), f.get("pruned", {})
+    if d.get("device_memory_bytes") is not None and p.get("device_memory_bytes") is not None:
+        rows.append(("engine device memory", format_bytes(d["device_memory_bytes"]), format_bytes(p["device_memory_bytes"]),
+                     _x(ratio(p["device_memory_bytes"], d["device_memory_bytes"]))))
+    if d.get("layers") is not None and p.get("layers") is not None:
+        rows.append(("engine layers (precisions)", f"{d['layers']} ({_precisions(d)})", f"{p['layers']} ({_precisions(p)})",
+                     _x(ratio(p["layers"], d["layers"]))))
+    models = (r.power or {}).get("models", {})
+    if "dense" in models and "pruned" in models:
+        e_d, e_p = models["dense"]["energy_mj_per_inference"], models["pruned"]["energy_mj_per_inference"]
+        rows.append(("energy per inference (mJ)", f"{e_d:.3g}", f"{e_p:.3g}", _x(ratio(e_p, e_d))))
+        rows.append(("mean power (W)", f"{models['dense']['mean_w']:.2f}", f"{models['pruned']['mean_w']:.2f}", ""))
+    return rows
+
+
+def _precisions(facts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted((facts.get("precisions") or {}).items())) or "?"
 
 
 def latency_rows(report: Report) -> list[tuple[str, ...]]:

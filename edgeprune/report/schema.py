@@ -144,14 +144,16 @@ class ModelSide:
     a dense backend multiplies by zeros, so zeroed weights do not lower them; removed neurons and
     channels do; None when they could not be counted (shape inference did not reach every
     compute node), so that no ratio is taken with a partial count. `latency_ms` is at the report's `latency_batch` (batch 1 unless the target does
-    not measure it). `accuracy` is top-1 in percent through the built engine.
+    not measure it). `accuracy` is top-1 in percent through the built engine; None where it was not
+    measured (a run collected from trtexec's files). `peak_rss_mb`/`model_rss_mb` are None where host
+    memory is not the engine's memory (TensorRT: see `Report.engine_facts`).
     """
 
     path: str
     sha256: str
     latency_ms: LatencyStats
-    peak_rss_mb: float
-    model_rss_mb: float
+    peak_rss_mb: float | None
+    model_rss_mb: float | None
     accuracy: float | None
     size_bytes: int
     size_xz_bytes: int
@@ -190,8 +192,8 @@ class ModelSide:
             path=str(d.get("path", "")),
             sha256=str(d.get("sha256", "")),
             latency_ms=LatencyStats.from_dict(d["latency_ms"]),
-            peak_rss_mb=float(d["peak_rss_mb"]),
-            model_rss_mb=float(d.get("model_rss_mb", 0.0)),
+            peak_rss_mb=_float_or_none(d["peak_rss_mb"]),
+            model_rss_mb=_float_or_none(d.get("model_rss_mb", 0.0)),
             accuracy=None if d.get("accuracy") is None else float(d["accuracy"]),
             size_bytes=int(d["size_bytes"]),
             size_xz_bytes=int(d.get("size_xz_bytes", 0)),
@@ -266,6 +268,12 @@ class Report:
     # stack (fingerprint of `stack`), power_mode}; and whether each engine came from the cache.
     device: dict[str, Any] | None = None
     engine_cache: dict[str, str] | None = None
+    # TensorRT: per engine ("dense", "pruned") {device_memory_bytes, layers, precisions, layer_types}:
+    # the engine's own memory and what the builder made of the network.
+    engine_facts: dict[str, dict[str, Any]] | None = None
+    # Jetson: {mean_w, energy_mj_per_inference, idle_w, rails, power_mode, models: {dense, pruned}};
+    # the top-level figures are the pruned model's, each model measured in a window of its own.
+    power: dict[str, Any] | None = None
 
     @property
     def ratios(self) -> Ratios:
@@ -336,6 +344,8 @@ class Report:
             "int8": self._int8_dict(),
             "device": dict(self.device) if self.device else None,
             "engine_cache": dict(self.engine_cache) if self.engine_cache else None,
+            "engine_facts": self.engine_facts,
+            "power": self.power,
         }
 
     def to_json(self) -> str:
@@ -370,6 +380,8 @@ class Report:
                 int8={k: v for k, v in d["int8"].items() if k not in _DERIVED_INT8} if d.get("int8") else None,
                 device=dict(d["device"]) if d.get("device") else None,
                 engine_cache=dict(d["engine_cache"]) if d.get("engine_cache") else None,
+                engine_facts=dict(d["engine_facts"]) if d.get("engine_facts") else None,
+                power=dict(d["power"]) if d.get("power") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"report is missing or has a malformed field: {e}") from None
@@ -402,6 +414,10 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or not b:
         return None
     return float(a) / float(b)
+
+
+def _float_or_none(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 def _per_s(batch: int, p50_ms: float) -> float:

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeprune.device import device_files
-from edgeprune.device.job import BUILT, DATA, JOB, MODELS, RESULT, job_dict
-from edgeprune.errors import InputError, RemoteError
+from edgeprune.device.job import BUILT, DATA, JOB, RESULT, job_dict
+from edgeprune.errors import RemoteError
 from edgeprune.fileio import atomic_write
 from edgeprune.run.ssh import SSHHost, remote_path
 from edgeprune.versions import version_in_range
@@ -94,16 +94,6 @@ def run_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def check_remote_target(target: Target) -> None:
-    """What a remote deploy cannot do yet, refused before the first export."""
-    if target.backend != "onnxruntime":
-        raise InputError(f"--host deploys to onnxruntime targets so far; {target.name} is a {target.backend} target "
-                         "(deploy without --host prepares the files for the board)")
-    if target.build.precision == "int8":
-        raise InputError("--host deploys fp32 builds so far (INT8 is quantised with onnx, which the board side "
-                         "does without); deploy int8 without --host")
-
-
 def _package_digest(files: dict[str, Path]) -> str:
     h = hashlib.sha256()
     for name, path in sorted(files.items()):
@@ -134,23 +124,40 @@ def _call_device(ssh: SSHHost, board: Board, command: str) -> dict[str, Any]:
 
 
 def _push(ssh: SSHHost, board: Board, pkg_files: dict[str, Path], pkg: str, job: str,
-          onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.ndarray) -> None:
+          onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.ndarray, run_dir: Path,
+          plans: dict[str, dict] | None) -> None:
+    onnx, int8, more = dict(onnx), None, {}
+    if plans is not None:
+        # TensorRT: the ONNX each plan parses (densified; Q/DQ on 11) and its calibration inputs, from the run
+        onnx = {label: run_dir / p["onnx"] for label, p in plans.items()}
+        more = {p["calibration"]["inputs"]: run_dir / p["calibration"]["inputs"]
+                for p in plans.values() if p.get("calibration")}
+    elif target.build.precision == "int8":
+        # quantised here as a local INT8 deploy quantises (the board has no onnx); the board builds it as it is
+        from edgeprune.backends.onnxruntime import OnnxRuntimeBackend
+
+        path, int8 = OnnxRuntimeBackend().quantize(onnx["pruned"], target, run_dir)
+        onnx["pruned_int8"] = path
+    spec = job_dict(target, int8, plans)
     with tempfile.TemporaryDirectory(prefix="ep-job-") as tmp:
         t = Path(tmp)
-        (t / JOB).write_text(json.dumps(job_dict(target), indent=1))
+        (t / JOB).write_text(json.dumps(spec, indent=1))
         np.save(t / DATA["x"], np.ascontiguousarray(x, dtype=np.float32))
         np.save(t / DATA["y"], np.asarray(y, dtype=np.int64))
         files = {f"pkg/{pkg}/{name}": path for name, path in pkg_files.items()}
-        files.update({f"jobs/{job}/{MODELS[k]}": onnx[k] for k in MODELS})
+        files.update({f"jobs/{job}/{name}": onnx[k] for k, name in spec["models"].items()})
+        files.update({f"jobs/{job}/{name}": path for name, path in more.items()})
         files.update({f"jobs/{job}/{name}": t / name for name in (JOB, DATA["x"], DATA["y"])})
         ssh.push(files, board.workdir)
 
 
 def deploy_remote(onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.ndarray, run_dir: Path,
-                  stages: RunStages, board: Board, *, method: str | None, sparsity: float | None) -> Report:
-    """Push, build and measure on ``board``, pull, and write the report into ``run_dir``."""
-    from edgeprune.measure.pair import PairMeasurement
+                  stages: RunStages, board: Board, *, method: str | None, sparsity: float | None,
+                  plans: dict[str, dict] | None = None) -> Report:
+    """Push, build and measure on ``board``, pull, and write the report into ``run_dir``. ``plans``:
+    a TensorRT target's engine plans (`trt_deploy.prepare_tensorrt`), which the board builds."""
     from edgeprune.profiling import report_from_measurement
+    from edgeprune.run.collect import read_result
     from edgeprune.report.write import write_report
 
     pkg_files = device_files()
@@ -162,7 +169,7 @@ def deploy_remote(onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.nd
                 f"test -f {remote_path(job_dir)}/{JOB} && test -d {remote_path(board.workdir)}/pkg/{pkg}",
                 check=False).returncode == 0
             if not pushed:
-                _push(ssh, board, pkg_files, pkg, job, onnx, target, x, y)
+                _push(ssh, board, pkg_files, pkg, job, onnx, target, x, y, run_dir, plans)
                 stages.mark("pushed")
             if "built" not in stages:
                 _call_device(ssh, board, _device_command(board, pkg, f"build jobs/{job}"))
@@ -170,15 +177,11 @@ def deploy_remote(onnx: dict[str, Path], target: Target, x: np.ndarray, y: np.nd
             if "measured" not in stages:
                 _call_device(ssh, board, _device_command(board, pkg, f"run jobs/{job}"))
                 stages.mark("measured")
-            ssh.pull(job_dir, [RESULT, BUILT, "engines"], run_dir)
+            ssh.pull(job_dir, [RESULT, BUILT, JOB, "engines"], run_dir)   # job.json: `collect` reads the run too
             stages.mark("pulled")
             # The job's inputs and outputs are here now; the board keeps only its engine cache.
             ssh.run(f"rm -rf {remote_path(job_dir)}", check=False)
-    d = json.loads((run_dir / RESULT).read_text())
-    for e in d["engines"].values():
-        e["path"] = str(run_dir / e["path"])
-        e["source"] = str(run_dir / Path(e["source"]).name)
-    m = PairMeasurement.from_dict(d, target.backend, target.name)
+    m = read_result(run_dir, target)
     report = report_from_measurement(m, onnx["dense"], onnx["pruned"], target, method=method, sparsity=sparsity,
                                      host=board.host)
     report.notes.insert(0, f"Measured on {m.hostname} (reached as {board.host} over SSH); engines built there, "
