@@ -497,14 +497,14 @@ def recorded_data(*onnx_paths: Path) -> tuple[str, dict | None]:
 
 
 def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDataset, out_dir: Path | None, *,
-             method: str | None, sparsity: float | None, force: bool, progress: bool):
+             method: str | None, sparsity: float | None, force: bool, progress: bool, engine_cache: Path | None = None):
     from .profiling import profile_pair
     from .report.write import write_report
 
     if out_dir:
         work = _prepare_dir(out_dir, force)
         report = profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
-                              method=method, sparsity=sparsity, progress=progress)
+                              method=method, sparsity=sparsity, progress=progress, engine_cache=engine_cache)
         write_report(report, work)
         return report
     work = Path(tempfile.mkdtemp(prefix="edgeprune-"))   # engines are built somewhere, then thrown away
@@ -519,7 +519,8 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
            data: DataOptions | None = None, opset: int | None = None, consent: Consent | None = None,
            force: bool = False, progress: bool = True, precision: str | None = None,
            calibration: str | None = None, targets_dir: TargetsDir = None, host: str | None = None,
-           ssh_config: str | Path | None = None, device_python: str | None = None):
+           ssh_config: str | Path | None = None, device_python: str | None = None,
+           engine_cache: Path | None = None):
     """Export dense and pruned models, build engines for ``target``, profile both, write the run directory.
 
     ``opset`` defaults to the highest the target reads, at most DEFAULT_OPSET; above what it reads is an
@@ -532,6 +533,7 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     inputs for the device, and the engines built and timed here when TensorRT is installed.
     ``host`` (or the target's ``[device] ssh``): build and measure on that board over SSH
     (`edgeprune.run.remote`); a repeated call after a fault resumes at the first unfinished stage.
+    ``engine_cache``: a folder where engines built here are kept and reused (a board keeps its own).
     """
     from dataclasses import replace
 
@@ -614,7 +616,7 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         return prepare_tensorrt(onnx, tgt, out_dir, calibration=calibration, test=te)
     return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir,
                     method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
-                    force=True, progress=progress)
+                    force=True, progress=progress, engine_cache=engine_cache)
 
 
 def _target_opset(ceiling: int | None, opset: int | None, target: str) -> int:
