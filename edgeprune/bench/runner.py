@@ -99,13 +99,13 @@ def run_bench(config: BenchConfig, history_path: str | Path, *, trust_code: bool
     ``trust_code`` / ``arches``: the user's consent (--trust-code, --arch) for code the config names.
     ``cache_dir`` defaults to `default_cache`. ``reuse``: copy a cell's latest result whose compressed
     model digest, target and stack match instead of measuring it."""
-    from edgeprune.bench.regress import Thresholds, assess
-
     t0 = time.perf_counter()
     require_consent(config, trust_code, arches)
     history_path = Path(history_path)
     cache = Path(cache_dir) if cache_dir is not None else default_cache(history_path)
     fingerprints = _preflight(config)
+    from edgeprune.bench.regress import Thresholds, assess
+
     with History(history_path) as history:
         run_id = history.unfinished_run(config.digest)
         resumed = run_id is not None
