@@ -37,7 +37,7 @@ from edgeprune.errors import EdgepruneError, InputError, UnsafeFileError
 BENCH_KEYS = {"data", "data_dir", "finetune_epochs", "limit", "test_limit", "targets_dir", "floors"}
 MODEL_KEYS = {"name", "path", "arch", "arch_kwargs", "input_shape"}
 METHOD_KEYS = {"method", "granularity", "sparsities", "scope", "schedule", "finetune_epochs"}
-TARGET_KEYS = {"name", "host"}
+TARGET_KEYS = {"name", "host", "ssh_config", "python"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,8 @@ class MethodEntry:
 class TargetEntry:
     name: str
     host: str | None = None                  # None: this machine (or the target's own [device] ssh)
+    ssh_config: Path | None = None           # an ssh config file for the host (default: ~/.ssh/config)
+    python: str | None = None                # the board's python (default: the target's [device] python)
 
 
 @dataclass
@@ -308,5 +310,10 @@ class _Reader:
             load_target(name, targets_dir)
         except EdgepruneError as e:
             raise self.fail(f"{where} name", str(e)) from None
-        host = t.get("host")
-        return TargetEntry(name, None if host is None else self.text(host, f"[[targets]] {name} host"))
+        host, python, ssh = t.get("host"), t.get("python"), t.get("ssh_config")
+        if ssh is not None:
+            ssh = self.root / Path(self.text(ssh, f"[[targets]] {name} ssh_config")).expanduser()
+            if not ssh.is_file():
+                raise self.fail(f"[[targets]] {name} ssh_config", f"no file {ssh}")
+        return TargetEntry(name, None if host is None else self.text(host, f"[[targets]] {name} host"), ssh,
+                           None if python is None else self.text(python, f"[[targets]] {name} python"))

@@ -153,6 +153,10 @@ def _preflight(config: BenchConfig) -> dict[str, str | None]:
     fps: dict[str, str | None] = {}
     for t in config.targets:
         tgt = load_target(t.name, config.targets_dir)
+        if tgt.backend != "onnxruntime":
+            # a TensorRT deploy prepares engines and trtexec commands but writes no report.json yet
+            raise InputError(f"{config.path}: [[targets]] {t.name}: bench measures onnxruntime targets so far; "
+                             f"{t.name} is a {tgt.backend} target")
         if t.host or tgt.ssh:
             check_remote_target(tgt)
             fps[t.name] = None
@@ -316,7 +320,6 @@ def _measure(plan: _Plan, jobs: list[_Job], history: History, run_id: int, displ
 def _measure_cell(plan: _Plan, job: _Job) -> CellResult:
     from edgeprune import api
     from edgeprune.model_io import Consent
-    from edgeprune.report.schema import Report
 
     config = plan.config
     cell, model = job.cell, config.model(job.cell.model)
@@ -325,10 +328,7 @@ def _measure_cell(plan: _Plan, job: _Job) -> CellResult:
     report = api.deploy(job.compressed, cell.target, out, baseline_path=model.path, data=_data(config, False),
                         consent=Consent(code=plan.trust_code, arch=model.arch), force=_fresh(out),
                         progress=False, targets_dir=config.targets_dir, host=target.host,
-                        engine_cache=plan.cache / "engines")
-    if not isinstance(report, Report):
-        raise InputError(f"target {cell.target} was not measured (TensorRT is not installed here): run the bench on "
-                         "the board, or name it with host =")
+                        ssh_config=target.ssh_config, device_python=target.python, engine_cache=plan.cache / "engines")
     result = cell_result(cell, report.to_dict(), job.model_digest, job.compressed_digest, job.attempt)
     shutil.rmtree(out, ignore_errors=True)   # the history keeps report.json; engines stay in the cache
     return result
