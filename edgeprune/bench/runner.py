@@ -127,6 +127,8 @@ def run_bench(config: BenchConfig, history_path: str | Path, *, trust_code: bool
                         display.done(cell, "reused")
             _measure(plan, [plan.jobs[c.id] for c in todo], history, run_id, display)
             verdict = assess(history, run_id, thresholds or Thresholds(), config.floors or None)
+            # a suspect the interrupted run measured has no job yet: its compression is a cache hit
+            _compress_all(plan, [c for c in config.cells if c.id in verdict.suspects and c.id not in plan.jobs], display)
             again = [plan.jobs[cid] for cid in verdict.suspects if cid in plan.jobs]
             if again:
                 display.more(len(again), "suspects, once more")
@@ -405,5 +407,6 @@ class _Display:
             self.progress.update(self.task, advance=1)
 
     def more(self, n: int, why: str) -> None:
+        self.total += n
         if self.enabled:
-            self.progress.update(self.task, total=self.progress.tasks[self.task].total + n, description=f"cells ({why})")
+            self.progress.update(self.task, total=self.total, description=f"cells ({why})")
