@@ -183,3 +183,15 @@ def test_a_board_measurement_carries_rounds_and_per_sample_correctness(tmp_path)
                         correct=packed, eval_digest=eval_digest(x, y))
     back = PairMeasurement.from_dict(json.loads(json.dumps(m.to_dict())), "onnxruntime", "t")
     assert (back.correct, back.eval_digest) == (m.correct, m.eval_digest)
+
+
+def test_a_cell_a_model_cannot_take_is_one_line_naming_the_cell(tmp_path, capsys, models):
+    """32 neurons at a channel multiple of 16 cannot lose 90 % of them: exit 2, the cell named, nothing recorded."""
+    cfg = make_config(tmp_path / "cfg", models["narrow"], sparsities=(0.9,))
+    cfg.write_text(cfg.read_text().replace('method = "magnitude"', 'method = "magnitude"\ngranularity = "channel"'))
+    db = tmp_path / "bench.sqlite"
+    code = main(["bench", str(cfg), "--history", str(db)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: mlp/magnitude/channel/0.9/quick-cpu: ") and err.count("\n") == 1, err
+    with History(db) as h:
+        assert h.results() == [] and h.runs()[0]["finished"] is None

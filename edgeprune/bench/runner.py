@@ -35,7 +35,7 @@ from typing import Any
 from edgeprune import __version__
 from edgeprune.bench.config import BenchConfig, Cell, require_consent
 from edgeprune.bench.history import CellResult, History
-from edgeprune.errors import InputError
+from edgeprune.errors import EdgepruneError, InputError
 from edgeprune.fileio import file_digest
 
 LOCAL = "this machine"
@@ -204,7 +204,10 @@ def _compress_all(plan: _Plan, cells: list[Cell], display: _Display) -> dict[str
         if model.path not in digests:
             digests[model.path] = file_digest(model.path)
         display.status(LOCAL, f"compress {cell.id}")
-        path, hit = _compressed(plan, cell, digests[model.path])
+        try:
+            path, hit = _compressed(plan, cell, digests[model.path])
+        except EdgepruneError as e:
+            raise _of_cell(cell, e) from None
         counts["hit" if hit else "miss"] += 1
         plan.jobs[cell.id] = _Job(cell, path, digests[model.path], file_digest(path))
     return counts
@@ -308,7 +311,7 @@ def _measure(plan: _Plan, jobs: list[_Job], history: History, run_id: int, displ
                 history.record(run_id, value)
                 display.done(job.cell, "measured")
             elif kind == "error":
-                error = error or value
+                error = error or (_of_cell(job.cell, value) if isinstance(value, EdgepruneError) else value)
             else:
                 running -= 1
                 display.status(board, None)
@@ -334,6 +337,11 @@ def _measure_cell(plan: _Plan, job: _Job) -> CellResult:
     result = cell_result(cell, report.to_dict(), job.model_digest, job.compressed_digest, job.attempt)
     shutil.rmtree(out, ignore_errors=True)   # the history keeps report.json; engines stay in the cache
     return result
+
+
+def _of_cell(cell: Cell, e: EdgepruneError) -> EdgepruneError:
+    """The user's error, saying which cell it came from."""
+    return type(e)(f"{cell.id}: {e}")
 
 
 def _fresh(out: Path) -> bool:
@@ -372,7 +380,10 @@ class _Display:
     """A rich progress display on stderr: cells done out of all, and what each board is doing."""
 
     def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled, self.total, self.done_count = enabled, total, done
+        from edgeprune.progress import console
+
+        # off a terminal (CI logs, pipes) a live display only adds blank lines around the error line
+        self.enabled, self.total, self.done_count = enabled and console.is_terminal, total, done
         self.boards: dict[str, Any] = {}
 
     def __enter__(self) -> _Display:
