@@ -252,10 +252,24 @@ def render_limit(results: Path) -> list[str]:
         "", source_line("limit.json", rec)]
 
 
+def render_nightly(results: Path) -> list[str]:
+    rec = load("nightly.json", results)
+    s, load_avg, second = rec["seconds"], rec["load_average"], rec["second_run"]
+    rows = [["train the two models", f"{s['train_models']:.0f} s", ""],
+            [f"first bench: {rec['cells']} cells compressed, deployed, measured", f"{s['first_bench']:.0f} s",
+             f"{load_avg['after_first'][0]:.1f}"],
+            ["`make bench-nightly` from nothing, in all", f"{s['make_bench_nightly']:.0f} s", ""],
+            [f"second bench, `--reuse-measurements` ({second['reused']} reused, {second['measured']} measured)",
+             f"{s['second_bench_reuse']:.1f} s", f"{load_avg['end'][0]:.1f}"]]
+    return table(["step", "wall time", "load average after it (1 min)"], "lrr", rows) + [
+        "", source_line("nightly.json", rec)]
+
+
 BLOCKS: dict[str, Callable[[Path], list[str]]] = {
     "e2e": render_e2e, "e2e-peers": render_e2e_peers, "e2e-seeds": render_e2e_seeds,
     "methods": render_methods, "methods-vs-magnitude": render_methods_vs_magnitude,
     "int8": render_int8, "activation": render_activation, "spectral": render_spectral, "limit": render_limit,
+    "nightly": render_nightly,
 }
 
 
