@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -596,9 +597,11 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         onnx = {name: out_dir / f"{name}.onnx" for name in ("dense", "pruned")}
     else:
         recorded = data.recorded()
-        exports = {name: export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset, check_inputs=parity[name],
-                                     force=True, data=recorded["data"], preprocess=recorded["preprocess"], batch=batch)
-                   for name, loaded in (("dense", dense), ("pruned", pruned))}
+        with _EXPORT_LOCK:
+            exports = {name: export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset, check_inputs=parity[name],
+                                         force=True, data=recorded["data"], preprocess=recorded["preprocess"],
+                                         batch=batch)
+                       for name, loaded in (("dense", dense), ("pruned", pruned))}
         onnx = {k: e.path for k, e in exports.items()}
     meta = pruned.checkpoint.meta
     if stages is not None:
@@ -617,6 +620,11 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir,
                     method=str(meta.get("method", "dense")), sparsity=float(meta.get("sparsity", 0.0)),
                     force=True, progress=progress, engine_cache=engine_cache)
+
+
+# torch's exporter traces under process-wide state (dynamo, fake tensor modes): `edgeprune bench`
+# deploys to several boards from threads, and their exports take turns.
+_EXPORT_LOCK = threading.Lock()
 
 
 def _target_opset(ceiling: int | None, opset: int | None, target: str) -> int:

@@ -195,3 +195,52 @@ def test_a_cell_a_model_cannot_take_is_one_line_naming_the_cell(tmp_path, capsys
     assert code == 2 and err.startswith("error: mlp/magnitude/channel/0.9/quick-cpu: ") and err.count("\n") == 1, err
     with History(db) as h:
         assert h.results() == [] and h.runs()[0]["finished"] is None
+
+
+def test_boards_run_in_parallel_never_two_cells_on_one_board(tmp_path, monkeypatch, models):
+    """Two 'boards' (two sshds on loopback, each with its own workdir) through the device pipeline:
+    one worker per board, so a board's cells never overlap while the boards measure side by side."""
+    from edgeprune.bench import runner
+    from edgeprune.bench.runner import run_bench
+
+    from . import sshd as sshd_mod
+    from .test_run_remote import board_python
+
+    if not sshd_mod.available():
+        pytest.skip("openssh-server not installed")
+    cfg = make_config(tmp_path / "cfg", models["narrow"])
+    python = board_python(tmp_path)
+    boards = [sshd_mod.make_sshd(tmp_path / f"sshd-{n}", alias=f"board-{n}").start() for n in "ab"]
+    try:
+        quick = (cfg.parent / "targets" / "quick-cpu.toml").read_text()
+        targets = ""
+        for b in boards:
+            (cfg.parent / "targets" / f"{b.alias}.toml").write_text(quick + f'\n[device]\nworkdir = "{tmp_path / b.alias}"\n')
+            targets += f'\n[[targets]]\nname = "{b.alias}"\nhost = "{b.alias}"\nssh_config = "{b.ssh_config}"\npython = "{python}"\n'
+        cfg.write_text(cfg.read_text().split("[[targets]]")[0] + targets)
+        spans: dict[str, list[tuple[float, float]]] = {}
+        measure = runner._measure_cell
+
+        def timed(plan, job):
+            t0 = time.monotonic()
+            try:
+                return measure(plan, job)
+            finally:
+                spans.setdefault(job.cell.target, []).append((t0, time.monotonic()))
+
+        monkeypatch.setattr(runner, "_measure_cell", timed)
+        r = run_bench(load_config(cfg), tmp_path / "bench.sqlite", progress=False)
+    finally:
+        for b in boards:
+            b.stop()
+    assert (r.measured, r.exit_code) == (4, 0)
+    with History(tmp_path / "bench.sqlite") as h:
+        rows = h.results(run_id=r.run_id)
+    assert sorted((row["cell"]["target"], row["report"]["device"]["host"]) for row in rows) == \
+        [("board-a", "board-a")] * 2 + [("board-b", "board-b")] * 2
+    assert all(row["report"]["evaluation"] and len(row["rounds_ms"]) == 20 for row in rows)
+    for board, s in spans.items():
+        (a0, a1), (b0, b1) = sorted(s)
+        assert a1 <= b0, f"two cells on {board} at once"
+    (a, b) = (sorted(spans["board-a"]), sorted(spans["board-b"]))
+    assert a[0][0] < b[-1][1] and b[0][0] < a[-1][1]   # the two boards' work overlapped in time
