@@ -126,3 +126,17 @@ bench-limit: install data
 .PHONY: bench-methods
 bench-methods: install data
 	$(BIN)/python benchmarks/bench_methods.py --out benchmarks/results
+
+# The nightly matrix (examples/nightly.toml: 2 models x 3 methods x 3 sparsities on host-cpu) into
+# runs/nightly/bench.sqlite; the models are trained once on digits. Exit 1 when a regression stands.
+# benchmarks/bench_nightly.py times it and a second run with --reuse-measurements (nightly.json).
+NIGHTLY := runs/nightly
+$(NIGHTLY)/mlp.pt: | $(STAMP)
+	$(BIN)/edgeprune train --arch zoo:lenet300 --data digits --epochs 10 -o $@ --force
+$(NIGHTLY)/cnn.pt: | $(STAMP)
+	$(BIN)/edgeprune train --arch zoo:lenet5 --data digits --epochs 30 -o $@ --force
+.PHONY: bench-nightly bench-nightly-figures
+bench-nightly: install $(NIGHTLY)/mlp.pt $(NIGHTLY)/cnn.pt
+	$(BIN)/edgeprune bench examples/nightly.toml --history $(NIGHTLY)/bench.sqlite
+bench-nightly-figures: install
+	$(BIN)/python benchmarks/bench_nightly.py --out benchmarks/results

@@ -287,6 +287,17 @@ def render_ddp(results: Path) -> list[str]:
     return table(["granularity", "1 process: test % by seed (mean ± std)", "2 ranks: test % by seed (mean ± std)",
                   "2 ranks − 1, paired (95 % CI)", "runs whose ranks held the saved masks", "output files per run"],
                  "lrrlrl", rows) + ["", source_line("ddp.json", rec)]
+def render_nightly(results: Path) -> list[str]:
+    rec = load("nightly.json", results)
+    s, load_avg, second = rec["seconds"], rec["load_average"], rec["second_run"]
+    rows = [["train the two models", f"{s['train_models']:.0f} s", ""],
+            [f"first bench: {rec['cells']} cells compressed, deployed, measured", f"{s['first_bench']:.0f} s",
+             f"{load_avg['after_first'][0]:.1f}"],
+            ["`make bench-nightly` from nothing, in all", f"{s['make_bench_nightly']:.0f} s", ""],
+            [f"second bench, `--reuse-measurements` ({second['reused']} reused, {second['measured']} measured)",
+             f"{s['second_bench_reuse']:.1f} s", f"{load_avg['end'][0]:.1f}"]]
+    return table(["step", "wall time", "load average after it (1 min)"], "lrr", rows) + [
+        "", source_line("nightly.json", rec)]
 
 
 BLOCKS: dict[str, Callable[[Path], list[str]]] = {
@@ -295,6 +306,7 @@ BLOCKS: dict[str, Callable[[Path], list[str]]] = {
     "int8": render_int8, "activation": render_activation, "spectral": render_spectral, "limit": render_limit,
     "false-alarms": render_false_alarms,
     "ddp": render_ddp,
+    "nightly": render_nightly,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -577,14 +578,15 @@ def recorded_data(*onnx_paths: Path) -> tuple[str, dict | None]:
 
 
 def _profile(baseline_onnx: Path, pruned_onnx: Path, tgt: Target, te: ArrayDataset, out_dir: Path | None, *,
-             method: str | None, sparsity: float | None, force: bool, progress: bool):
+             method: str | None, sparsity: float | None, force: bool, progress: bool, engine_cache: Path | None = None):
     from .profiling import profile_pair
     from .report.write import write_report
 
     if out_dir:
         work = _prepare_dir(out_dir, force)
         report = profile_pair(Path(baseline_onnx), Path(pruned_onnx), tgt, te.x, te.y, work,
-                              method=method, sparsity=sparsity, progress=progress, metric=te.metric)
+                              method=method, sparsity=sparsity, progress=progress, metric=te.metric,
+                              engine_cache=engine_cache)
         write_report(report, work)
         return report
     work = Path(tempfile.mkdtemp(prefix="edgeprune-"))   # engines are built somewhere, then thrown away
@@ -599,7 +601,8 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
            data: DataOptions | None = None, opset: int | None = None, consent: Consent | None = None,
            force: bool = False, progress: bool = True, precision: str | None = None,
            calibration: str | None = None, targets_dir: TargetsDir = None, host: str | None = None,
-           ssh_config: str | Path | None = None, device_python: str | None = None):
+           ssh_config: str | Path | None = None, device_python: str | None = None,
+           engine_cache: Path | None = None):
     """Export dense and pruned models, build engines for ``target``, profile both, write the run directory.
 
     ``opset`` defaults to the highest the target reads, at most DEFAULT_OPSET; above what it reads is an
@@ -613,6 +616,7 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
     whose outputs `collect` turns into the report.
     ``host`` (or the target's ``[device] ssh``): build and measure on that board over SSH
     (`edgeprune.run.remote`); a repeated call after a fault resumes at the first unfinished stage.
+    ``engine_cache``: a folder where engines built here are kept and reused (a board keeps its own).
     """
     from dataclasses import replace
 
@@ -674,9 +678,11 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         onnx = {name: out_dir / f"{name}.onnx" for name in ("dense", "pruned")}
     else:
         recorded = data.recorded()
-        exports = {name: export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset, check_inputs=parity[name],
-                                     force=True, data=recorded["data"], preprocess=recorded["preprocess"], batch=batch)
-                   for name, loaded in (("dense", dense), ("pruned", pruned))}
+        with _EXPORT_LOCK:
+            exports = {name: export_onnx(loaded, out_dir / f"{name}.onnx", opset=opset, check_inputs=parity[name],
+                                         force=True, data=recorded["data"], preprocess=recorded["preprocess"],
+                                         batch=batch)
+                       for name, loaded in (("dense", dense), ("pruned", pruned))}
         onnx = {k: e.path for k, e in exports.items()}
     meta = pruned.checkpoint.meta
     if stages is not None:
@@ -710,7 +716,12 @@ def deploy(pruned_path: Path, target: str, out_dir: Path, *, baseline_path: Path
         write_report(report, out_dir)
         return report
     return _profile(onnx["dense"], onnx["pruned"], tgt, te, out_dir, method=method, sparsity=sparsity,
-                    force=True, progress=progress)
+                    force=True, progress=progress, engine_cache=engine_cache)
+
+
+# torch's exporter traces under process-wide state (dynamo, fake tensor modes): `edgeprune bench`
+# deploys to several boards from threads, and their exports take turns.
+_EXPORT_LOCK = threading.Lock()
 
 
 def _load_baseline(path: Path, pruned: LoadedModel, consent: Consent | None) -> LoadedModel:

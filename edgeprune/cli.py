@@ -686,6 +686,44 @@ def report_cmd(
               f"{len(s.new_segments)} new stack segments", highlight=False, soft_wrap=True)
 
 
+@app.command()
+def bench(
+    config: Path = typer.Argument(..., help="Bench config (.toml): models, methods, sparsities, targets "
+                                  "(examples/nightly.toml)."),
+    history: Path = typer.Option(..., "--history", help="SQLite history file (created if missing); every run is "
+                                 "recorded into it and judged against it."),
+    reuse: bool = typer.Option(False, "--reuse-measurements", help="Copy a cell's last result when its compressed "
+                               "model, target and stack are unchanged, instead of measuring it again."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Folder for compressed models and built engines "
+                                         "(default: HISTORY.cache beside the history file)."),
+    trust_code: bool = typer.Option(False, "--trust-code", help="Allow the config to import and run the code it "
+                                    "names (an arch other than zoo:, a data function)."),
+    arch: Optional[list[str]] = typer.Option(None, "--arch", help="A package.module:factory the config may name "
+                                             "and you expect (repeatable): allows running that one."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure every cell of a benchmark matrix into a history and flag regressions.
+
+    Exit code 0: no regression; 1: a regression stands; 2: bad input.
+    Example: edgeprune bench examples/nightly.toml --history bench.sqlite
+    """
+    from .bench.config import load_config
+    from .bench.runner import run_bench
+
+    r = run_bench(load_config(config), history, trust_code=trust_code, arches=arch or (), cache_dir=cache,
+                  reuse=reuse, progress=not as_json)
+    if as_json:
+        _emit_json(r.to_dict())
+    else:
+        how = [f"{r.measured} measured", f"{r.reused} reused"] + ([f"{r.already} from the interrupted run"]
+                                                                    if r.resumed else [])
+        out.print(f"run {r.run_id}{' (resumed)' if r.resumed else ''}: {r.cells} cells, {', '.join(how)}"
+                  + (f", {len(r.remeasured)} suspects measured again" if r.remeasured else "")
+                  + f"; compressions {r.compressions['hit']} cached, {r.compressions['miss']} new; {r.seconds:.0f} s")
+        out.print(r.verdict.table())
+    raise typer.Exit(r.exit_code)
+
+
 # Click's base class of usage errors, bad values and unreadable files. Recent Typer (0.29 here) runs on a copy
 # of Click in a private module (typer._click) and older Typer on the click package; both export
 # Click's BadParameter as the public `typer.BadParameter`, so the base class is taken from it. An

@@ -23,6 +23,7 @@ from edgeprune.device.probe import power_mode
 from edgeprune.errors import InputError, ShapeError
 from edgeprune.fileio import file_digest
 from edgeprune.measure.pair import PairMeasurement, build_engines, measure_pair, stack_fingerprint
+from edgeprune.measure.timing import round_medians
 from edgeprune.measure.verdict import latency_notes, noise_band
 from edgeprune.onnx_stats import ModelStats, model_stats, read_metadata, xz_size
 from edgeprune.progress import progress_bar
@@ -46,13 +47,15 @@ def profile_pair(
     progress: bool = True,
     metric: Callable | None = None,
     engines: dict[str, Engine] | None = None,
+    engine_cache: Path | None = None,
 ) -> Report:
     """Build both models for `target`, measure them side by side on real data (x, y), and return
     the report (not yet written: see `edgeprune.report.write_report`). `metric`: the task's own
     score (--metric, recorded in a checkpoint) in place of top-1 accuracy.
 
     ``engines``: built already (deploy builds TensorRT plans it prepared and checked itself); without
-    them the models are checked against the target here, then built."""
+    them the models are checked against the target here, then built. ``engine_cache``: a folder
+    where built engines are kept and reused (`measure.pair.build_engines`)."""
     dense_onnx, pruned_onnx, work = Path(dense_onnx), Path(pruned_onnx), Path(work_dir)
     backend = get_backend(target.backend)
     if engines is None:
@@ -63,7 +66,8 @@ def profile_pair(
     steps = n_models + len(target.run.batch_sizes) * target.run.iterations + 2 * n_models + 1
     with progress_bar("building engines", total=steps, enabled=progress) as tick:
         if engines is None:
-            engines, cache = build_engines(backend, {"dense": dense_onnx, "pruned": pruned_onnx}, target, work)
+            engines, cache = build_engines(backend, {"dense": dense_onnx, "pruned": pruned_onnx}, target, work,
+                                           engine_cache)
         else:
             cache = {k: "miss" for k in engines}
         tick(n_models)
@@ -104,7 +108,8 @@ def report_from_measurement(m: PairMeasurement, dense_onnx: Path, pruned_onnx: P
     for bs, times in m.times_ns.items():
         stats = [LatencyStats.from_ns(t, run.percentiles) for t in times]
         latency[bs] = BatchLatency(batch=bs, dense=stats[0], control=stats[1], pruned=stats[2],
-                                   pruned_fp32=stats[3] if int8 else None)
+                                   pruned_fp32=stats[3] if int8 else None,
+                                   rounds_ms={"dense": round_medians(times[0]), "pruned": round_medians(times[2])})
         rounds[str(bs)] = len(times[0])
     st_d, st_p = model_stats(dense_onnx), model_stats(pruned_onnx)
     meta = read_metadata(pruned_onnx)
@@ -159,6 +164,8 @@ def report_from_measurement(m: PairMeasurement, dense_onnx: Path, pruned_onnx: P
         report.engine_facts = {k: _engine_facts(m.engines[k], m.memory[k]) for k in ("dense", "pruned")}
     if m.extra.get("power"):
         report.power = m.extra["power"]
+    if m.correct is not None:
+        report.evaluation = {"samples": m.samples, "digest": m.eval_digest, "pruned_correct": m.correct}
     if int8:
         report.pruned_fp32 = _side(pruned_onnx, fp32_engine, latency[ref].pruned_fp32, mem_f, acc["pruned_fp32"], st_p)
         report.int8 = {**_quantization(pruned_engine), "agreement_with_fp32": m.agreement_fp32}

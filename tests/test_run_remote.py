@@ -132,6 +132,9 @@ def test_remote_deploy_reports_like_a_local_one_and_reuses_engines(tmp_path, mod
     assert rd["dense"]["accuracy"] == ld["dense"]["accuracy"] and rd["pruned"]["accuracy"] == ld["pruned"]["accuracy"]
     assert rd["ratios"]["macs"] == pytest.approx(ld["ratios"]["macs"]) and rd["ratios"]["macs"] < 0.8
     assert rd["dense"]["peak_rss_mb"] > 0 and rd["latency"]["1"]["dense"]["n"] == 30
+    # what a bench history needs comes back from the board too: per-sample correctness, per-round medians
+    assert rd["evaluation"] == ld["evaluation"] and rd["evaluation"]["samples"] == rd["agreement"]["samples"]
+    assert len(rd["latency"]["1"]["rounds_ms"]["pruned"]) == 20
     for e in rd["run"]["engines"].values():                       # the engines came back into the run directory
         assert Path(e).is_file() and Path(e).is_relative_to(tmp_path / "remote")
     assert stages(tmp_path / "remote") == ["exported", "pushed", "built", "measured", "pulled", "reported"]

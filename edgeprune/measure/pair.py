@@ -10,6 +10,7 @@ on the host (`edgeprune.profiling`).
 
 from __future__ import annotations
 
+import base64
 import gc
 import hashlib
 import json
@@ -60,6 +61,10 @@ class PairMeasurement:
     samples: int
     hostname: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    # The pruned engine's per-sample correctness (base64 of np.packbits, in sample order) and a digest
+    # of the evaluation set: the paired samples a McNemar test between two runs needs.
+    correct: str | None = None
+    eval_digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,7 +75,7 @@ class PairMeasurement:
             "engines": {k: {"path": str(e.path), "source": str(e.source), "build_seconds": e.build_seconds,
                             "extra": e.extra, "bytes": Path(e.path).stat().st_size} for k, e in self.engines.items()},
             "engine_cache": self.engine_cache, "stack": self.stack, "samples": self.samples,
-            "hostname": self.hostname, "extra": self.extra,
+            "hostname": self.hostname, "extra": self.extra, "correct": self.correct, "eval_digest": self.eval_digest,
         }
 
     @classmethod
@@ -85,6 +90,7 @@ class PairMeasurement:
                      for k, e in d["engines"].items()},
             engine_cache=dict(d["engine_cache"]), stack=dict(d["stack"]), samples=int(d["samples"]),
             hostname=str(d.get("hostname", "")), extra=dict(d.get("extra", {})),
+            correct=d.get("correct"), eval_digest=d.get("eval_digest"),
         )
 
 
@@ -205,8 +211,25 @@ def measure_pair(backend: Backend, engines: dict[str, Engine], target: Target, x
         agreement_fp32=agreement(logits["pruned_fp32"], logits["pruned"]) if int8 else None,
         memory=memory, engines=engines, engine_cache={k: "miss" for k in engines},
         stack=backend.stack(target), samples=int(len(x)),
+        # per-sample top-1 correctness (what McNemar pairs) only where top-1 is the score
+        correct=packed_correct(logits["pruned"], y) if metric is None else None, eval_digest=eval_digest(x, y),
         extra={"power_mode": power_mode, **({"power": power} if power else {})},
     )
+
+
+def packed_correct(logits: np.ndarray, y: np.ndarray) -> str:
+    """Which samples the model got right (top-1), one bit each: base64 of np.packbits."""
+    right = logits.reshape(len(logits), -1).argmax(axis=1) == np.asarray(y)
+    return base64.b64encode(np.packbits(right).tobytes()).decode("ascii")
+
+
+def eval_digest(x: np.ndarray, y: np.ndarray) -> str:
+    """Names an evaluation set by its contents (shape, dtype, bytes): per-sample results compare only within one."""
+    h = hashlib.sha256()
+    for a in (np.ascontiguousarray(x), np.ascontiguousarray(y)):
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:32]
 
 
 def measure_memory(engine: Engine, target: Target, sample_npy: Path | None = None, timeout: float = 300) -> dict:

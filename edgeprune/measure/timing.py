@@ -81,3 +81,14 @@ def static_batch(session: Any) -> int | None:
     if shape and isinstance(shape[0], int) and shape[0] > 0:
         return int(shape[0])
     return None
+
+
+ROUNDS = 20
+
+
+def round_medians(samples_ns: np.ndarray, rounds: int = ROUNDS) -> list[float]:
+    """The timed series cut into ``rounds`` consecutive stretches, the median of each in ms: samples
+    that are close to independent (a single run's times are autocorrelated by clocks and cache state),
+    which is what a rank test between two runs needs (`edgeprune.bench.regress`)."""
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    return [float(np.median(part)) for part in np.array_split(ms, min(rounds, len(ms))) if len(part)]

@@ -87,6 +87,9 @@ class BatchLatency:
     control: LatencyStats
     pruned: LatencyStats
     pruned_fp32: LatencyStats | None = None
+    # Per-round medians (ms) of each timed series ("dense", "pruned"): the samples a rank test
+    # between two runs compares (`measure.timing.round_medians`); None in reports written before.
+    rounds_ms: dict[str, list[float]] | None = None
 
     @property
     def ratio_p50(self) -> float | None:
@@ -108,6 +111,8 @@ class BatchLatency:
             d["int8_ratio_p50"] = self.int8_ratio_p50
             d["int8_ratio_p90"] = ratio(self.pruned.p90, self.pruned_fp32.p90)
             d["pruned_fp32_samples_per_s"] = _per_s(self.batch, self.pruned_fp32.p50)
+        if self.rounds_ms is not None:
+            d["rounds_ms"] = {k: list(v) for k, v in self.rounds_ms.items()}
         return d
 
     def _base_dict(self) -> dict[str, Any]:
@@ -132,6 +137,7 @@ class BatchLatency:
             control=LatencyStats.from_dict(d["control"]),
             pruned=LatencyStats.from_dict(d["pruned"]),
             pruned_fp32=LatencyStats.from_dict(d["pruned_fp32"]) if d.get("pruned_fp32") else None,
+            rounds_ms={str(k): [float(x) for x in v] for k, v in d["rounds_ms"].items()} if d.get("rounds_ms") else None,
         )
 
 
@@ -274,6 +280,9 @@ class Report:
     # Jetson: {mean_w, energy_mj_per_inference, idle_w, rails, power_mode, models: {dense, pruned}};
     # the top-level figures are the pruned model's, each model measured in a window of its own.
     power: dict[str, Any] | None = None
+    # The pruned engine's per-sample correctness on the evaluation set: {"samples", "digest" (of the
+    # set), "pruned_correct" (base64 of np.packbits, sample order)}; what a McNemar test pairs.
+    evaluation: dict[str, Any] | None = None
 
     @property
     def ratios(self) -> Ratios:
@@ -346,6 +355,7 @@ class Report:
             "engine_cache": dict(self.engine_cache) if self.engine_cache else None,
             "engine_facts": self.engine_facts,
             "power": self.power,
+            "evaluation": dict(self.evaluation) if self.evaluation else None,
         }
 
     def to_json(self) -> str:
@@ -382,6 +392,7 @@ class Report:
                 engine_cache=dict(d["engine_cache"]) if d.get("engine_cache") else None,
                 engine_facts=dict(d["engine_facts"]) if d.get("engine_facts") else None,
                 power=dict(d["power"]) if d.get("power") else None,
+                evaluation=dict(d["evaluation"]) if d.get("evaluation") else None,
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"report is missing or has a malformed field: {e}") from None
