@@ -311,3 +311,62 @@ def test_a_real_accuracy_drop_is_flagged_by_mcnemar_only_on_the_same_evaluation_
         (f,) = run_with("damaged", eval_digest="e2", floors={"mlp": floor}).flags
         assert f["rule"].startswith("below the configured floor") and f["kind"] == "regression"
         assert run_with("trained", floors={cell_id(c): floor}).exit_code == 0
+
+
+class Twice:
+    """A session on a machine at half speed: every call runs the model twice."""
+
+    def __init__(self, session: OrtSession):
+        self.session = session
+
+    def run(self, x: np.ndarray):
+        self.session.run(x)
+        return self.session.run(x)
+
+
+def _night(dense, pruned, batch: int, dense_digest: str) -> dict:
+    """One cell's measurement as the runner keeps it: dense and pruned timed in one interleaved loop at
+    ``batch``, the pruned side's figures plus the report's dense side (digest, p50/p99, per-round medians)."""
+    xb = np.random.default_rng(1).standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    d_ns, p_ns = (ns[: ROUNDS * PER_ROUND] for ns in time_interleaved([dense, pruned], xb, warmup=5,
+                                                                         iterations=ROUNDS * PER_ROUND))
+    side = {}
+    for name, ns in (("dense", d_ns), ("pruned", p_ns)):
+        side[name] = {"rounds": list(np.median(ns.reshape(ROUNDS, PER_ROUND), axis=1) / 1e6),
+                      "p50": float(np.median(ns)) / 1e6, "p99": float(np.percentile(ns, 99)) / 1e6}
+    report = {"schema": "edgeprune.report/1", "latency_batch": batch, "dense": {"sha256": dense_digest},
+              "latency": {str(batch): {"dense": {"p50": side["dense"]["p50"], "p99": side["dense"]["p99"]},
+                                       "rounds_ms": {"dense": side["dense"]["rounds"],
+                                                     "pruned": side["pruned"]["rounds"]}}}}
+    return {"rounds": np.asarray(side["pruned"]["rounds"]), "p50_ms": side["pruned"]["p50"],
+            "p99_ms": side["pruned"]["p99"], "report": report}
+
+
+def test_the_unchanged_dense_model_is_the_control_a_slower_machine_is_no_regression(tmp_path, models):
+    """A machine that runs every model at half speed (here: every timed call runs its model twice, real
+    timings) moves the raw p50 far past the rule, but not the pruned/dense ratio timed in the same
+    loop: no flag. The same night with another dense model behind it has no control: flagged. A slower
+    pruned model behind the same dense one is flagged too."""
+    c = cell()
+    dense, pruned = _session(models["slow"]), _session(models["fast"])
+    slower = _session(mlp_onnx(tmp_path / "slower.onnx", (784, 512, 512, 10)))
+    nights = [_night(dense, pruned, BATCH, "d1") for _ in range(3)]
+    busy = _night(Twice(dense), Twice(pruned), BATCH, "d1")
+    assert busy["p50_ms"] > 1.5 * nights[-1]["p50_ms"]   # a large, real move of the raw figure
+    worse = [_night(dense, slower, BATCH, "d1") for _ in range(2)]
+
+    def history(name: str, last: list[dict]):
+        with History(tmp_path / name) as h:
+            for n in nights:
+                run_once(h, [as_result(n, c, report=n["report"])])
+            return run_once(h, [as_result(last[0], c, report=last[0]["report"])],
+                            [as_result(n, c, report=n["report"]) for n in last[1:]])
+
+    _, first, _ = history("control.sqlite", [busy])
+    assert [f for f in first.flags if f["kind"] in ("suspect", "regression")] == [], first.flags
+    other = dict(busy, report=dict(busy["report"], dense={"sha256": "d2"}))   # another dense model: raw
+    _, first, _ = history("raw.sqlite", [other])
+    assert kinds(first).get(cell_id(c)) == "suspect", first.flags
+    _, first, v = history("worse.sqlite", worse)
+    (p50,) = [f for f in v.flags if f["metric"] == "p50"]
+    assert p50["kind"] == "regression" and "relative to the unchanged dense model" in p50["rule"], v.flags

@@ -97,9 +97,9 @@ def test_two_cells_into_a_history_then_a_new_run_then_reuse(tmp_path, capsys, mo
     # every invocation measures again: a new run, compressions and engines from the cache
     code, r = bench_json(capsys, cfg, db)
     assert (r["run_id"], r["measured"], r["reused"]) == (2, 2, 0) and r["compressions"]["hit"] == 2
-    # The same compressed models on the same engines: accuracy cannot move. Latency of a 10 us model
-    # timed 60 times on 2 shared cores can (the verdict's false-alarm rate is test_bench_regress's).
-    assert code in (0, 1) and not [f for f in r["flags"] if f["metric"] == "accuracy"], r["flags"]
+    # The same compressed models on the same engines, judged against the dense model timed in the same
+    # loop (the machine's control): nothing may be called a regression, whatever the shared cores did.
+    assert code == 0 and not [f for f in r["flags"] if f["kind"] == "regression"], r["flags"]
     with History(db) as h:
         again = h.results(run_id=2)   # with a suspect's second attempt, if there was one
     assert [a["compressed_digest"] for a in again if a["attempt"] == 0] == [row["compressed_digest"] for row in rows]

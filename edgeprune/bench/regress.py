@@ -9,6 +9,13 @@ measured on the same stack fingerprint); a prior run counts by its last attempt.
   earlier run, that run: the issue's rule; with more, one unusually fast night is not the baseline
   the next is measured against). There are no per-round p99s: p99's significance is that of the
   per-round medians' shift, and its size is its own.
+- **The dense model as the machine's control.** Every cell times the dense model in the same
+  interleaved loop as the pruned one. Where the dense engine is byte for byte the one the compared
+  runs timed (same ONNX digest), a move of the machine (load, clocks, thermals) shows on both, so
+  latency is judged relative to it: the per-round medians become pruned ÷ dense of the same round,
+  and "before" is the earlier pruned/dense ratio at tonight's dense speed. A slower pruned model
+  still shows in full; a busier machine does not. Where the dense model changed (another model
+  under the cell's name, another export), the raw figures are compared.
 - **Energy per inference and peak memory** have a single value per run, so nothing to test for
   significance within a run: below `min_history` runs they are judged by "large" alone, against the
   previous run and against the median of the earlier runs (energy ≥ +5 %; memory ≥ +5 % *and*
@@ -140,13 +147,43 @@ def _shift(cur: list[float], base: list[float], t: Thresholds) -> tuple[int, flo
     return 0, min(up, down)
 
 
+def _dense_side(row: dict) -> tuple[str | None, dict, list[float]]:
+    """The dense engine's digest, its latency figures and its per-round medians at the report's batch."""
+    rep = row.get("report") or {}
+    lat = (rep.get("latency") or {}).get(str(rep.get("latency_batch", 1))) or {}
+    return ((rep.get("dense") or {}).get("sha256"), lat.get("dense") or {},
+            list((lat.get("rounds_ms") or {}).get("dense") or []))
+
+
+def _controlled(metric: str, prior: list[dict], cur: dict) -> tuple[list[dict], dict] | None:
+    """``prior`` and ``cur`` with latency relative to the dense control timed in the same loop, when every
+    one of them timed the same dense engine (see the module docstring); None where that does not hold."""
+    digest, dense, rounds = _dense_side(cur)
+    if not digest or not dense.get(metric) or len(rounds) != len(cur["rounds_ms"]):
+        return None
+    col = _COLUMN[metric]
+    out = []
+    for r in (*prior, cur):
+        d, lat, dr = _dense_side(r)
+        if d != digest or not lat.get(metric) or len(dr) != len(r["rounds_ms"]) or not all(dr):
+            return None
+        # in milliseconds at tonight's dense speed: the ratio to the row's own dense, times cur's dense
+        scale = dense[metric] / lat[metric]
+        out.append({**r, col: r[col] * scale,
+                    "rounds_ms": [v / q * dense["p50"] for v, q in zip(r["rounds_ms"], dr)]})
+    return out[:-1], out[-1]
+
+
 def _compare(metric: str, prior: list[dict], cur: dict, t: Thresholds) -> dict | None:
     """A flag candidate {"metric","direction","before","after","change","p_value","rule"}, or None."""
     col = _COLUMN[metric]
-    x = cur[col]
     prior = [r for r in prior if r[col] is not None]
-    if x is None or not prior:
+    if cur[col] is None or not prior:
         return None
+    control = _controlled(metric, prior, cur) if metric in LATENCY else None
+    if control is not None:
+        prior, cur = control
+    x = cur[col]
     p = None
     if len(prior) >= t.min_history:
         recent = prior[-t.window:]
@@ -175,6 +212,8 @@ def _compare(metric: str, prior: list[dict], cur: dict, t: Thresholds) -> dict |
             rule = f"one value per run: size against the previous run and the median of {len(prior)} run(s)"
     if direction == 0 or not _large(metric, before, x, direction, t):
         return None
+    if control is not None:
+        rule += "; relative to the unchanged dense model timed in the same loop"
     return {"metric": metric, "direction": direction, "before": float(before), "after": float(x),
             "change": (x - before) / before if before else math.inf, "p_value": p, "rule": rule}
 
