@@ -139,4 +139,4 @@ $(NIGHTLY)/cnn.pt: | $(STAMP)
 bench-nightly: install $(NIGHTLY)/mlp.pt $(NIGHTLY)/cnn.pt
 	$(BIN)/edgeprune bench examples/nightly.toml --history $(NIGHTLY)/bench.sqlite
 bench-nightly-figures: install
-	$(BIN)/python benchmarks/bench_nightly.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_nightly.py --out benchmarks/results --fresh --remeasure 10

@@ -2,10 +2,15 @@
 again with --reuse-measurements. Writes benchmarks/results/nightly.json.
 
     python benchmarks/bench_nightly.py --fresh          # removes runs/nightly first (models, history, cache)
+    python benchmarks/bench_nightly.py --remeasure 10   # then 10 more runs of unchanged cells: any alarm?
 
 Records the wall time of training the two models, of the first bench run (18 cells compressed,
 deployed and measured) and of the second (nothing changed: every result reused), the load average
 around them (the machine is shared), and each cell's accuracy and pruned/dense p50 from the history.
+
+With ``--remeasure N``: N more invocations of `edgeprune bench` that measure everything again with
+nothing changed (the mlp model's cells of the example, into a history of their own): the verdict's
+false alarms on the real runner, counted by exit code and flag kind.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--fresh", action="store_true", help="remove runs/nightly first (as in a fresh clone)")
     ap.add_argument("--venv", default=None, help="the venv make uses (its VENV; default the Makefile's .venv)")
+    ap.add_argument("--remeasure", type=int, default=0, help="then this many runs of unchanged cells (false alarms)")
     args = ap.parse_args()
     if args.fresh:
         shutil.rmtree(NIGHTLY, ignore_errors=True)
@@ -81,10 +87,46 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "results": cells,
     }
+    if args.remeasure:
+        record["remeasure"] = remeasure(edgeprune, args.remeasure)
     path = write_results(args.out, "nightly", record)
     print(json.dumps({k: record[k] for k in ("seconds", "exit_codes", "second_run", "load_average")}, indent=1))
     print(f"wrote {path}")
     return 0
+
+
+def remeasure(edgeprune: str, n: int) -> dict:
+    """n + 1 runs of the example's mlp cells with nothing changed, each measured anew (the first is the
+    baseline); every later run's exit code and flags by kind."""
+    text = CONFIG.read_text()
+    cfg = NIGHTLY / "unchanged.toml"
+    # the example with its second model left out; paths stay relative to examples/
+    keep = text.replace('[[models]]\nname = "cnn"\npath = "../runs/nightly/cnn.pt"\n', "")
+    assert keep != text, "examples/nightly.toml changed shape: update bench_nightly.remeasure"
+    cfg.write_text(keep.replace('"../runs/nightly/', '"'))
+    history = NIGHTLY / "unchanged.sqlite"
+    for stale in NIGHTLY.glob("unchanged.sqlite*"):
+        stale.unlink()
+    runs = []
+    for i in range(n + 1):
+        t, rc, out = timed([edgeprune, "bench", str(cfg), "--history", str(history), "--json"])
+        if rc == 2:
+            raise SystemExit(out[-2000:])
+        r = json.loads(out[out.index("{"):])
+        kinds: dict[str, int] = {}
+        for f in r["flags"]:
+            kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
+        runs.append({"run": i, "exit_code": rc, "seconds": t, "cells": r["cells"], "flags": kinds,
+                     "remeasured": len(r["remeasured"]), "load_average": load_average()})
+        print(json.dumps(runs[-1]))
+    later = runs[1:]
+    return {"command": f"edgeprune bench {cfg.relative_to(ROOT)} --history {history.relative_to(ROOT)} "
+                       f"(x{n + 1}, nothing changed)",
+            "runs": runs, "cells": runs[0]["cells"], "remeasurements": len(later),
+            "exit_1": sum(r["exit_code"] == 1 for r in later),
+            "regressions": sum(r["flags"].get("regression", 0) for r in later),
+            "suspects": sum(r["remeasured"] for r in later),
+            "board_drift": sum(r["flags"].get("board-drift", 0) for r in later)}
 
 
 if __name__ == "__main__":

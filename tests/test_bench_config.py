@@ -117,8 +117,8 @@ def test_zoo_architectures_and_named_data_need_no_consent(tmp_path):
 
 
 def test_a_target_bench_cannot_measure_is_refused_before_any_work(tmp_path, capsys):
-    """A TensorRT deploy writes engines and commands but no report.json yet: refused up front, in one line."""
+    """A TensorRT target with neither TensorRT here nor a board to measure on: refused up front, in one line."""
     cfg = write(tmp_path, GOOD.replace('name = "host-cpu"', 'name = "jetson-orin-nano"'))
     code, err = bench(capsys, cfg)
-    assert code == 2 and "jetson-orin-nano is a tensorrt target" in err and err.count("\n") == 1
+    assert code == 2 and "jetson-orin-nano cannot be measured on this machine" in err and "host =" in err and err.count("\n") == 1
     assert not (tmp_path / "h.sqlite").exists() and not (tmp_path / "h.sqlite.cache").exists()

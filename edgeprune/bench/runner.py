@@ -145,26 +145,24 @@ def run_bench(config: BenchConfig, history_path: str | Path, *, trust_code: bool
 # ---------------------------------------------------------------- before anything runs
 def _preflight(config: BenchConfig) -> dict[str, str | None]:
     """Refuse a target this machine cannot measure before any work; the stack fingerprint of each
-    target measured here (None for a board: its stack is known once it has measured)."""
+    target measured here (None for a board: its stack is known once it has measured, and checked there)."""
     from edgeprune.api import _check_measurable
     from edgeprune.backends import get_backend
     from edgeprune.measure.pair import stack_fingerprint
-    from edgeprune.run.remote import check_remote_target
     from edgeprune.targets import load_target
 
     fps: dict[str, str | None] = {}
     for t in config.targets:
         tgt = load_target(t.name, config.targets_dir)
-        if tgt.backend != "onnxruntime":
-            # a TensorRT deploy prepares engines and trtexec commands but writes no report.json yet
-            raise InputError(f"{config.path}: [[targets]] {t.name}: bench measures onnxruntime targets so far; "
-                             f"{t.name} is a {tgt.backend} target")
         if t.host or tgt.ssh:
-            check_remote_target(tgt)
             fps[t.name] = None
-        else:
-            _check_measurable(tgt)
-            fps[t.name] = stack_fingerprint(get_backend(tgt.backend).stack(tgt))
+            continue
+        try:
+            _check_measurable(tgt)   # a TensorRT target needs TensorRT here, or a board (host = ...)
+        except InputError as e:
+            raise InputError(f"{config.path}: [[targets]] {t.name}: {e}; give it a host = \"board\" "
+                             "to measure it there") from None
+        fps[t.name] = stack_fingerprint(get_backend(tgt.backend).stack(tgt))
     return fps
 
 
