@@ -296,6 +296,13 @@ def render_nightly(results: Path) -> list[str]:
             ["`make bench-nightly` from nothing, in all", f"{s['make_bench_nightly']:.0f} s", ""],
             [f"second bench, `--reuse-measurements` ({second['reused']} reused, {second['measured']} measured)",
              f"{s['second_bench_reuse']:.1f} s", f"{load_avg['end'][0]:.1f}"]]
+    again = rec.get("remeasure")
+    if again:
+        secs = [r["seconds"] for r in again["runs"][1:]]
+        rows.append([f"{again['remeasurements']} more runs of the {again['cells']} mlp cells, nothing changed: "
+                     f"{again['exit_1']} exited 1, {again['regressions']} regressions, {again['suspects']} suspects "
+                     f"measured again, {again['board_drift']} board-drift flags",
+                     f"{min(secs):.0f}-{max(secs):.0f} s each", f"{again['runs'][-1]['load_average'][0]:.1f}"])
     return table(["step", "wall time", "load average after it (1 min)"], "lrr", rows) + [
         "", source_line("nightly.json", rec)]
 
