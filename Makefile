@@ -140,3 +140,18 @@ bench-nightly: install $(NIGHTLY)/mlp.pt $(NIGHTLY)/cnn.pt
 	$(BIN)/edgeprune bench examples/nightly.toml --history $(NIGHTLY)/bench.sqlite
 bench-nightly-figures: install
 	$(BIN)/python benchmarks/bench_nightly.py --out benchmarks/results --fresh --remeasure 10
+
+# Issue 11/12/13 figures, each a results file the README renders (make readme):
+# deploy --host over a loopback sshd against the local deploy (results/remote.json).
+.PHONY: bench-remote bench-wild bench-imagefolder bench-false-alarms
+bench-remote: install data sshd
+	$(BIN)/python benchmarks/bench_remote.py
+# A ResNet-18-shaped model at 3x224x224, channel-pruned to 50 % of MACs, on host-cpu (results/wild.json, ~10 min).
+bench-wild: install
+	$(BIN)/python benchmarks/bench_wild.py --out benchmarks/results
+# Fine-tuning from an image folder: peak RSS at 1,000 vs 10,000 images (results/imagefolder.json).
+bench-imagefolder: install data
+	$(BIN)/python benchmarks/bench_imagefolder.py --out benchmarks/results
+# The verdict on 200 unchanged measurements and on a slower model (results/false_alarms.json).
+bench-false-alarms: install
+	$(BIN)/python benchmarks/bench_false_alarms.py --reps 20 --out benchmarks/results
