@@ -36,10 +36,10 @@ NIGHTLY = ROOT / "runs" / "nightly"
 CONFIG = ROOT / "examples" / "nightly.toml"
 
 
-def timed(cmd: list[str]) -> tuple[float, int, str]:
+def timed(cmd: list[str], stdout_only: bool = False) -> tuple[float, int, str]:
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    return round(time.perf_counter() - t0, 1), p.returncode, p.stdout + p.stderr
+    return round(time.perf_counter() - t0, 1), p.returncode, p.stdout if stdout_only else p.stdout + p.stderr
 
 
 def main() -> int:
@@ -66,7 +66,7 @@ def main() -> int:
     load_mid = load_average()
     history = NIGHTLY / "bench.sqlite"
     t_second, rc_second, out = timed([edgeprune, "bench", str(CONFIG), "--history", str(history),
-                                      "--reuse-measurements", "--json"])
+                                      "--reuse-measurements", "--json"], stdout_only=True)
     second = json.loads(out[out.index("{"):])
     with History(history) as h:
         runs = h.runs()
@@ -109,7 +109,7 @@ def remeasure(edgeprune: str, n: int) -> dict:
         stale.unlink()
     runs = []
     for i in range(n + 1):
-        t, rc, out = timed([edgeprune, "bench", str(cfg), "--history", str(history), "--json"])
+        t, rc, out = timed([edgeprune, "bench", str(cfg), "--history", str(history), "--json"], stdout_only=True)
         if rc == 2:
             raise SystemExit(out[-2000:])
         r = json.loads(out[out.index("{"):])
