@@ -326,7 +326,8 @@ def build_plans_cached(plans: dict[str, dict[str, Any]], run_dir: Path, target: 
                 (folder / name).unlink()
             return engine
 
-        engines[label], status[label] = cached_build(cache, plan_key(plan, run_dir, stack), run_dir / plan.onnx, build)
+        engines[label], status[label] = cached_build(cache, plan_key(plan, run_dir, stack), build, backend="tensorrt",
+                                                     target=target.name, source=run_dir / plan.onnx)
     return engines, status
 
 

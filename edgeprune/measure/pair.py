@@ -133,8 +133,9 @@ def build_engines(backend: Backend, onnx: dict[str, Path], target: Target, work:
         if cache is None:
             engines[label], status[label] = backend.build(src, tgt, work / "engines" / label.replace("_", "-")), "miss"
             continue
-        engines[label], status[label] = cached_build(cache, engine_key(src, backend.stack(tgt), tgt), src,
-                                                     lambda folder, src=src, tgt=tgt: backend.build(src, tgt, folder))
+        engines[label], status[label] = cached_build(
+            cache, engine_key(src, backend.stack(tgt), tgt), lambda folder, src=src, tgt=tgt: backend.build(src, tgt, folder),
+            backend=backend.name, target=tgt.name, source=src)
     if "pruned_int8" in onnx and "pruned_fp32" in plan:
         e = engines["pruned"]
         engines["pruned"] = replace(e, extra={**e.extra, **(quantized or {}), "precision": "int8",
@@ -142,7 +143,8 @@ def build_engines(backend: Backend, onnx: dict[str, Path], target: Target, work:
     return engines, status
 
 
-def cached_build(cache: Path, key: str, source: Path, build: Callable[[Path], Engine]) -> tuple[Engine, str]:
+def cached_build(cache: Path, key: str, build: Callable[[Path], Engine], *, backend: str, target: str,
+                 source: Path) -> tuple[Engine, str]:
     """The engine in the cache slot ``cache/key``, made from ``source``: reused ("hit"), or built by
     ``build(folder)`` into a temporary folder renamed into place ("miss"), so a cut run never leaves
     half of one. The slot keeps whatever the build wrote beside the engine (TensorRT: its plan and
@@ -155,9 +157,8 @@ def cached_build(cache: Path, key: str, source: Path, build: Callable[[Path], En
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             built = build(tmp)
-            (tmp / "engine.json").write_text(json.dumps({
-                "name": Path(built.path).name, "backend": built.backend, "target": built.target,
-                "build_seconds": built.build_seconds, "extra": built.extra}))
+            (tmp / "engine.json").write_text(json.dumps({"name": Path(built.path).name,
+                                                         "build_seconds": built.build_seconds, "extra": built.extra}))
             try:
                 os.replace(tmp, slot)
             except OSError:
@@ -167,7 +168,7 @@ def cached_build(cache: Path, key: str, source: Path, build: Callable[[Path], En
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     e = json.loads((slot / "engine.json").read_text())
-    return Engine(path=slot / e["name"], backend=e["backend"], target=e["target"], source=Path(source),
+    return Engine(path=slot / e["name"], backend=backend, target=target, source=Path(source),
                   build_seconds=float(e["build_seconds"]), extra=dict(e["extra"])), status
 
 
