@@ -277,7 +277,8 @@ def build_plans(plans: dict[str, dict[str, Any]], run_dir: Path, target: Target)
     return engines
 
 
-# EnginePlan fields that say only how trtexec times an engine, not how it is built
+# EnginePlan fields that say only how trtexec times an engine, not how it is built: left out of its
+# cache key (the plan file cached beside an engine may carry older ones; TrtSession reads none of them)
 TIMING_ONLY = ("iterations", "duration_s", "warmup_ms", "percentiles", "notes")
 
 
