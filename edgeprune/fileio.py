@@ -47,3 +47,17 @@ def atomic_write(path: str | Path, data: bytes | Callable[[BinaryIO], None], *, 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> Path:
+    """``dst`` as a hard link to ``src`` (no second copy of an engine on a small board's disk), or a copy
+    where the file system does not link; an existing ``dst`` is replaced."""
+    import shutil
+
+    dst = Path(dst)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst

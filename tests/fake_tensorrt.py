@@ -203,9 +203,12 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
                         n += 1
                     rec("calibrated_batches", n)
                     cal.write_calibration_cache(f"TRT-{version}-EntropyCalibration2\ninput: 3c010a14\n".encode())
-            # the plan names the model it runs, as a real plan holds its weights, and the precision it was built in
+            # the plan holds the model it runs (its path, then its bytes), as a real plan holds its weights,
+            # and the precision it was built in: it runs after its ONNX file is gone (the engine cache)
             precision = next((f for f in ("INT8", "FP16") if f in config.flags), "FP32")
-            return bytearray(f"fake-plan-{version} {precision}\n{network._onnx}".encode())
+            with open(network._onnx, "rb") as f:
+                model = f.read()
+            return bytearray(f"fake-plan-{version} {precision}\n{network._onnx}\n".encode() + model)
 
     class EngineInspector:
         """The engine's layers as `--exportLayerInfo` writes them (detailed verbosity): one layer per
@@ -221,14 +224,14 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
     m.LayerInformationFormat = enum.Enum("LayerInformationFormat", ["ONELINE", "JSON"])
 
     class Engine:
-        def __init__(self, onnx_path, precision="FP32"):
+        def __init__(self, onnx_path, precision="FP32", model=b""):
             self._onnx = onnx_path
             self._precision = precision
             self.num_io_tensors = 2
             so = ort.SessionOptions()
             so.intra_op_num_threads = 1
             # a plan that names no model (a hand-made b"fake-plan") deserializes, but cannot run
-            self._session = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"]) if onnx_path else None
+            self._session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]) if model else None
 
         def create_execution_context(self):
             return Context(self)
@@ -320,11 +323,12 @@ def make_fake_tensorrt(version: str, *, parse_ok: bool = True, eligible: str = "
         def deserialize_cuda_engine(self, serialized_engine):
             data = bytes(serialized_engine)
             rec("runtime.deserialize_cuda_engine", data, self.DLA_core)
-            head, _, onnx_path = data.partition(b"\n")
+            head, _, rest = data.partition(b"\n")
             if not head.startswith(b"fake-plan"):
                 return None
             _, _, precision = head.decode().partition(" ")
-            return Engine(onnx_path.decode(), precision or "FP32")
+            onnx_path, _, model = rest.partition(b"\n")
+            return Engine(onnx_path.decode(), precision or "FP32", model)
 
     m.Builder, m.OnnxParser, m.Runtime = Builder, OnnxParser, Runtime
     return m
@@ -485,6 +489,9 @@ class FakeCudart:
 
     def cudaEventElapsedTime(self, start, end):
         return 0, self.device.elapsed_ms(start, end)
+
+    def cudaRuntimeGetVersion(self):
+        return 0, 12060
 
     def cudaGetErrorName(self, error):
         return 0, b"cudaErrorFake"

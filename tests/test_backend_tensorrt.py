@@ -17,7 +17,7 @@ import pytest
 
 from edgeprune.api import DataOptions
 from edgeprune.backends import get_backend
-from edgeprune.backends.tensorrt import NOT_INSTALLED, TrtSession, build_engine, make_calibrator
+from edgeprune.backends.tensorrt import NOT_INSTALLED, TrtSession, build_engine, build_plans_cached, make_calibrator
 from edgeprune.backends.trt_plan import (EnginePlan, OnnxFacts, onnx_facts, plan_engine,
                                          plan_problems)
 from edgeprune.backends.trtexec import (bench_command, build_command, parse_sparsity, parse_trtexec_layer_info,
@@ -284,7 +284,8 @@ def test_build_8_2_fake_tensorrt(tmp_path):
     assert _calls(trt, "config.set_flag") == [("FP16",)]
     assert _calls(trt, "engine.device_memory_size") and not _calls(trt, "engine.device_memory_size_v2")
     plan_bytes = (tmp_path / "pruned.plan").read_bytes()
-    assert plan_bytes == b"fake-plan-8.2.1 FP16\n" + str(tmp_path / "pruned.onnx").encode() and r.engine_bytes == len(plan_bytes)
+    head = b"fake-plan-8.2.1 FP16\n" + str(tmp_path / "pruned.onnx").encode() + b"\n"
+    assert plan_bytes == head + (tmp_path / "pruned.onnx").read_bytes() and r.engine_bytes == len(plan_bytes)
     assert (tmp_path / plan.timing_cache).read_bytes() == b"timing-cache:"
 
 
@@ -311,6 +312,44 @@ def test_build_10_3_int8_calibrator_and_sparsity_fake_tensorrt(tmp_path):
     trt2 = make_fake_tensorrt("10.3.0")
     build_engine(plan, tmp_path, trt=trt2, cuda=FakeCuda())
     assert not _calls(trt2, "calibrated_batches")
+
+
+def test_plans_are_cached_by_build_policy_onnx_calibration_and_stack_fake_tensorrt(tmp_path, monkeypatch):
+    """The board's engine cache for TensorRT (`build_plans_cached`): an INT8 plan is built and calibrated
+    once; a change in how it is only timed reuses it; another workspace, flags, profile, ONNX file,
+    calibration set or TensorRT version builds another. A reused engine runs with its ONNX file gone."""
+    trt = install_fake_gpu(monkeypatch, "10.3.0")
+    plan = plan_for(ORIN, samples=70)
+    (tmp_path / "job").mkdir()
+    job, cache = _run_dir(tmp_path / "job", plan), tmp_path / "cache"
+
+    def build(p: EnginePlan) -> tuple[dict, dict]:
+        trt.calls.clear()
+        return build_plans_cached({"pruned": p.to_dict()}, job, ORIN, cache)
+
+    engines, status = build(plan)
+    e, slot = engines["pruned"], engines["pruned"].path.parent
+    assert status == {"pruned": "miss"} and _calls(trt, "calibrated_batches") == [(2,)]
+    assert slot.parent == cache and e.source == job / "pruned.onnx" and e.extra["layer_info"] == "pruned.layers.json"
+    assert {"pruned.plan", "pruned.engine_plan.json", "pruned.layers.json", "pruned.calib.cache"} <= {p.name for p in slot.iterdir()}
+    assert not (slot / "pruned.onnx").exists() and not (slot / "calibration_inputs.npy").exists()   # the job's, not kept
+    engines, status = build(replace(plan, iterations=10, duration_s=1, warmup_ms=5))
+    assert status == {"pruned": "hit"} and engines["pruned"].path == e.path and not _calls(trt, "Builder")
+    for other in (replace(plan, workspace_mb=512), replace(plan, builder_flags=["INT8"]),
+                  replace(plan, profile={**plan.profile, "max": [64, 1, 28, 28]})):
+        assert build(other)[1] == {"pruned": "miss"} and _calls(trt, "builder.build_serialized_network")
+    np.save(job / "calibration_inputs.npy", np.random.default_rng(1).random((70, 1, 28, 28), dtype=np.float32))
+    assert build(plan)[1] == {"pruned": "miss"} and _calls(trt, "calibrated_batches") == [(2,)]
+    mlp_onnx(job / "pruned.onnx", BIG)
+    assert build(plan)[1] == {"pruned": "miss"}
+    assert build(plan)[1] == {"pruned": "hit"}
+    install_fake_gpu(monkeypatch, "10.3.1")      # the board's TensorRT upgraded: nothing built before is reused
+    engines, status = build(plan)
+    assert status == {"pruned": "miss"} and len(list(cache.iterdir())) == 7
+    # the engine reused from the cache runs, its job's ONNX file gone: it holds its model
+    (job / "pruned.onnx").unlink()
+    x = np.random.default_rng(2).random((4, 1, 28, 28), dtype=np.float32)
+    assert get_backend("tensorrt").open(engines["pruned"], ORIN).run(x).shape == (4, 10)
 
 
 def test_build_8_5_dla_gpu_fallback_fake_tensorrt(tmp_path):

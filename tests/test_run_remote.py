@@ -277,14 +277,14 @@ workdir = "{workdir}"
 """
 
 
-def fake_gpu_dir(tmp_path: Path) -> Path:
-    """`tensorrt` and `cuda` for the board's python: the fake TensorRT 10.3 and cuda-python over one fake device."""
-    d = tmp_path / "fake-gpu"
+def fake_gpu_dir(tmp_path: Path, version: str = "10.3.0") -> Path:
+    """`tensorrt` and `cuda` for the board's python: the fake TensorRT ``version`` and cuda-python over one fake device."""
+    d = tmp_path / f"fake-gpu-{version}"
     (d / "cuda").mkdir(parents=True)
     root = Path(__file__).resolve().parents[1]
     (d / "tensorrt.py").write_text(f"import sys\nsys.path.append({str(root)!r})\n"
                                    "from tests.fake_tensorrt import fake_gpu_modules\n"
-                                   "sys.modules.update(fake_gpu_modules('10.3.0'))   # this module, cuda's too\n")
+                                   f"sys.modules.update(fake_gpu_modules({version!r}))   # this module, cuda's too\n")
     (d / "cuda" / "__init__.py").write_text("import tensorrt  # noqa: F401 -- installs the fake's cuda modules\n")
     return d
 
@@ -309,6 +309,26 @@ def test_remote_tensorrt_builds_on_the_board_and_reports_like_a_local_run_fake_t
     assert rd["latency"]["16"]["dense"]["n"] == 10 and remote.engine_cache == {"dense": "miss", "pruned": "miss"}
     for e in rd["run"]["engines"].values():
         assert Path(e).is_file() and Path(e).is_relative_to(tmp_path / "remote")
+
+    # The board's engine cache: a second deploy of the same models reuses both plans, built by nobody
+    slots = tmp_path / "workdir" / "engines"
+    built = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in slots.glob("*/*.plan")}
+    again = deploy(models, target, tmp_path / "again", board, python)
+    assert len(built) == 2 and again.engine_cache == {"dense": "hit", "pruned": "hit"}
+    assert "both reused from the board's engine cache" in again.notes[0]
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in slots.glob("*/*.plan")} == built
+    ad = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert ad["engine_facts"] == rd["engine_facts"]                  # the layer information came with them
+    for side in ("dense", "pruned"):   # the cached engines run (their job's ONNX files are long gone)
+        assert ad[side]["accuracy"] == rd[side]["accuracy"]
+        assert Path(ad["run"]["engines"][side]).read_bytes() == Path(rd["run"]["engines"][side]).read_bytes()
+    # the board's TensorRT upgraded (10.3.0 -> 10.3.1, which the target still accepts): rebuilt, nothing reused
+    upgraded = board_python(tmp_path / "upgraded", path=(fake_gpu_dir(tmp_path, "10.3.1"),))
+    moved = deploy(models, target, tmp_path / "upgraded-run", board, upgraded)
+    assert moved.engine_cache == {"dense": "miss", "pruned": "miss"} and moved.stack["tensorrt"] == "10.3.1"
+    assert len(list(slots.glob("*/*.plan"))) == 4
+    assert Path(json.loads((tmp_path / "upgraded-run" / "report.json").read_text())["run"]["engines"]["pruned"]
+                ).read_bytes().startswith(b"fake-plan-10.3.1 FP16")
 
 
 def test_a_family_resolves_to_the_member_whose_stack_the_board_has(capsys, tmp_path, models, board, fast_target):

@@ -21,6 +21,7 @@ Device side: `python -m edgeprune.backends.tensorrt build engine_plan.json --mod
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import sys
@@ -37,7 +38,7 @@ from edgeprune.backends.trt_versions import trt_generation, trt_parser_max_opset
 from edgeprune.versions import version_tuple
 from edgeprune.backends.trtexec import SparsityResult, parse_sparsity
 from edgeprune.errors import InputError, ShapeError
-from edgeprune.fileio import atomic_write
+from edgeprune.fileio import atomic_write, file_digest, link_or_copy
 
 if TYPE_CHECKING:
     from edgeprune.targets import Target
@@ -100,6 +101,10 @@ class Cuda:
 
     def record(self, event: Any, stream: int) -> None:
         self._ck(self.rt.cudaEventRecord(event, stream))
+
+    def runtime_version(self) -> int:
+        """The CUDA runtime's version, as CUDA writes it (12060 = 12.6)."""
+        return int(self._ck(self.rt.cudaRuntimeGetVersion()))
 
     def elapsed_ms(self, start: Any, end: Any) -> float:
         self._ck(self.rt.cudaEventSynchronize(end))
@@ -270,6 +275,61 @@ def build_plans(plans: dict[str, dict[str, Any]], run_dir: Path, target: Target)
         plan = EnginePlan.from_dict(d)
         engines[label] = engine_of(plan, run_dir, build_engine(plan, run_dir), target, Path(run_dir) / plan.onnx)
     return engines
+
+
+# EnginePlan fields that say only how trtexec times an engine, not how it is built: left out of its
+# cache key (the plan file cached beside an engine may carry older ones; TrtSession reads none of them)
+TIMING_ONLY = ("iterations", "duration_s", "warmup_ms", "percentiles", "notes")
+
+
+def engine_stack(target: Target) -> dict[str, str]:
+    """What an engine built on this machine is tied to: TensorRT (`TensorRTBackend.stack`), the CUDA
+    runtime, the L4T release and the board. An engine built under another never loads, or is not
+    the same engine."""
+    from edgeprune.device.probe import board
+
+    stack = {**TensorRTBackend().stack(target), "cuda": str(Cuda().runtime_version())}
+    return {**stack, **{k: str(v) for k, v in board().items() if v is not None}}
+
+
+def plan_key(plan: EnginePlan, run_dir: Path, stack: dict[str, str]) -> str:
+    """Names a built plan in the engine cache: its build policy (precision, workspace, DLA core,
+    profile, flags, calibration...), the digests of the ONNX file and calibration inputs it reads,
+    and the ``stack`` it is built on (`engine_stack`)."""
+    policy = {k: v for k, v in plan.to_dict().items() if k not in TIMING_ONLY}
+    inputs = {name: file_digest(Path(run_dir) / name) for name in _plan_inputs(plan)}
+    text = json.dumps({"plan": policy, "inputs": inputs, "stack": stack}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _plan_inputs(plan: EnginePlan) -> list[str]:
+    return [plan.onnx] + ([plan.calibration.inputs] if plan.calibration else [])
+
+
+def build_plans_cached(plans: dict[str, dict[str, Any]], run_dir: Path, target: Target,
+                       cache: Path) -> tuple[dict[str, Engine], dict[str, str]]:
+    """`build_plans` through the engine cache (`edgeprune.measure.pair.cached_build`, keyed by
+    `plan_key`): each engine, with its plan and layer information, is reused ("hit") or built in its
+    cache slot ("miss"); returns the engines and that status per model."""
+    from edgeprune.measure.pair import cached_build
+
+    run_dir, stack = Path(run_dir), engine_stack(target)
+    engines, status = {}, {}
+    for label, d in plans.items():
+        plan = EnginePlan.from_dict(d)
+
+        def build(folder: Path, label: str = label, d: dict = d, plan: EnginePlan = plan) -> Engine:
+            folder.mkdir(parents=True)
+            for name in _plan_inputs(plan):     # the build reads its inputs beside it
+                link_or_copy(run_dir / name, folder / name)
+            engine = build_plans({label: d}, folder, target)[label]
+            for name in _plan_inputs(plan):     # the job's inputs, not the cache's
+                (folder / name).unlink()
+            return engine
+
+        engines[label], status[label] = cached_build(cache, plan_key(plan, run_dir, stack), build, backend="tensorrt",
+                                                     target=target.name, source=run_dir / plan.onnx)
+    return engines, status
 
 
 def device_memory_bytes(engine: Any, version: str) -> int:

@@ -22,17 +22,24 @@ GOVERNOR = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
 def probe() -> dict[str, Any]:
     return {
         "hostname": socket.gethostname(),
-        "machine": platform.machine(),
+        **board(),
         "system": platform.system(),
         "python": platform.python_version(),
         "numpy": _version("numpy"),
         "onnxruntime": _onnxruntime(),
         "tensorrt": _version("tensorrt"),
-        "l4t": l4t_release(_read(NV_TEGRA_RELEASE)),
-        "model": (_read(DEVICE_MODEL) or "").rstrip("\x00") or None,   # "NVIDIA Jetson Orin NX ... Developer Kit"
         "power_mode": power_mode(),
         "jetson_clocks": _jetson_clocks(),
         "cpu_governor": _read(GOVERNOR),
+    }
+
+
+def board() -> dict[str, str | None]:
+    """The machine itself: what a GPU engine built on it is tied to besides its libraries."""
+    return {
+        "machine": platform.machine(),
+        "l4t": l4t_release(_read(NV_TEGRA_RELEASE)),
+        "model": (_read(DEVICE_MODEL) or "").rstrip("\x00") or None,   # "NVIDIA Jetson Orin NX ... Developer Kit"
     }
 
 

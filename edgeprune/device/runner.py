@@ -1,7 +1,8 @@
 """Build and measure a job on the board (see `edgeprune.device.job`), resuming what is done.
 
 `build` checks the board's stack against the target, then builds both engines through the engine
-cache (`edgeprune.measure.pair.build_engines`) and writes `built.json`; `run` measures them and
+cache (`edgeprune.measure.pair.cached_build`: ONNX Runtime's through `build_engines`, TensorRT's
+plans through `backends.tensorrt.build_plans_cached`) and writes `built.json`; `run` measures them and
 writes `result.json`. A repeated `run` whose result is there returns it; one started while an
 earlier run of the same job still measures (its connection was cut, the process lives on) waits for
 it on a lock instead of measuring beside it.
@@ -11,15 +12,13 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from edgeprune.backends.base import Engine, get_backend
 from edgeprune.device.job import BUILT, JOB, RESULT, target_of
 from edgeprune.errors import InputError
-from edgeprune.fileio import atomic_write
+from edgeprune.fileio import atomic_write, link_or_copy
 
 
 def _load(job_dir: Path) -> dict[str, Any]:
@@ -41,16 +40,15 @@ def build(job_dir: Path, cache: Path) -> dict[str, Any]:
     problems = backend.host_problems(target)
     if problems:
         raise InputError(f"the board's stack does not match target {target.name}: {problems[0]}")
-    from edgeprune.measure.pair import build_engines
-
+    cache.mkdir(parents=True, exist_ok=True)
     if "plans" in job:
-        # TensorRT: planned on the host; built here, where the GPU is (no engine cache for plans yet)
-        from edgeprune.backends.tensorrt import build_plans
+        # TensorRT: planned on the host; built here, where the GPU is
+        from edgeprune.backends.tensorrt import build_plans_cached
 
-        engines = build_plans(job["plans"], job_dir, target)
-        status = {label: "miss" for label in engines}
+        engines, status = build_plans_cached(job["plans"], job_dir, target, cache)
     else:
-        cache.mkdir(parents=True, exist_ok=True)
+        from edgeprune.measure.pair import build_engines
+
         engines, status = build_engines(backend, {k: job_dir / v for k, v in job["models"].items()}, target,
                                         job_dir, cache, quantized=job.get("int8"))
     record = {}
@@ -61,12 +59,7 @@ def build(job_dir: Path, cache: Path) -> dict[str, Any]:
         local.parent.mkdir(parents=True, exist_ok=True)
         beside = [Path(e.path).parent / Path(e.extra[k]).name for k in ("plan", "layer_info") if e.extra.get(k)]
         for src in [Path(e.path), *beside]:
-            dst = local.parent / src.name
-            dst.unlink(missing_ok=True)
-            try:
-                os.link(src, dst)
-            except OSError:
-                shutil.copyfile(src, dst)
+            link_or_copy(src, local.parent / src.name)
         record[label] = {"path": str(local.relative_to(job_dir)), "source": Path(e.source).name,
                          "build_seconds": e.build_seconds, "extra": e.extra}
     atomic_write(built, json.dumps({"engines": record, "engine_cache": status}).encode(), force=True)

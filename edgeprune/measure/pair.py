@@ -120,9 +120,8 @@ def build_engines(backend: Backend, onnx: dict[str, Path], target: Target, work:
 
     ``onnx["pruned_int8"]``: the pruned model quantised elsewhere already (a board has no onnx to
     quantise with): the INT8 engine is built from it as it is, and ``quantized``, how it was
-    quantised, is recorded on it. With ``cache``, an engine whose key (`engine_key`) is already there
-    is reused ("hit"); a new one is built there, into a temporary folder renamed into place, so a cut
-    run never leaves half of one."""
+    quantised, is recorded on it. With ``cache``, each goes through `cached_build` under its
+    `engine_key`."""
     fp32 = fp32_of(target)
     plan = {"dense": (onnx["dense"], fp32), "pruned": (onnx["pruned"], target)}
     if target.build.precision == "int8":
@@ -134,7 +133,9 @@ def build_engines(backend: Backend, onnx: dict[str, Path], target: Target, work:
         if cache is None:
             engines[label], status[label] = backend.build(src, tgt, work / "engines" / label.replace("_", "-")), "miss"
             continue
-        engines[label], status[label] = _cached_build(backend, src, tgt, cache)
+        engines[label], status[label] = cached_build(
+            cache, engine_key(src, backend.stack(tgt), tgt), lambda folder, src=src, tgt=tgt: backend.build(src, tgt, folder),
+            backend=backend.name, target=tgt.name, source=src)
     if "pruned_int8" in onnx and "pruned_fp32" in plan:
         e = engines["pruned"]
         engines["pruned"] = replace(e, extra={**e.extra, **(quantized or {}), "precision": "int8",
@@ -142,24 +143,33 @@ def build_engines(backend: Backend, onnx: dict[str, Path], target: Target, work:
     return engines, status
 
 
-def _cached_build(backend: Backend, src: Path, target: Target, cache: Path) -> tuple[Engine, str]:
-    key = engine_key(src, backend.stack(target), target)
+def cached_build(cache: Path, key: str, build: Callable[[Path], Engine], *, backend: str, target: str,
+                 source: Path) -> tuple[Engine, str]:
+    """The engine in the cache slot ``cache/key``, made from ``source``: reused ("hit"), or built by
+    ``build(folder)`` into a temporary folder renamed into place ("miss"), so a cut run never leaves
+    half of one. The slot keeps whatever the build wrote beside the engine (TensorRT: its plan and
+    layer information). Every engine cache (ONNX Runtime's `engine_key`, TensorRT's
+    `backends.tensorrt.plan_key`) is this one."""
     slot = cache / key
-    meta = slot / "engine.json"
-    if meta.is_file():
-        e = json.loads(meta.read_text())
-        return Engine(path=slot / e["name"], backend=backend.name, target=target.name, source=src,
-                      build_seconds=float(e["build_seconds"]), extra=dict(e["extra"])), "hit"
-    tmp = cache / f".{key}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        built = backend.build(src, target, tmp)
-        (tmp / "engine.json").write_text(json.dumps({"name": Path(built.path).name,
-                                                     "build_seconds": built.build_seconds, "extra": built.extra}))
-        os.replace(tmp, slot)
-    finally:
+    status = "hit" if (slot / "engine.json").is_file() else "miss"
+    if status == "miss":
+        tmp = cache / f".{key}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-    return replace(built, path=slot / Path(built.path).name), "miss"
+        try:
+            built = build(tmp)
+            (tmp / "engine.json").write_text(json.dumps({"name": Path(built.path).name,
+                                                         "build_seconds": built.build_seconds, "extra": built.extra}))
+            try:
+                os.replace(tmp, slot)
+            except OSError:
+                if not (slot / "engine.json").is_file():
+                    raise
+                # another run built the same engine meanwhile: its slot stands, this build is dropped
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    e = json.loads((slot / "engine.json").read_text())
+    return Engine(path=slot / e["name"], backend=backend, target=target, source=Path(source),
+                  build_seconds=float(e["build_seconds"]), extra=dict(e["extra"])), status
 
 
 def measure_pair(backend: Backend, engines: dict[str, Engine], target: Target, x: np.ndarray, y: np.ndarray,
