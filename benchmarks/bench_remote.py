@@ -3,7 +3,8 @@
 A real sshd on 127.0.0.1 (tests/sshd.py) plays the board, with this venv's python as its python.
 Records: wall time of the local deploy, of a first remote deploy (engines built) and a second one
 (engines from the board's cache), the overhead, and the pruned/dense p50 ratios of local and remote
-beside their A/A noise bands. Writes benchmarks/results/remote.json.
+beside their A/A noise bands and beside a second local deploy (how far two runs land apart with no
+board in between). Writes benchmarks/results/remote.json.
 
     python benchmarks/bench_remote.py
 """
@@ -42,7 +43,8 @@ def main() -> int:
     board = sshd_mod.make_sshd(work / "sshd").start()
     try:
         runs = {}
-        for name, host in (("local", None), ("remote", board.alias), ("remote_cached", board.alias)):
+        for name, host in (("local", None), ("remote", board.alias), ("remote_cached", board.alias),
+                           ("local_again", None)):
             t0 = time.perf_counter()
             r = api.deploy(pruned, str(target), work / name, baseline_path=dense, data=TEST, progress=False,
                            host=host, ssh_config=board.ssh_config if host else None, device_python=sys.executable)
@@ -57,7 +59,9 @@ def main() -> int:
         rem = runs["remote"]["latency"][b]
         band = max(loc["band"], rem["band"])
         agree[b] = {"difference": abs(loc["ratio_p50"] - rem["ratio_p50"]), "band": band,
-                    "within": abs(loc["ratio_p50"] - rem["ratio_p50"]) <= band}
+                    "within": abs(loc["ratio_p50"] - rem["ratio_p50"]) <= band,
+                    # the same local deploy run twice: how far apart two runs land with no board in between
+                    "local_vs_local": abs(loc["ratio_p50"] - runs["local_again"]["latency"][b]["ratio_p50"])}
     record = {"runs": runs, "overhead_s": round(runs["remote"]["seconds"] - runs["local"]["seconds"], 2),
               "overhead_cached_s": round(runs["remote_cached"]["seconds"] - runs["local"]["seconds"], 2),
               "ratios_agree": agree,

@@ -287,6 +287,33 @@ def render_ddp(results: Path) -> list[str]:
     return table(["granularity", "1 process: test % by seed (mean ± std)", "2 ranks: test % by seed (mean ± std)",
                   "2 ranks − 1, paired (95 % CI)", "runs whose ranks held the saved masks", "output files per run"],
                  "lrrlrl", rows) + ["", source_line("ddp.json", rec)]
+
+
+# ----------------------------------------------------------------------------------- remote
+def render_remote(results: Path) -> list[str]:
+    """deploy --host over a loopback sshd beside the local deploy (benchmarks/bench_remote.py)."""
+    rec = load("remote.json", results)
+    runs = rec["runs"]
+    rows = []
+    for name, label in (("local", "local deploy"), ("remote", "--host, first (engines built on the board)"),
+                        ("remote_cached", "--host, again (engines from the board's cache)"),
+                        ("local_again", "local deploy, again")):
+        r = runs[name]
+        cells = [label, f"{r['seconds']:.1f} s", f"{r['engine_cache']['dense']}/{r['engine_cache']['pruned']}"]
+        for b in sorted(r["latency"], key=int):
+            x = r["latency"][b]
+            cells.append(f"{x['ratio_p50']:.3f} (A/A {x['aa_ratio_p50']:.3f})")
+        rows.append(cells)
+    batches = sorted(runs["local"]["latency"], key=int)
+    agree = "; ".join(f"batch {b}: remote - local {a['difference']:.3f} against the A/A band {a['band']:.3f} "
+                      f"({'within' if a['within'] else 'outside'}), local - local {a['local_vs_local']:.3f}"
+                      for b, a in sorted(rec["ratios_agree"].items(), key=lambda kv: int(kv[0])))
+    return table(["run", "wall time", "engine cache", *[f"pruned/dense p50, batch {b}" for b in batches]],
+                 "lrl" + "r" * len(batches), rows) + [
+        "", f"Overhead of the remote deploy: {rec['overhead_s']:+.2f} s (first), {rec['overhead_cached_s']:+.2f} s "
+        f"(cached). Ratios: {agree}. {rec['how']}.", "", source_line("remote.json", rec)]
+
+
 def render_nightly(results: Path) -> list[str]:
     rec = load("nightly.json", results)
     s, load_avg, second = rec["seconds"], rec["load_average"], rec["second_run"]
@@ -313,6 +340,7 @@ BLOCKS: dict[str, Callable[[Path], list[str]]] = {
     "int8": render_int8, "activation": render_activation, "spectral": render_spectral, "limit": render_limit,
     "false-alarms": render_false_alarms,
     "ddp": render_ddp,
+    "remote": render_remote,
     "nightly": render_nightly,
 }
 
