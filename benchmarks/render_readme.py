@@ -328,7 +328,8 @@ def render_nightly(results: Path) -> list[str]:
         secs = [r["seconds"] for r in again["runs"][1:]]
         rows.append([f"{again['remeasurements']} more runs of the {again['cells']} mlp cells, nothing changed: "
                      f"{again['exit_1']} exited 1, {again['regressions']} regressions, {again['suspects']} suspects "
-                     f"measured again, {again['board_drift']} board-drift flags",
+                     f"measured again (cleared), {again['board_drift']} board-drift flags, "
+                     f"{sum(r['flags'].get('improvement', 0) for r in again['runs'][1:])} improvement flags",
                      f"{min(secs):.0f}-{max(secs):.0f} s each", f"{again['runs'][-1]['load_average'][0]:.1f}"])
     return table(["step", "wall time", "load average after it (1 min)"], "lrr", rows) + [
         "", source_line("nightly.json", rec)]
