@@ -516,3 +516,10 @@ def install_fake_gpu(monkeypatch, version: str, cuda: FakeCuda | None = None) ->
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
     return mods["tensorrt"]
+
+
+def orin_nano_toml(description: str, *, trt: str = "10.3.0", build: str = "", run: str = "", extra: str = "") -> str:
+    """A Jetson Orin Nano target file for tests: the board's facts, fp16, plus ``build``/``run`` lines."""
+    return (f'description = "{description}"\nbackend = "tensorrt"\n[stack]\ntensorrt = "{trt}"\n'
+            '[hardware]\nmodule = "jetson-orin-nano-8gb"\ndla_cores = 0\nsparse_tensor_cores = true\n'
+            f'[build]\nprecision = "fp16"\n{build}[run]\n{run}{extra}')

@@ -31,7 +31,7 @@ from edgeprune.targets import BuildPolicy, RunPolicy, Target
 
 from .conftest import CALIBRATION
 from .cost_models import BIG, SMALL, macs, mlp_onnx
-from .fake_tensorrt import FakeCuda, install_fake_gpu, make_fake_tensorrt
+from .fake_tensorrt import FakeCuda, install_fake_gpu, make_fake_tensorrt, orin_nano_toml
 
 FIX = Path(__file__).parent / "fixtures" / "trtexec"
 DYNAMIC = OnnxFacts("input", (None, 1, 28, 28), 17, 0, 0)
@@ -415,22 +415,9 @@ def test_host_problems_say_tensorrt_is_missing():
     assert backend.host_problems(ORIN) == [NOT_INSTALLED]
 
 
-JETSON_TOML = """description = "Jetson Orin Nano 8GB (test copy)"
-backend = "tensorrt"
-[stack]
-tensorrt = "{trt}"
-[hardware]
-module = "jetson-orin-nano-8gb"
-dla_cores = 0
-sparse_tensor_cores = true
-[build]
-precision = "fp16"
-sparsity = "2:4"
-calibration_method = "entropy"
-[run]
-iterations = 100
-batch_sizes = [1, 16]
-"""
+JETSON_TOML = orin_nano_toml("Jetson Orin Nano 8GB (test copy)", trt="{trt}",
+                             build='sparsity = "2:4"\ncalibration_method = "entropy"\n',
+                             run="iterations = 100\nbatch_sizes = [1, 16]\n")
 
 
 @pytest.fixture(scope="module")

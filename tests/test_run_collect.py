@@ -21,22 +21,10 @@ from edgeprune.report.schema import LatencyStats
 from edgeprune.targets import load_target
 
 from .cost_models import BIG, SMALL, mlp_onnx
+from .fake_tensorrt import orin_nano_toml
 
 ROOT = Path(__file__).resolve().parents[1]
-JETSON_FP16 = """description = "Orin Nano, fp16, collected"
-backend = "tensorrt"
-[stack]
-tensorrt = "10.3.0"
-[hardware]
-module = "jetson-orin-nano-8gb"
-dla_cores = 0
-sparse_tensor_cores = true
-[build]
-precision = "fp16"
-[run]
-iterations = 25
-batch_sizes = [1, 16]
-"""
+JETSON_FP16 = orin_nano_toml("Orin Nano, fp16, collected", run="iterations = 25\nbatch_sizes = [1, 16]\n")
 
 
 def _fake_trtexec_on_path(tmp_path: Path) -> dict[str, str]:

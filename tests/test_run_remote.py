@@ -21,7 +21,7 @@ from edgeprune.device import DEVICE_FILES
 from edgeprune.errors import RemoteError
 
 from . import sshd as sshd_mod
-from .fake_tensorrt import install_fake_gpu
+from .fake_tensorrt import install_fake_gpu, orin_nano_toml
 
 pytestmark = pytest.mark.skipif(not sshd_mod.available(), reason="openssh-server not installed (.ci/run installs it)")
 
@@ -257,24 +257,9 @@ def test_remote_int8_is_quantised_here_and_measured_on_the_board_like_a_local_ru
     assert set(rd["int8"]["latency_ratio_p50"]) == set(ld["int8"]["latency_ratio_p50"]) and rd["latency"]["1"]["pruned_fp32"]["n"] == 30
 
 
-JETSON = """description = "a Jetson reached over loopback, with the fake TensorRT"
-backend = "tensorrt"
-[stack]
-tensorrt = "10.3.0"
-[hardware]
-module = "jetson-orin-nano-8gb"
-dla_cores = 0
-sparse_tensor_cores = true
-[build]
-precision = "fp16"
-[run]
-warmup = 2
-iterations = 10
-batch_sizes = [1, 16]
-min_seconds = 0.0
-[device]
-workdir = "{workdir}"
-"""
+JETSON = orin_nano_toml("a Jetson reached over loopback, with the fake TensorRT",
+                        run="warmup = 2\niterations = 10\nbatch_sizes = [1, 16]\nmin_seconds = 0.0\n",
+                        extra='[device]\nworkdir = "{workdir}"\n')
 
 
 def fake_gpu_dir(tmp_path: Path, version: str = "10.3.0") -> Path:
