@@ -9,7 +9,6 @@ code and the host that produced it (and two results can be told apart when they 
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import platform
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.fileio import atomic_write
+from edgeprune.versions import installed_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "edgeprune.provenance/1"
@@ -45,13 +45,7 @@ _AT_START = git_state()
 
 
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {"python": platform.python_version(), **installed_versions(PACKAGES)}
 
 
 def load_average() -> list[float] | None:

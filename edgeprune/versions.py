@@ -1,6 +1,20 @@
-"""Version strings as tuples, and version ranges (`>=1.18,<2`): shared by targets and backends."""
+"""Version strings as tuples, and version ranges (`>=1.18,<2`): shared by targets and backends; and
+the installed versions of the distributions a result depends on (history, benchmark provenance)."""
 
 from __future__ import annotations
+
+import importlib.metadata
+
+
+def installed_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Each distribution's installed version, None where it is not installed."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def version_in_range(version: str, spec: str) -> bool:

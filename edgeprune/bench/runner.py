@@ -167,15 +167,9 @@ def _preflight(config: BenchConfig) -> dict[str, str | None]:
 
 
 def _context(config: BenchConfig, reuse: bool) -> dict[str, Any]:
-    import importlib.metadata
+    from edgeprune.versions import installed_versions
 
-    libs = {}
-    for name in LIBRARIES:
-        try:
-            libs[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            libs[name] = None
-    return {"tool_version": __version__, "tool_commit": _commit(), "libraries": libs,
+    return {"tool_version": __version__, "tool_commit": _commit(), "libraries": installed_versions(LIBRARIES),
             "machine": {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count()},
             "config_path": str(config.path.resolve()), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "reuse_measurements": reuse}
