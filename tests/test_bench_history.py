@@ -153,6 +153,32 @@ def test_boards_measured_in_parallel_threads_record_into_one_history(tmp_path):
         assert len(h.recorded_cells(run)) == 100 and len(h.cell_ids()) == 100
 
 
+def test_processes_opening_a_new_history_at_once_all_get_one_schema(tmp_path):
+    """A reader (the report, a watcher) and the bench opening a fresh file together: the schema is
+    created once, under the write lock; CI once saw `table runs already exists` from this race."""
+    script = textwrap.dedent("""
+        import sys, time
+        from edgeprune.bench.history import History
+        path, start = sys.argv[1], float(sys.argv[2])
+        while time.time() < start:
+            pass
+        with History(path) as h:
+            print(len(h.runs()))
+    """)
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for trial in range(3):
+        path = tmp_path / f"h{trial}.sqlite"
+        start = f"{__import__('time').time() + 2.0:.3f}"
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(path), start], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, [err for _, err in outs]
+        assert [out.strip() for out, _ in outs] == ["0"] * 6
+        db = sqlite3.connect(path)
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.close()
+
+
 def test_a_reader_does_not_create_a_missing_history(tmp_path):
     with pytest.raises(InputError, match="not found"):
         History(tmp_path / "missing.sqlite", create=False)

@@ -19,6 +19,7 @@ import functools
 import json
 import sqlite3
 import threading
+import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -94,6 +95,20 @@ _OURS = {"runs", "cells", "results", "flags"}
 _ROUNDS = np.dtype("<f8")
 
 
+def _statements(script: str) -> list[str]:
+    """A migration script as single statements (`execute` runs one; `executescript` would commit
+    the transaction that holds the write lock)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        raise ValueError(f"incomplete statement in a migration: {buf.strip()[:60]}")
+    return out
+
+
 def cell_id(cell: dict) -> str:
     """A cell's identity in the history, the same text as `bench.config.Cell.id`."""
     return f"{cell['model']}/{cell['method']}/{cell['granularity']}/{float(cell['sparsity']):g}/{cell['target']}"
@@ -158,7 +173,7 @@ class History:
         # isolation_level=None: no implicit transactions; each write below opens and commits its own.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL").fetchone()
+            self._wal()
             self._migrate()
         except sqlite3.OperationalError as e:  # permissions, a locked or read-only file
             self._db.close()
@@ -173,19 +188,46 @@ class History:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
 
+    def _wal(self, patience_s: float = 10.0) -> None:
+        """Switch the file to WAL. The switch needs an exclusive lock, and SQLite answers "database
+        is locked" at once, without waiting, while another connection opening the same new file
+        holds a shared one; so wait here, a little longer each time."""
+        deadline, pause = time.monotonic() + patience_s, 0.005
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL").fetchone()
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
+
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise InputError(f"history {self.path} has schema version {version}, newer than this edgeprune's "
-                             f"{SCHEMA_VERSION}: upgrade edgeprune to read it")
-        if version == 0:
-            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables - _OURS:
-                raise InputError(f"history {self.path} is another program's SQLite database "
-                                 f"(tables {', '.join(sorted(tables))}), not an edgeprune history")
-        for v in range(version, SCHEMA_VERSION):
-            # executescript commits on its own; BEGIN inside the script keeps each step atomic.
-            self._db.executescript(f"BEGIN; {_MIGRATIONS[v]}; PRAGMA user_version = {v + 1}; COMMIT;")
+        # The version is read and the migrations run in one write transaction: two processes opening
+        # a new file at once (the bench and a reader) would otherwise both see version 0 and both
+        # create the tables. BEGIN IMMEDIATE takes the write lock; the other waits, then sees the
+        # version the first one committed.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise InputError(f"history {self.path} has schema version {version}, newer than this edgeprune's "
+                                 f"{SCHEMA_VERSION}: upgrade edgeprune to read it")
+            if version == 0:
+                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if tables - _OURS:
+                    raise InputError(f"history {self.path} is another program's SQLite database "
+                                     f"(tables {', '.join(sorted(tables))}), not an edgeprune history")
+            for v in range(version, SCHEMA_VERSION):
+                for statement in _statements(_MIGRATIONS[v]):
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {v + 1}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     @_locked
     def close(self) -> None:
