@@ -113,6 +113,12 @@ clean:
 bench-spectral: install data
 	$(BIN)/python benchmarks/bench_spectral.py --out benchmarks/results
 # The predicted pruning limit (Zhang et al.) against the measured one: fc5 on Fashion-MNIST, with and without L1.
+# Every multiple-of-round_to width allocation of resnet8 at 48-52 % of MACs, timed at batch 64:
+# the latency/MAC ratio this host allows at all (benchmarks/results/alloc.json).
+.PHONY: bench-alloc
+bench-alloc: install
+	$(BIN)/python benchmarks/bench_alloc.py --out benchmarks/results
+
 # torchrun with 2 ranks against one process: same compress command, 3 seeds (benchmarks/results/ddp.json).
 .PHONY: bench-ddp
 bench-ddp: install data

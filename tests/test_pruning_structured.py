@@ -206,3 +206,26 @@ def test_score_importance_sums_squared_scores_over_the_coupled_group():
     normed = ScoreImportance(scores, model, normalize=True)(residual[0])
     assert normed.mean().item() == pytest.approx(1.0)
     assert torch.equal(normed.argsort(), mine(residual[0]).argsort())
+
+
+def test_set_widths_narrows_each_named_group_by_its_weakest_channels():
+    from edgeprune.pruning.structured import channel_groups, set_widths
+
+    model = resnet()
+    # the residual add couples stem and conv2: one group, named by its root
+    groups = channel_groups(model, X)
+    assert sorted(groups.values()) == [32, 32, 64] and len(groups) == 3 and "fc" not in groups
+    coupled = next(n for n in groups if n in ("stem", "conv2"))
+    set_widths(model, X, {coupled: 16, "conv1": 24})
+    w = widths(model)
+    assert (w["stem"], w["conv2"], w["conv1"], w["down"]) == (16, 16, 24, 64) and model(X).shape == (2, 10)
+
+    model = resnet()
+    weight = model.conv1.weight.detach().clone()
+    # a channel's norm spans its whole group: conv1's output slice and conv2's input slice
+    energy = weight.pow(2).flatten(1).sum(1) + model.conv2.weight.detach().pow(2).sum(dim=(0, 2, 3))
+    strongest = torch.sort(torch.sort(energy, stable=True).indices[8:]).values
+    set_widths(model, X, {"conv1": 24})
+    assert torch.equal(model.conv1.weight.detach(), weight[strongest])
+    with pytest.raises(InputError, match="no channel group named 'fc'"):
+        set_widths(resnet(), X, {"fc": 5})

@@ -259,6 +259,60 @@ def _apply(model: nn.Module, graph: tp.DependencyGraph, plan: list[dict]) -> Non
         graph.get_pruning_group(module, _out_fn(module), step["idxs"]).prune()
 
 
+def _discover(model: nn.Module, example_input: torch.Tensor, importance: ScoreImportance,
+              scores: dict[str, torch.Tensor]) -> tuple[tp.DependencyGraph, list[_Group], list[str]]:
+    """The model's dependency graph, the channel groups that may be narrowed (root = a Conv/Linear
+    whose output channels go; never the classifier), and the layers that kept a group whole."""
+    graph = _build_graph(model, example_input)
+    output = _output_layer(model, example_input)
+    names = {m: n for n, m in model.named_modules()}
+    whole = kept_whole(model)
+    groups = []
+    blocked: list[str] = []
+    for group in graph.get_all_groups(ignored_layers=[output] if output is not None else [],
+                                      root_module_types=PRUNABLE_TYPES):
+        root = group[0].dep.target.module
+        size = len(group[0].idxs)
+        blocker = next((names[it.dep.target.module] for it in group if names.get(it.dep.target.module) in whole), None)
+        if blocker is not None:
+            blocked.append(blocker)
+            continue
+        imp = importance(group)
+        if imp is None or size < 2 or names.get(root) not in scores:
+            continue
+        floor = max(1, math.ceil(size * (1 - MAX_LAYER_RATIO)))
+        groups.append(_Group(names[root], size, imp, floor))
+    return graph, groups, blocked
+
+
+def _magnitude_scores(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: weight_of(m).detach().abs() for name, m in prunable_layers(model).items()}
+
+
+def channel_groups(model: nn.Module, example_input: torch.Tensor) -> dict[str, int]:
+    """The channel groups channel pruning may narrow, as {root layer: channels}. A group is every
+    layer that must shrink together (a conv, its BatchNorm, the next layer's inputs, each branch of
+    a residual add); it is named by the layer whose output channels it removes."""
+    scores = _magnitude_scores(model)
+    _, groups, _ = _discover(model, example_input, ScoreImportance(scores, model), scores)
+    return {g.name: g.size for g in groups}
+
+
+def set_widths(model: nn.Module, example_input: torch.Tensor, widths: dict[str, int]) -> list[dict]:
+    """Narrow the named groups (`channel_groups`' names) to the given widths in place, removing
+    each group's channels of smallest L2 norm (over every weight slice that goes with the channel,
+    as `ScoreImportance` with magnitude scores); the plan, as `prune_channels` returns it."""
+    scores = _magnitude_scores(model)
+    graph, groups, _ = _discover(model, example_input, ScoreImportance(scores, model), scores)
+    known = {g.name for g in groups}
+    if set(widths) - known:
+        raise InputError(f"no channel group named {sorted(set(widths) - known)[0]!r} (groups: {', '.join(sorted(known))})")
+    keep = tuple(min(g.size, max(1, int(widths.get(g.name, g.size)))) for g in groups)
+    plan = _Planner(groups, "layer", 1).steps(keep)
+    _apply(model, graph, plan)
+    return plan
+
+
 def prune_channels(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -295,26 +349,9 @@ def prune_channels(
     if sparsity == 0 or base == 0:
         return []
 
-    graph = _build_graph(model, example_input)
-    output = _output_layer(model, example_input)
     importance = ScoreImportance(scores, model, normalize=(scope == "global"), filter_scores=filter_scores)
-    names = {m: n for n, m in model.named_modules()}
+    graph, groups, blocked = _discover(model, example_input, importance, scores)
     whole = kept_whole(model)
-    groups = []
-    blocked: list[str] = []
-    for group in graph.get_all_groups(ignored_layers=[output] if output is not None else [],
-                                      root_module_types=PRUNABLE_TYPES):
-        root = group[0].dep.target.module
-        size = len(group[0].idxs)
-        blocker = next((names[it.dep.target.module] for it in group if names.get(it.dep.target.module) in whole), None)
-        if blocker is not None:
-            blocked.append(blocker)
-            continue
-        imp = importance(group)
-        if imp is None or size < 2 or names.get(root) not in scores:
-            continue
-        floor = max(1, math.ceil(size * (1 - MAX_LAYER_RATIO)))
-        groups.append(_Group(names[root], size, imp, floor))
     if not groups and blocked:
         raise InputError(f"channel pruning cannot handle layer '{blocked[0]}' ({whole[blocked[0]]}), and every "
                          "channel group of this model passes through such a layer: use --granularity weight or 2:4")
