@@ -12,13 +12,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from edgeprune.fileio import atomic_write
-from edgeprune.versions import installed_versions
+from edgeprune.versions import git_state as source_state, installed_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "edgeprune.provenance/1"
@@ -26,17 +25,9 @@ SCHEMA = "edgeprune.provenance/1"
 PACKAGES = ("edgeprune", "torch", "torch-pruning", "onnx", "onnxruntime", "numpy", "scikit-learn")
 
 
-def _git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
 def git_state() -> dict[str, Any]:
     """The checked-out commit and the files that differ from it (a run on a dirty tree says so)."""
-    return {"commit": _git("rev-parse", "HEAD") or None,
-            "uncommitted_files": _git("status", "--porcelain", "--", "edgeprune", "benchmarks").splitlines()}
+    return source_state(ROOT, ("edgeprune", "benchmarks"))
 
 
 # The tree as it was when the benchmark started: its code was imported then, and a long run must not

@@ -117,6 +117,34 @@ def render_e2e_peers(results: Path) -> list[str]:
                   "b64", "test acc difference pt"], "llrrlrlr", rows) + ["", source_line("e2e.json", rec)]
 
 
+def render_alloc(results: Path) -> list[str]:
+    """Every width allocation of resnet8 at ~50 % MACs (benchmarks/bench_alloc.py): the best ones
+    and make bench's, timed together, with the spread of the repeated loops."""
+    rec = load("alloc.json", results)
+    s = rec["summary"]
+    names = list(rec["groups"])
+    labels = {"best": "best of the sweep", "edgeprune-layer": "edgeprune, scope layer (make bench)",
+              "edgeprune-global": "edgeprune, scope global (make bench)", "tp-uniform": "Torch-Pruning uniform (make bench)",
+              "tp-round": "Torch-Pruning, round_to (make bench)"}
+    rows = [[labels.get(c["role"], c["role"]), "/".join(str(c["widths"][n]) for n in names), f"{c['mac_ratio']:.3f}",
+             f"{c['latency_ratio']:.3f}",
+             f"{c['per_mac']:.3f} ({min(c['per_mac_repeats']):.3f}-{max(c['per_mac_repeats']):.3f})"]
+            for c in sorted(rec["confirmed"], key=lambda c: c["per_mac"])]
+    sweep = s["sweep_per_mac"]
+    best = s["best_confirmed"]
+    return table(["allocation", "widths (" + ", ".join(names) + ")", "MAC ratio", "b64 latency ratio",
+                  "latency / MAC, median (spread)"], "llrrr", rows) + [
+        "", f"{s['allocations']} allocations (multiples of {s['round_to']}, {s['band'][0]:.2f}-{s['band'][1]:.2f} of "
+            f"the MACs) timed once each: latency / MAC {sweep['min']:.3f} .. {sweep['max']:.3f} (median "
+            f"{sweep['median']:.3f}, A/A {s['sweep_aa'][0]:.3f}-{s['sweep_aa'][1]:.3f}); the best "
+            f"{rec['settings']['shortlist']} timed again at {s['shortlist_per_mac'][0]:.3f} .. {s['shortlist_per_mac'][1]:.3f}; "
+            f"the table's loop {rec['settings']['repeats']} times (A/A "
+            f"{', '.join(f'{a:.3f}' for a in s['confirm_aa'])}). Best confirmed: **{best['per_mac']:.3f}** "
+            f"against the target {s['target_per_mac']}: "
+            + ("reachable on this host." if s["reachable"] else "**no allocation reaches it on this host**."),
+        "", source_line("alloc.json", rec)]
+
+
 def render_e2e_seeds(results: Path) -> list[str]:
     rec = load("seeds.json", results)
     labels = {"edgeprune-global": "edgeprune channel, global scope (the default)",
@@ -336,7 +364,7 @@ def render_nightly(results: Path) -> list[str]:
 
 
 BLOCKS: dict[str, Callable[[Path], list[str]]] = {
-    "e2e": render_e2e, "e2e-peers": render_e2e_peers, "e2e-seeds": render_e2e_seeds,
+    "e2e": render_e2e, "e2e-peers": render_e2e_peers, "e2e-seeds": render_e2e_seeds, "alloc": render_alloc,
     "methods": render_methods, "methods-vs-magnitude": render_methods_vs_magnitude,
     "int8": render_int8, "activation": render_activation, "spectral": render_spectral, "limit": render_limit,
     "false-alarms": render_false_alarms,

@@ -1,9 +1,15 @@
 """Version strings as tuples, and version ranges (`>=1.18,<2`): shared by targets and backends; and
-the installed versions of the distributions a result depends on (history, benchmark provenance)."""
+the installed versions of the distributions a result depends on and the checkout's commit (history,
+benchmark provenance)."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import subprocess
+from pathlib import Path
+
+# The checkout this edgeprune runs from (an installed wheel's parent has no .git).
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def installed_versions(names: tuple[str, ...]) -> dict[str, str | None]:
@@ -15,6 +21,21 @@ def installed_versions(names: tuple[str, ...]) -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def git_state(root: Path = SOURCE_ROOT, paths: tuple[str, ...] = ("edgeprune",)) -> dict:
+    """The checkout's commit and the files under `paths` that differ from it: {"commit": None,
+    "uncommitted_files": []} where `root` is no git checkout (an installed wheel) or git is missing."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.rstrip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    if not (root / ".git").exists():
+        return {"commit": None, "uncommitted_files": []}
+    return {"commit": git("rev-parse", "HEAD") or None,
+            "uncommitted_files": git("status", "--porcelain", "--", *paths).splitlines()}
 
 
 def version_in_range(version: str, spec: str) -> bool:

@@ -23,7 +23,6 @@ import platform
 import queue
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -167,24 +166,12 @@ def _preflight(config: BenchConfig) -> dict[str, str | None]:
 
 
 def _context(config: BenchConfig, reuse: bool) -> dict[str, Any]:
-    from edgeprune.versions import installed_versions
+    from edgeprune.versions import git_state, installed_versions
 
-    return {"tool_version": __version__, "tool_commit": _commit(), "libraries": installed_versions(LIBRARIES),
+    return {"tool_version": __version__, "tool_commit": git_state()["commit"], "libraries": installed_versions(LIBRARIES),
             "machine": {"hostname": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count()},
             "config_path": str(config.path.resolve()), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "reuse_measurements": reuse}
-
-
-def _commit() -> str | None:
-    """The checkout's commit when edgeprune runs from one (an installed wheel has none)."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 # ---------------------------------------------------------------- compressions (cached)
