@@ -123,7 +123,7 @@ def render_alloc(results: Path) -> list[str]:
     rec = load("alloc.json", results)
     s = rec["summary"]
     names = list(rec["groups"])
-    labels = {"best": "best of the sweep", "edgeprune-layer": "edgeprune, scope layer (make bench)",
+    labels = {"best": "one of the best 8", "edgeprune-layer": "edgeprune, scope layer (make bench)",
               "edgeprune-global": "edgeprune, scope global (make bench)", "tp-uniform": "Torch-Pruning uniform (make bench)",
               "tp-round": "Torch-Pruning, round_to (make bench)"}
     rows = [[labels.get(c["role"], c["role"]), "/".join(str(c["widths"][n]) for n in names), f"{c['mac_ratio']:.3f}",
