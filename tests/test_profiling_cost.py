@@ -135,3 +135,59 @@ def test_the_memory_probe_charges_each_model_its_own_weights(models):
         assert r["model_rss_mb"] == pytest.approx(r["peak_rss_mb"] - r["baseline_rss_mb"])
         assert 20 < r["baseline_rss_mb"] < r["peak_rss_mb"] < 1000 and r["after_run_rss_mb"] <= r["peak_rss_mb"]
         assert (r["peak_reset"], r["runs"], r["batch"], r["arena"]) == (True, 2, 1, False)
+
+
+def test_the_report_puts_every_measured_number_on_its_own_side(models, tmp_path):
+    """A measurement as a board sends it back, every figure different per side: each must land on
+    its own side of the report (dense, the A/A control, pruned), at its own batch, with the
+    latency batch the smallest measured. A swapped index or key would move one of them."""
+    from edgeprune.backends.base import Engine
+    from edgeprune.measure.timing import round_medians
+
+    t = dataclasses.replace(load_target("host-cpu"), run=dataclasses.replace(load_target("host-cpu").run,
+                                                                                batch_sizes=(16, 4)))
+    engines = {}
+    for side, src in (("dense", models["big"]), ("pruned", models["small"])):
+        path = tmp_path / f"{side}.engine"
+        path.write_bytes(b"x" * (100 if side == "dense" else 10))
+        engines[side] = Engine(path=path, backend="onnxruntime", target=t.name, source=src)
+    rng = np.random.default_rng(0)
+    # per batch: A (dense) ~ 10 ms, A' (control) ~ 11 ms, B (pruned) ~ 2 ms; batch 4 twice as fast
+    times = {bs: [(rng.normal(ms, 0.1, 60) * 1e6 / (1 if bs == 16 else 2)).astype(np.int64) for ms in (10, 11, 2)]
+             for bs in (16, 4)}
+    m = pair.PairMeasurement(
+        batch_sizes=[16, 4], static_batch=None, times_ns=times, accuracy={"dense": 91.0, "pruned": 89.5},
+        agreement={"top1": 0.97, "max_abs_logit_diff": 0.5, "samples": 256}, agreement_fp32=None,
+        memory={"dense": {"peak_rss_mb": 30.0, "model_rss_mb": 12.0}, "pruned": {"peak_rss_mb": 20.0, "model_rss_mb": 2.0}},
+        engines=engines, engine_cache={"dense": "hit", "pruned": "miss"}, stack={"onnxruntime": "1.0"}, samples=256,
+        hostname="board", correct="AAE=", eval_digest="d1")
+    from edgeprune.profiling import report_from_measurement
+
+    r = report_from_measurement(m, models["big"], models["small"], t, method="magnitude", sparsity=0.5, host="pi")
+    for bs in (16, 4):
+        lat = r.latency[bs]
+        for stats, series in ((lat.dense, times[bs][0]), (lat.control, times[bs][1]), (lat.pruned, times[bs][2])):
+            assert stats.p50 == pytest.approx(np.median(series) / 1e6)
+        assert lat.rounds_ms == {"dense": round_medians(times[bs][0]), "pruned": round_medians(times[bs][2])}
+        assert lat.ratio_p50 == pytest.approx(np.median(times[bs][2]) / np.median(times[bs][0]))
+        assert lat.aa_ratio_p50 == pytest.approx(np.median(times[bs][1]) / np.median(times[bs][0]))
+    assert r.latency_batch == 4 and r.run["rounds"] == {"16": 60, "4": 60} and r.run["batch_sizes"] == [16, 4]
+    assert r.dense.latency_ms is r.latency[4].dense and r.pruned.latency_ms is r.latency[4].pruned
+    assert (r.dense.accuracy, r.pruned.accuracy) == (91.0, 89.5)
+    assert (r.dense.peak_rss_mb, r.dense.model_rss_mb, r.pruned.peak_rss_mb, r.pruned.model_rss_mb) == (30.0, 12.0, 20.0, 2.0)
+    assert (r.dense.engine_bytes, r.pruned.engine_bytes) == (100, 10)
+    assert (r.dense.macs, r.pruned.macs) == (macs(BIG), macs(SMALL))
+    assert r.dense.sha256 == file_digest(models["big"]) and r.pruned.sha256 == file_digest(models["small"])
+    assert r.run["engines"] == {"dense": str(engines["dense"].path), "pruned": str(engines["pruned"].path)}
+    assert r.run["accuracy_samples"] == 256 and r.run["order"] == "A A' B, rotated each round"
+    assert (r.method, r.sparsity, r.target, r.backend) == ("magnitude", 0.5, "host-cpu", "onnxruntime")
+    assert r.agreement.to_dict()["top1"] == 0.97 and r.engine_cache == {"dense": "hit", "pruned": "miss"}
+    assert r.device["host"] == "pi" and r.device["hostname"] == "board" and r.stack == {"onnxruntime": "1.0"}
+    assert r.evaluation == {"samples": 256, "digest": "d1", "pruned_correct": "AAE="}
+    assert r.pruned_fp32 is None and not r.int8
+    # the same numbers from a file that records no sparsity: the measured fraction of zeros, said so
+    r = report_from_measurement(m, models["big"], models["small"], t)
+    from edgeprune.onnx_stats import model_stats
+
+    assert r.sparsity == round(model_stats(models["small"]).sparsity, 4) > 0     # its zero biases
+    assert any("records no target sparsity" in n for n in r.notes)
