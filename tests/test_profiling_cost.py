@@ -191,3 +191,26 @@ def test_the_report_puts_every_measured_number_on_its_own_side(models, tmp_path)
 
     assert r.sparsity == round(model_stats(models["small"]).sparsity, 4) > 0     # its zero biases
     assert any("records no target sparsity" in n for n in r.notes)
+
+
+def test_accuracy_agreement_and_correctness_are_each_models_own(tmp_path, images, target):
+    """Two models of very different cost whose answers are known: the dense one always says 3, the
+    pruned one always 7, on labels that are 3 for three quarters of the images. Each side's
+    accuracy, the agreement between them and the per-sample correctness the history keeps must be
+    that model's own; and the cheap model must still be the fast one."""
+    from edgeprune.measure.pair import eval_digest
+
+    from .cost_models import mlp_onnx
+
+    x = images[0][:128]
+    y = np.where(np.arange(128) % 4 == 3, 7, 3)
+    dense = mlp_onnx(tmp_path / "dense.onnx", BIG, seed=1, always=3)
+    pruned = mlp_onnx(tmp_path / "pruned.onnx", SMALL, seed=2, always=7)
+    r = profile_pair(dense, pruned, target, x, y, tmp_path / "work", progress=False)
+    assert (r.dense.accuracy, r.pruned.accuracy) == (75.0, 25.0)
+    assert r.agreement.top1 == 0.0 and r.agreement.samples == 128
+    bits = np.unpackbits(np.frombuffer(__import__("base64").b64decode(r.evaluation["pruned_correct"]), np.uint8))[:128]
+    assert bits.tolist() == (y == 7).astype(int).tolist()
+    assert r.evaluation["samples"] == 128 and r.evaluation["digest"] == eval_digest(x, y)
+    assert r.latency[BATCH].ratio_p50 < 0.3 and r.engine_cache == {"dense": "miss", "pruned": "miss"}
+    assert r.dense.peak_rss_mb > r.pruned.peak_rss_mb
