@@ -77,8 +77,7 @@ MUTATE := $(addsuffix __mutmut_*,edgeprune.measure.timing.x_time_interleaved edg
 	edgeprune.measure.verdict.x_noise_band edgeprune.measure.accuracy.x_agreement edgeprune.measure.accuracy.x_top1_accuracy \
 	edgeprune.profiling.x__side edgeprune.memprobe.x__status_kb edgeprune.memprobe.x__reset_peak \
 	edgeprune.memprobe.x__peak_kb edgeprune.memprobe.x_probe edgeprune.report.schema.xǁLatencyStatsǁfrom_ns \
-	edgeprune.report.schema.x_ratio edgeprune.report.schema.x__per_s edgeprune.report.schema.xǁBatchLatencyǁ_base_dict \
-	edgeprune.measure.pair.x_measure_pair edgeprune.profiling.x_report_from_measurement)
+	edgeprune.report.schema.x_ratio edgeprune.report.schema.x__per_s edgeprune.report.schema.xǁBatchLatencyǁ_base_dict)
 mutate: install data
 	$(BIN)/mutmut run --max-children 2 $(foreach m,$(MUTATE),'$(m)')
 	$(BIN)/mutmut results
