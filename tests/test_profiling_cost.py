@@ -137,31 +137,45 @@ def test_the_memory_probe_charges_each_model_its_own_weights(models):
         assert (r["peak_reset"], r["runs"], r["batch"], r["arena"]) == (True, 2, 1, False)
 
 
-def test_the_report_puts_every_measured_number_on_its_own_side(models, tmp_path):
+@pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
+def test_the_report_puts_every_measured_number_on_its_own_side(models, tmp_path, int8):
     """A measurement as a board sends it back, every figure different per side: each must land on
-    its own side of the report (dense, the A/A control, pruned), at its own batch, with the
-    latency batch the smallest measured. A swapped index or key would move one of them."""
+    its own side of the report (dense, the A/A control, pruned, and for INT8 the pruned fp32 model C),
+    at its own batch, with the latency batch the smallest measured. A swapped index or key would move
+    one of them."""
     from edgeprune.backends.base import Engine
     from edgeprune.measure.timing import round_medians
+    from edgeprune.onnx_stats import model_stats
+    from edgeprune.profiling import report_from_measurement
 
     t = dataclasses.replace(load_target("host-cpu"), run=dataclasses.replace(load_target("host-cpu").run,
                                                                                 batch_sizes=(16, 4)))
+    sides = {"dense": (models["big"], 100), "pruned": (models["small"], 10)}
+    int8_onnx = tmp_path / "pruned.int8.onnx"
+    quant = {"int8_onnx": str(int8_onnx), "per_channel": "true", "calibration": "cal.npz", "calibration_method": "minmax",
+             "calibration_samples": "512", "quantized_nodes": "3", "fp32_compute_nodes": "a,b"}
+    if int8:
+        int8_onnx.write_bytes(b"q" * 1234)
+        sides["pruned_fp32"] = (models["small"], 40)
     engines = {}
-    for side, src in (("dense", models["big"]), ("pruned", models["small"])):
+    for side, (src, size) in sides.items():
         path = tmp_path / f"{side}.engine"
-        path.write_bytes(b"x" * (100 if side == "dense" else 10))
-        engines[side] = Engine(path=path, backend="onnxruntime", target=t.name, source=src)
+        path.write_bytes(b"x" * size)
+        engines[side] = Engine(path=path, backend="onnxruntime", target=t.name, source=src,
+                               extra=quant if (int8 and side == "pruned") else {})
     rng = np.random.default_rng(0)
-    # per batch: A (dense) ~ 10 ms, A' (control) ~ 11 ms, B (pruned) ~ 2 ms; batch 4 twice as fast
-    times = {bs: [(rng.normal(ms, 0.1, 60) * 1e6 / (1 if bs == 16 else 2)).astype(np.int64) for ms in (10, 11, 2)]
-             for bs in (16, 4)}
+    # per batch: A (dense) ~ 10 ms, A' (control) ~ 11 ms, B (pruned) ~ 2 ms, C (pruned fp32) ~ 4 ms; batch 4 twice as fast
+    times = {bs: [(rng.normal(ms, 0.1, 60) * 1e6 / (1 if bs == 16 else 2)).astype(np.int64)
+                  for ms in ((10, 11, 2, 4) if int8 else (10, 11, 2))] for bs in (16, 4)}
     m = pair.PairMeasurement(
-        batch_sizes=[16, 4], static_batch=None, times_ns=times, accuracy={"dense": 91.0, "pruned": 89.5},
-        agreement={"top1": 0.97, "max_abs_logit_diff": 0.5, "samples": 256}, agreement_fp32=None,
-        memory={"dense": {"peak_rss_mb": 30.0, "model_rss_mb": 12.0}, "pruned": {"peak_rss_mb": 20.0, "model_rss_mb": 2.0}},
+        batch_sizes=[16, 4], static_batch=None, times_ns=times,
+        accuracy={"dense": 91.0, "pruned": 89.5, **({"pruned_fp32": 90.0} if int8 else {})},
+        agreement={"top1": 0.97, "max_abs_logit_diff": 0.5, "samples": 256},
+        agreement_fp32={"top1": 0.99, "max_abs_logit_diff": 0.1, "samples": 256} if int8 else None,
+        memory={"dense": {"peak_rss_mb": 30.0, "model_rss_mb": 12.0}, "pruned": {"peak_rss_mb": 20.0, "model_rss_mb": 2.0},
+                **({"pruned_fp32": {"peak_rss_mb": 25.0, "model_rss_mb": 7.0}} if int8 else {})},
         engines=engines, engine_cache={"dense": "hit", "pruned": "miss"}, stack={"onnxruntime": "1.0"}, samples=256,
         hostname="board", correct="AAE=", eval_digest="d1")
-    from edgeprune.profiling import report_from_measurement
 
     r = report_from_measurement(m, models["big"], models["small"], t, method="magnitude", sparsity=0.5, host="pi")
     for bs in (16, 4):
@@ -171,24 +185,35 @@ def test_the_report_puts_every_measured_number_on_its_own_side(models, tmp_path)
         assert lat.rounds_ms == {"dense": round_medians(times[bs][0]), "pruned": round_medians(times[bs][2])}
         assert lat.ratio_p50 == pytest.approx(np.median(times[bs][2]) / np.median(times[bs][0]))
         assert lat.aa_ratio_p50 == pytest.approx(np.median(times[bs][1]) / np.median(times[bs][0]))
+        assert (lat.pruned_fp32 is None) if not int8 else lat.pruned_fp32.p50 == pytest.approx(np.median(times[bs][3]) / 1e6)
     assert r.latency_batch == 4 and r.run["rounds"] == {"16": 60, "4": 60} and r.run["batch_sizes"] == [16, 4]
     assert r.dense.latency_ms is r.latency[4].dense and r.pruned.latency_ms is r.latency[4].pruned
     assert (r.dense.accuracy, r.pruned.accuracy) == (91.0, 89.5)
     assert (r.dense.peak_rss_mb, r.dense.model_rss_mb, r.pruned.peak_rss_mb, r.pruned.model_rss_mb) == (30.0, 12.0, 20.0, 2.0)
     assert (r.dense.engine_bytes, r.pruned.engine_bytes) == (100, 10)
     assert (r.dense.macs, r.pruned.macs) == (macs(BIG), macs(SMALL))
-    assert r.dense.sha256 == file_digest(models["big"]) and r.pruned.sha256 == file_digest(models["small"])
-    assert r.run["engines"] == {"dense": str(engines["dense"].path), "pruned": str(engines["pruned"].path)}
-    assert r.run["accuracy_samples"] == 256 and r.run["order"] == "A A' B, rotated each round"
+    assert r.dense.sha256 == file_digest(models["big"])
+    assert r.run["engines"] == {k: str(e.path) for k, e in engines.items()}
+    assert r.run["accuracy_samples"] == 256
     assert (r.method, r.sparsity, r.target, r.backend) == ("magnitude", 0.5, "host-cpu", "onnxruntime")
     assert r.agreement.to_dict()["top1"] == 0.97 and r.engine_cache == {"dense": "hit", "pruned": "miss"}
     assert r.device["host"] == "pi" and r.device["hostname"] == "board" and r.stack == {"onnxruntime": "1.0"}
     assert r.evaluation == {"samples": 256, "digest": "d1", "pruned_correct": "AAE="}
-    assert r.pruned_fp32 is None and not r.int8
+    if not int8:
+        assert r.pruned.sha256 == file_digest(models["small"]) and r.pruned.size_bytes == models["small"].stat().st_size
+        assert r.pruned_fp32 is None and not r.int8 and r.run["order"] == "A A' B, rotated each round"
+    else:
+        # the INT8 side is the quantised file (its own bytes), the network (MACs) the pruned one's
+        assert r.pruned.path == str(int8_onnx) and r.pruned.size_bytes == 1234 and r.pruned.sha256 == file_digest(int8_onnx)
+        c = r.pruned_fp32
+        assert c.path == str(models["small"]) and c.latency_ms is r.latency[4].pruned_fp32 and c.accuracy == 90.0
+        assert (c.peak_rss_mb, c.model_rss_mb, c.engine_bytes, c.macs) == (25.0, 7.0, 40, macs(SMALL))
+        assert r.int8 == {"format": "QDQ", "per_channel": True, "calibration": "cal.npz", "calibration_method": "minmax",
+                          "calibration_samples": 512, "quantized_nodes": 3, "fp32_compute_nodes": ["a", "b"],
+                          "int8_onnx": str(int8_onnx), "agreement_with_fp32": m.agreement_fp32}
+        assert r.run["order"] == "A A' B C, rotated each round"
     # the same numbers from a file that records no sparsity: the measured fraction of zeros, said so
     r = report_from_measurement(m, models["big"], models["small"], t)
-    from edgeprune.onnx_stats import model_stats
-
     assert r.sparsity == round(model_stats(models["small"]).sparsity, 4) > 0     # its zero biases
     assert any("records no target sparsity" in n for n in r.notes)
 
