@@ -175,9 +175,15 @@ def test_the_report_puts_every_measured_number_on_its_own_side(models, tmp_path,
         memory={"dense": {"peak_rss_mb": 30.0, "model_rss_mb": 12.0}, "pruned": {"peak_rss_mb": 20.0, "model_rss_mb": 2.0},
                 **({"pruned_fp32": {"peak_rss_mb": 25.0, "model_rss_mb": 7.0}} if int8 else {})},
         engines=engines, engine_cache={"dense": "hit", "pruned": "miss"}, stack={"onnxruntime": "1.0"}, samples=256,
-        hostname="board", correct="AAE=", eval_digest="d1")
+        hostname="board", correct="AAE=", eval_digest="d1",
+        extra={"power_mode": "15W", "power": {"mean_w": 5.0, "energy_mj_per_inference": 1.5}})
 
     r = report_from_measurement(m, models["big"], models["small"], t, method="magnitude", sparsity=0.5, host="pi")
+    assert r.device == {"host": "pi", "hostname": "board", "stack": pair.stack_fingerprint(m.stack), "power_mode": "15W"}
+    assert r.power == {"mean_w": 5.0, "energy_mj_per_inference": 1.5}
+    assert {k: r.run[k] for k in ("warmup", "iterations", "min_seconds", "percentiles", "memory")} == {
+        "warmup": t.run.warmup, "iterations": t.run.iterations, "min_seconds": t.run.min_seconds,
+        "percentiles": list(t.run.percentiles), "memory": {"arena": False, "batch": 1, "separate_process": True}}
     for bs in (16, 4):
         lat = r.latency[bs]
         for stats, series in ((lat.dense, times[bs][0]), (lat.control, times[bs][1]), (lat.pruned, times[bs][2])):
@@ -215,7 +221,23 @@ def test_the_report_puts_every_measured_number_on_its_own_side(models, tmp_path,
     # the same numbers from a file that records no sparsity: the measured fraction of zeros, said so
     r = report_from_measurement(m, models["big"], models["small"], t)
     assert r.sparsity == round(model_stats(models["small"]).sparsity, 4) > 0     # its zero biases
-    assert any("records no target sparsity" in n for n in r.notes)
+    assert any("records no target sparsity" in n for n in r.notes) and r.method is None and r.granularity is None
+    # ...and from one whose exporter recorded them
+    import onnx
+
+    proto = onnx.load(str(models["small"]))
+    for key, value in (("edgeprune.method", "activation"), ("edgeprune.sparsity", "0.400000"),
+                       ("edgeprune.granularity", "channel")):
+        proto.metadata_props.add(key=key, value=value)
+    recorded = tmp_path / "recorded.onnx"
+    onnx.save(proto, str(recorded))
+    r = report_from_measurement(m, models["big"], recorded, t)
+    assert (r.method, r.sparsity, r.granularity) == ("activation", 0.4, "channel")
+    assert not any("records no target sparsity" in n for n in r.notes)
+    # a model of fixed batch 16 is measured at 16 alone, and the report says why
+    fixed = dataclasses.replace(m, batch_sizes=[16], static_batch=16, times_ns={16: times[16]})
+    r = report_from_measurement(fixed, models["big"], models["small"], t)
+    assert r.latency_batch == 16 and any("fixed batch of 16" in n and "4" in n for n in r.notes)
 
 
 def test_accuracy_agreement_and_correctness_are_each_models_own(tmp_path, images, target):
