@@ -11,6 +11,7 @@ global batch, and with ``resume`` each epoch's state is saved so a restarted run
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -270,16 +271,25 @@ def train(model: nn.Module, train_set: Data, cfg: TrainConfig, *, val_set: Data 
     return log
 
 
+@contextlib.contextmanager
+def _on(model: nn.Module, device: torch.device | str):
+    """``model`` on ``device`` for the block, then back on the device it came from: a model that
+    `train` holds on a GPU stays there through its per-epoch validation."""
+    home = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.to(device)
+    try:
+        yield
+    finally:
+        model.to(home)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, batch_size: int = 1024, device: torch.device | str = "cpu") -> np.ndarray:
     """Logits for every row of ``x`` (model switched to eval mode, on ``device`` while it runs)."""
     set_mode(model, False)
-    model.to(device)
-    try:
+    with _on(model, device):
         out = [model(torch.from_numpy(x[i:i + batch_size]).to(device)).float().cpu().numpy()
                for i in range(0, len(x), batch_size)]
-    finally:
-        model.to("cpu")
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -301,14 +311,10 @@ def _evaluate(model: nn.Module, ds: Data, batch_size: int, device: torch.device 
         return run_metric(ds.metric, torch.from_numpy(logits), torch.from_numpy(ds.y))
     set_mode(model, False)
     outs, targets = [], []
-    model.to(device)
-    try:
-        with torch.no_grad():
-            for xb, yb in ds.loader(min(batch_size, 256), pin_memory=torch.device(device).type == "cuda"):
-                outs.append(model(xb.to(device, non_blocking=True)).float().cpu())
-                targets.append(yb)
-    finally:
-        model.to("cpu")
+    with _on(model, device), torch.no_grad():
+        for xb, yb in ds.loader(min(batch_size, 256), pin_memory=torch.device(device).type == "cuda"):
+            outs.append(model(xb.to(device, non_blocking=True)).float().cpu())
+            targets.append(yb)
     out, target = torch.cat(outs), torch.cat(targets)
     if ds.metric is None:
         return float((out.argmax(1) == target).float().mean() * 100.0)

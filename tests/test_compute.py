@@ -1,6 +1,7 @@
 """--device: auto picks what PyTorch sees, cpu trains here, cuda without a GPU is a one-line refusal;
 checkpoints record where they were trained and hold CPU tensors. (No GPU on this machine: the CUDA
-branch of compute.py is exercised only by the refusal; nothing here fakes CUDA.)"""
+branch of compute.py is exercised only by the refusal; the one test that fakes a GPU says so in its
+name, and fakes only where the model's weights live.)"""
 
 from __future__ import annotations
 
@@ -87,3 +88,35 @@ def test_prefetching_workers_train_the_same_model_as_the_main_process():
         train(model, ds, TrainConfig(epochs=1, batch_size=64, device="cpu"), progress=False)
         weights.append(model[1].weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
+
+
+def test_evaluating_a_model_that_trains_on_a_gpu_leaves_it_there_fake_gpu():
+    """train() validates every epoch with the model on its GPU; predict and evaluate must hand it back
+    where it was, not on the CPU (the next step would feed GPU batches to CPU weights). The fake: a
+    model that says its weights are on cuda:0 and records where it is sent."""
+    from edgeprune.data import ArrayDataset
+    from edgeprune.training import evaluate, predict
+
+    class OnFakeGpu(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 3)
+            self.sent: list[str] = []
+
+        def parameters(self, recurse: bool = True):
+            yield type("P", (), {"device": torch.device("cuda", 0)})()
+
+        def to(self, device):
+            self.sent.append(str(device))
+            return self
+
+        def forward(self, x):
+            return self.fc(x)
+
+    model = OnFakeGpu()
+    x = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    assert predict(model, x).shape == (5, 3)
+    assert model.sent == ["cpu", "cuda:0"]
+    model.sent.clear()
+    evaluate(model, ArrayDataset(x, np.zeros(5, np.int64), "five"))
+    assert model.sent == ["cpu", "cuda:0"]
